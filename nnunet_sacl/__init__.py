@@ -1,0 +1,22 @@
+"""nnunet-sacl: Semantic-Aware Contrastive Learning (SACL) for nnU-Net v2.
+
+The math (``pooling``, ``heads``, ``losses``, ``distributed``) is pure torch and imports nothing from nnU-Net;
+``nnunet_sacl.nnunet`` holds the thin nnU-Net glue (trainers), and ``trainers/`` in the repository is the folder
+that ``nnUNet_extTrainer`` points at.
+"""
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+def trainers_folder() -> Path:
+    """The folder of trainer modules to put in ``nnUNet_extTrainer``.
+
+    In a source checkout (``pip install -e .``) that is ``<repo>/trainers``; a regular install ships the same
+    modules as ``nnunet_sacl/ext_trainers``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "trainers", here / "ext_trainers"):
+        if (candidate / "sacl_trainers.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"nnunet-sacl's trainer folder was not found next to {here}; reinstall the package")

@@ -1,0 +1,70 @@
+"""``nnunet-sacl``: the package's own commands (nnU-Net's commands stay as they are)."""
+import argparse
+import sys
+
+EXAMPLES = {
+    "env": "nnunet-sacl env            # prints the export line; exit code 1 if nnUNet_extTrainer is not right",
+    "synthetic-data": "nnunet-sacl synthetic-data -d 991    # into $nnUNet_raw/Dataset991_SACLSynthetic",
+    "demo": "nnunet-sacl demo --workdir sacl_demo --device cpu",
+}
+
+
+def _env(args) -> int:
+    from nnunet_sacl.environment import export_line, ext_trainer_problems
+    problems = ext_trainer_problems()
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        print(f"nnUNet_extTrainer is set up for SACL ({export_line()})")
+    return 1 if problems else 0
+
+
+def _synthetic(args) -> int:
+    import os
+    from nnunet_sacl.synthetic import make_synthetic_dataset
+    raw = args.raw or os.environ.get("nnUNet_raw")
+    if not raw:
+        print("nnUNet_raw is not set: export it or pass --raw FOLDER", file=sys.stderr)
+        return 1
+    print(make_synthetic_dataset(raw, args.d, num_training=args.num_training, seed=args.seed))
+    return 0
+
+
+def _demo(args) -> int:
+    from nnunet_sacl.demo import run_demo
+    run_demo(args.workdir, args.device, args.d, args.tr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="nnunet-sacl", description="SACL pretraining for nnU-Net v2")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("env", help="check that nnU-Net can find the SACL trainers", epilog=EXAMPLES["env"])
+    p.set_defaults(func=_env)
+
+    p = sub.add_parser("synthetic-data", help="write the small generated dataset used by tests and the demo",
+                       epilog=EXAMPLES["synthetic-data"])
+    p.add_argument("-d", type=int, required=True, help="dataset id")
+    p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
+    p.add_argument("--num-training", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synthetic)
+
+    p = sub.add_parser("demo", help="plan, pretrain, fine-tune, predict and evaluate on a small dataset",
+                       epilog=EXAMPLES["demo"])
+    p.add_argument("--workdir", default="sacl_demo", help="holds nnUNet_raw/preprocessed/results of the demo")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
+    p.add_argument("-tr", default="SACLTrainer_demo", help="trainer (default SACLTrainer_demo)")
+    p.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "device", "unset") is None:
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin nnU-Net glue: the SACL trainers and what they need of nnU-Net's objects."""

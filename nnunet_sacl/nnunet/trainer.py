@@ -1,0 +1,286 @@
+"""SACLTrainer: SACL contrastive pretraining of the encoder, then nnU-Net's own training from that encoder."""
+import os
+import shutil
+from os.path import isfile, join
+from time import time
+
+import numpy as np
+import torch
+from torch import autocast
+from torch import distributed as dist
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_sacl.distributed import average_gradients, is_distributed
+from nnunet_sacl.heads import ProjectionHead
+from nnunet_sacl.losses import SupConLoss
+from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
+from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from nnunet_sacl.nnunet.progress import SACLLocalLogger, new_pretrain_log, plot_pretraining
+from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
+
+PRETRAIN, SEGMENTATION = "pretrain", "segmentation"
+
+
+class SACLTrainer(nnUNetTrainer):
+    """Phase 1: ``pretrain_epochs`` epochs of SACL on encoder + projection head (nnU-Net's dataloader and
+    augmentation, supervised contrastive loss over mask-pooled organ embeddings). Phase 2: nnU-Net's standard
+    training for ``num_epochs`` from the pretrained encoder, with the untouched decoder and a fresh optimizer and
+    poly schedule. The phase is part of every checkpoint, so ``--c`` resumes where the run stopped.
+
+    Settings are class attributes: a variant is a one-line subclass (see docs/trainers.md).
+    """
+
+    pretrain_epochs: int = 100
+    pretrain_initial_lr: float = 1e-2          # SGD, Nesterov, momentum 0.99, poly decay, as nnU-Net's own
+    pretrain_weight_decay: float = 3e-5
+    temperature: float = 0.07
+    head_hidden_channels: int = 512
+    head_out_channels: int = 128
+    pool_stages: tuple = (-1,)                 # encoder stages to pool (concatenated); -1 is the bottleneck
+    min_organ_voxels: int = 1                  # an organ with fewer label voxels in a patch gives no embedding
+    embedding: str = "mask_pool"               # or "paper_style": one encoder pass per organ-masked input
+    stop_after_pretraining: bool = False
+    encoder_file_name: str = "checkpoint_sacl_encoder.pth"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._refuse_unsupported_labels()
+        self.phase = PRETRAIN if self.pretrain_epochs > 0 else SEGMENTATION
+        self.pretrain_epoch = 0                 # next pretraining epoch to run
+        self.head = self.contrastive_loss = self.pretrain_encoder = None
+        self.pretrain_log = new_pretrain_log()
+        self.logger.local_logger = SACLLocalLogger(self.pretrain_log)
+        self.save_every_pretrain_epochs = 1
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _refuse_unsupported_labels(self):
+        lm = self.label_manager
+        if lm.has_regions:
+            raise RuntimeError(
+                f"{self.__class__.__name__}: region-based label configs (dataset.json 'regions_class_order') are "
+                f"not supported: SACL needs one organ identity per voxel to define positives. Train with plain "
+                f"labels, or use nnUNetTrainer for region-based training.")
+        if len(lm.foreground_labels) < 2:
+            raise RuntimeError(
+                f"{self.__class__.__name__}: the dataset has {len(lm.foreground_labels)} foreground label(s) "
+                f"({lm.foreground_labels}); contrastive pretraining needs at least two organs to have negatives. "
+                f"Use nnUNetTrainer for this dataset.")
+
+    def initialize(self):
+        super().initialize()
+        encoder = encoder_of(self.network)
+        n = len(encoder.output_channels)
+        bad = [s for s in self.pool_stages if not -n <= s < n]
+        if bad or not self.pool_stages:
+            raise RuntimeError(f"{self.__class__.__name__}.pool_stages = {self.pool_stages}: the encoder of this "
+                               f"plan ({self.plans_manager.plans_name}, {self.configuration_name}) has {n} stages, "
+                               f"so stages must be in {-n}..{n - 1}")
+        in_channels = sum(encoder.output_channels[s] for s in self.pool_stages)
+        self.head = ProjectionHead(in_channels, self.head_hidden_channels, self.head_out_channels).to(self.device)
+        self.contrastive_loss = SupConLoss(self.temperature).to(self.device)
+        # the encoder runs on its own in phase 1; compile it exactly when nnU-Net compiles the network
+        self.pretrain_encoder = torch.compile(encoder) if self._do_i_compile() else encoder
+        if self.phase == PRETRAIN:
+            self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
+
+    def pretraining_parameters(self):
+        return list(encoder_of(self.network).parameters()) + list(self.head.parameters())
+
+    def configure_pretraining_optimizer(self):
+        optimizer = torch.optim.SGD(self.pretraining_parameters(), self.pretrain_initial_lr,
+                                    weight_decay=self.pretrain_weight_decay, momentum=0.99, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.pretrain_initial_lr, self.pretrain_epochs)
+
+    # --------------------------------------------------------------------------------------------- training
+    def run_training(self):
+        if self.phase == PRETRAIN:
+            self.run_pretraining()
+            if self.stop_after_pretraining:
+                return
+            self.start_segmentation_phase()
+        super().run_training()
+
+    def on_train_start(self):
+        # phase 2 keeps the dataloaders that phase 1 started (nnU-Net's on_train_start would start new ones)
+        if self.dataloader_train is None:
+            super().on_train_start()
+
+    def run_pretraining(self):
+        self.on_train_start()
+        self.print_to_log_file(f"SACL pretraining: epochs {self.pretrain_epoch}..{self.pretrain_epochs - 1}, "
+                               f"{self.num_iterations_per_epoch} iterations each, pooling encoder stages "
+                               f"{self.pool_stages} ({self.embedding}), temperature {self.temperature}")
+        while self.pretrain_epoch < self.pretrain_epochs:
+            start = time()
+            self.network.train()
+            self.head.train()
+            self.lr_scheduler.step(self.pretrain_epoch)
+            outputs = [self.pretrain_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_pretrain_epoch_end(outputs, time() - start)
+        self.save_pretrained_encoder(join(self.output_folder, self.encoder_file_name))
+        if self.stop_after_pretraining:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_final.pth"))
+            if self.local_rank == 0 and isfile(join(self.output_folder, "checkpoint_latest.pth")):
+                os.remove(join(self.output_folder, "checkpoint_latest.pth"))
+            self.on_train_end_without_checkpoint()
+
+    def embed(self, data: torch.Tensor, seg: torch.Tensor):
+        """Projected organ embeddings z [N, head_out] and their organ labels [N] for one batch."""
+        num_classes, ignore = self.label_manager.num_segmentation_heads, self.label_manager.ignore_label
+        if self.embedding == "mask_pool":
+            features = self.pretrain_encoder(data)
+            pooled = [mask_pool(features[s], seg, num_classes, ignore, self.min_organ_voxels) for s in self.pool_stages]
+            embeddings, labels = torch.cat([p[0] for p in pooled], 1), pooled[0][1]
+        elif self.embedding == "paper_style":
+            inputs, labels, _ = organ_masked_inputs(data, seg, num_classes, ignore, self.min_organ_voxels)
+            features = self.pretrain_encoder(inputs)
+            embeddings = torch.cat([features[s].flatten(2).mean(-1) for s in self.pool_stages], 1)
+        else:
+            raise RuntimeError(f"{self.__class__.__name__}.embedding = {self.embedding!r}: "
+                               f"use 'mask_pool' or 'paper_style'")
+        return self.head(embeddings), labels
+
+    def pretrain_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        seg = batch['target'][0] if isinstance(batch['target'], (list, tuple)) else batch['target']
+        seg = seg.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            z, labels = self.embed(data, seg)
+            loss = self.contrastive_loss(z, labels)
+        params = self.pretraining_parameters()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            if is_distributed():
+                average_gradients(params)
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            if is_distributed():
+                average_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, 12)
+            self.optimizer.step()
+        # tensors, not floats: no host sync inside the step
+        return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device)}
+
+    def on_pretrain_epoch_end(self, outputs: list, seconds: float):
+        loss = torch.stack([o['loss'] for o in outputs]).mean()
+        organs = torch.stack([o['organs'] for o in outputs]).float().mean()
+        without_positive = self.contrastive_loss.batches_without_positive.clone()
+        self.contrastive_loss.batches_without_positive.zero_()
+        stats = torch.stack([loss.float(), organs, without_positive.float()])
+        if is_distributed():
+            dist.all_reduce(stats)
+            stats[:2] /= dist.get_world_size()
+        loss, organs, without_positive = stats.tolist()
+        if not np.isfinite(loss):
+            raise RuntimeError(f"SACL pretraining loss is {loss} in pretraining epoch {self.pretrain_epoch} "
+                               f"({self.output_folder}). Lower pretrain_initial_lr or check the data.")
+        log = self.pretrain_log
+        for key, value in zip(("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds"),
+                              (loss, self.optimizer.param_groups[0]['lr'], organs, int(without_positive), seconds)):
+            log[key].append(value)
+        self.print_to_log_file(
+            f"SACL pretraining epoch {self.pretrain_epoch}: contrastive loss {loss:.4f}, "
+            f"lr {log['lr'][-1]:.5f}, organ embeddings per batch {organs:.1f}, "
+            f"batches without a positive pair {int(without_positive)}, epoch time {seconds:.2f} s")
+        self.pretrain_epoch += 1
+        if self.pretrain_epoch % self.save_every_pretrain_epochs == 0 or self.pretrain_epoch == self.pretrain_epochs:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        if self.local_rank == 0:
+            plot_pretraining(log, join(self.output_folder, "progress_pretraining.png"))
+            shutil.copyfile(join(self.output_folder, "progress_pretraining.png"),
+                            join(self.output_folder, "progress.png"))
+
+    def start_segmentation_phase(self):
+        """Hand-off: same network (pretrained encoder, untouched decoder), fresh optimizer and poly schedule."""
+        self.phase = SEGMENTATION
+        self.current_epoch = 0
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self.print_to_log_file(f"SACL pretraining done ({self.pretrain_epochs} epochs). Segmentation training "
+                               f"starts from the pretrained encoder: {self.num_epochs} epochs.")
+
+    def on_train_end_without_checkpoint(self):
+        for loader in (self.dataloader_train, self.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+        self.dataloader_train = self.dataloader_val = None
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_pretrained_encoder(self, filename: str):
+        """The whole network (pretrained encoder, untouched decoder) as CPU tensors, so that stock
+        ``nnUNetv2_train ... -pretrained_weights FILE`` (which needs every key but seg_layers) accepts it."""
+        if self.local_rank != 0:
+            return
+        weights = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
+        save_atomically({
+            'network_weights': weights,
+            'trainer_name': self.__class__.__name__,
+            'sacl': {'plans_name': self.plans_manager.plans_name, 'configuration': self.configuration_name,
+                     'dataset_name': self.plans_manager.dataset_name, 'pretrain_epochs': self.pretrain_epoch,
+                     'pool_stages': list(self.pool_stages), 'embedding': self.embedding,
+                     'temperature': self.temperature, 'final_loss': (self.pretrain_log['loss'] or [None])[-1]},
+        }, filename)
+        self.print_to_log_file(f"Pretrained encoder written to {filename} (usable with -pretrained_weights)")
+
+    def save_checkpoint(self, filename: str) -> None:
+        # Copies the body of nnUNetTrainer.save_checkpoint: it builds and writes its dict in one go, with no hook
+        # to add the SACL state or to write atomically.
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file('No checkpoint written, checkpointing is disabled')
+            return
+        in_pretraining = self.phase == PRETRAIN
+        checkpoint = {
+            'network_weights': unwrap(self.network).state_dict(),
+            'optimizer_state': self.optimizer.state_dict(),
+            'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            'logging': self.logger.get_checkpoint(),
+            '_best_ema': self._best_ema,
+            # nnU-Net saves at the end of an epoch, before current_epoch += 1; phase 1 has run no such epoch
+            'current_epoch': 0 if in_pretraining else self.current_epoch + 1,
+            'init_args': self.my_init_kwargs,
+            'trainer_name': self.__class__.__name__,
+            'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+            'sacl': {'phase': self.phase, 'pretrain_epoch': self.pretrain_epoch, 'pretrain_log': self.pretrain_log,
+                     'head': self.head.state_dict() if in_pretraining else None},
+        }
+        save_atomically(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("SACLTrainer.load_checkpoint takes a file name")
+        sacl = read_checkpoint(filename_or_checkpoint).get('sacl')
+        if sacl is None:
+            raise RuntimeError(f"{filename_or_checkpoint} was not written by a SACL trainer (no 'sacl' entry); "
+                               f"to start from its weights use -pretrained_weights instead of --c")
+        if not self.was_initialized:
+            self.initialize()
+        self.phase, self.pretrain_epoch = sacl['phase'], sacl['pretrain_epoch']
+        self.pretrain_log.clear()
+        self.pretrain_log.update(sacl['pretrain_log'])
+        if self.phase == PRETRAIN:
+            self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
+            self.head.load_state_dict(sacl['head'])
+        else:
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        super().load_checkpoint(filename_or_checkpoint)
+        self.print_to_log_file(f"Resumed from {filename_or_checkpoint}: phase {self.phase}, "
+                               f"pretraining epoch {self.pretrain_epoch}, segmentation epoch {self.current_epoch}")
+
+
+class SACLPretrainer(SACLTrainer):
+    """Phase 1 only: ends with the pretrained encoder file (and checkpoint_final.pth), no segmentation training."""
+    stop_after_pretraining = True
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file(f"{self.__class__.__name__} trains no decoder: nothing to validate. Pretrained "
+                               f"encoder: {join(self.output_folder, self.encoder_file_name)}")

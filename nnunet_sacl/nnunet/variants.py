@@ -1,0 +1,58 @@
+"""Named variants in nnU-Net's style: each changes one thing. ``-tr NAME`` finds them via ``trainers/``."""
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer
+
+
+class _ShortRun:
+    """Mixin that shortens nnU-Net's own run length (nnU-Net sets it in __init__, not as class attributes)."""
+    run_epochs, run_iterations, run_val_iterations = 2, 4, 2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.run_epochs
+        self.num_iterations_per_epoch = self.run_iterations
+        self.num_val_iterations_per_epoch = self.run_val_iterations
+        self.save_every = 1
+
+
+class SACLTrainer_smoke(_ShortRun, SACLTrainer):
+    """CPU smoke test: 3 pretraining + 2 segmentation epochs of 4 iterations (2 validation iterations)."""
+    pretrain_epochs = 3
+
+
+class SACLPretrainer_smoke(_ShortRun, SACLPretrainer):
+    """CPU smoke test of phase 1 alone: 3 pretraining epochs of 4 iterations."""
+    pretrain_epochs = 3
+
+
+class nnUNetTrainer_smoke(_ShortRun, nnUNetTrainer):
+    """Stock nnU-Net with SACLTrainer_smoke's segmentation length: the baseline (and -pretrained_weights target)."""
+
+
+class SACLTrainer_demo(_ShortRun, SACLTrainer):
+    """The README demo on CPU: 8 pretraining + 12 segmentation epochs of 12 iterations."""
+    pretrain_epochs = 8
+    run_epochs, run_iterations, run_val_iterations = 12, 12, 4
+
+
+class nnUNetTrainer_demo(_ShortRun, nnUNetTrainer):
+    """Stock nnU-Net with SACLTrainer_demo's segmentation length, for the demo's comparison."""
+    run_epochs, run_iterations, run_val_iterations = 12, 12, 4
+
+
+class SACLTrainer_PaperStyle(SACLTrainer):
+    """Embeddings as in the paper: one encoder pass per organ-masked input, globally pooled (for comparison)."""
+    embedding = "paper_style"
+
+
+class SACLTrainer_PaperStyle_smoke(_ShortRun, SACLTrainer_PaperStyle):
+    """CPU smoke test of the paper-style embedding."""
+    pretrain_epochs = 3
+
+
+__all__ = ["SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
+           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
