@@ -1,0 +1,58 @@
+"""Shared fixtures: one generated dataset, planned and preprocessed by nnU-Net's own commands, per test session."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunet_sacl import trainers_folder
+from nnunet_sacl.synthetic import make_synthetic_dataset
+
+DATASET_ID = 991
+DATASET_NAME = f"Dataset{DATASET_ID:03d}_SACLSynthetic"
+
+
+def nnunet_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory):
+    """Environment for nnU-Net subprocesses (and this process): fresh nnUNet_* folders, our trainers folder."""
+    root = tmp_path_factory.mktemp("nnunet")
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
+               nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1")
+    env.pop("nnUNet_n_proc_DA", None)
+    return env
+
+
+def run(cmd, env, timeout=600, **kwargs):
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def preprocessed(nnunet_env):
+    """The synthetic dataset planned with nnUNetPlans (3d_fullres, 2d) and nnUNetResEncUNetMPlans (3d_fullres)."""
+    raw = make_synthetic_dataset(nnunet_env["nnUNet_raw"], DATASET_ID)
+    d = str(DATASET_ID)
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "2d", "-np", "2",
+         "--verify_dataset_integrity"], nnunet_env)
+    run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", d, "-pl", "nnUNetPlannerResEncM"], nnunet_env)
+    run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
+         "-np", "2"], nnunet_env)
+    return raw
+
+
+@pytest.fixture
+def in_process_env(nnunet_env, preprocessed, monkeypatch):
+    """nnU-Net's paths read os.environ when used, so in-process trainers see the session's folders."""
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    return nnunet_env

@@ -1,0 +1,105 @@
+"""The user's path with nnU-Net's real commands as subprocesses: plan/preprocess (conftest) -> nnUNetv2_train with
+SACL -> nnUNetv2_predict; the encoder file in stock training; a run killed in phase 1 finishes with --c."""
+import glob
+import math
+import re
+import signal
+import subprocess
+import time
+from os.path import isfile, join
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.conftest import DATASET_ID, DATASET_NAME, nnunet_bin, run
+
+D = str(DATASET_ID)
+
+
+def train_env(nnunet_env):
+    # single-process augmentation: fast on 2 cores, and a SIGKILL leaves no orphaned workers
+    return dict(nnunet_env, nnUNet_n_proc_DA="0")
+
+
+def fold_folder(env, trainer, fold, plans="nnUNetPlans", configuration="3d_fullres"):
+    return join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__{plans}__{configuration}", f"fold_{fold}")
+
+
+def training_log(folder) -> str:
+    return "\n".join(open(f).read() for f in sorted(glob.glob(join(folder, "training_log_*.txt"))))
+
+
+def pretraining_losses(log: str):
+    return {int(e): float(v) for e, v in re.findall(r"SACL pretraining epoch (\d+): contrastive loss (\S+),", log)}
+
+
+@pytest.fixture(scope="module")
+def trained_sacl(nnunet_env, preprocessed):
+    run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "0", "-tr", "SACLTrainer_smoke", "-device", "cpu"],
+        train_env(nnunet_env))
+    return fold_folder(nnunet_env, "SACLTrainer_smoke", 0)
+
+
+def test_train_runs_both_phases_with_finite_losses(trained_sacl):
+    log = training_log(trained_sacl)
+    losses = pretraining_losses(log)
+    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values()), log[-3000:]
+    seg_losses = [float(v) for v in re.findall(r"train_loss (\S+)", log)]
+    assert len(seg_losses) == 2 and all(math.isfinite(v) for v in seg_losses)
+    assert log.index("SACL pretraining done") < log.index("Epoch 0")
+    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress.png", "progress_pretraining.png"):
+        assert isfile(join(trained_sacl, name)), name
+    final = torch.load(join(trained_sacl, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
+    assert final["sacl"]["phase"] == "segmentation" and final["sacl"]["pretrain_epoch"] == 3
+
+
+def test_predict_matches_input_geometry_and_label_range(trained_sacl, nnunet_env, preprocessed, tmp_path):
+    out = tmp_path / "pred"
+    run([nnunet_bin("nnUNetv2_predict"), "-i", str(preprocessed / "imagesTs"), "-o", str(out), "-d", D,
+         "-c", "3d_fullres", "-f", "0", "-tr", "SACLTrainer_smoke", "-device", "cpu", "-npp", "1", "-nps", "1"],
+        nnunet_env)
+    images = sorted(glob.glob(str(preprocessed / "imagesTs" / "*_0000.nii.gz")))
+    assert images
+    for image_file in images:
+        case = image_file.split("/")[-1].replace("_0000.nii.gz", "")
+        image, pred = sitk.ReadImage(image_file), sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        assert pred.GetSize() == image.GetSize()
+        np.testing.assert_allclose(pred.GetSpacing(), image.GetSpacing(), rtol=1e-6)
+        np.testing.assert_allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-5)
+        np.testing.assert_allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
+        assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 1, 2, 3}
+
+
+def test_encoder_file_starts_stock_nnunet_training(trained_sacl, nnunet_env):
+    encoder_file = join(trained_sacl, "checkpoint_sacl_encoder.pth")
+    result = run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "1", "-tr", "nnUNetTrainer_smoke", "-device", "cpu",
+                  "-pretrained_weights", encoder_file], train_env(nnunet_env))
+    assert "Loading pretrained weights" in result.stdout
+    assert isfile(join(fold_folder(nnunet_env, "nnUNetTrainer_smoke", 1), "checkpoint_final.pth"))
+
+
+def test_run_killed_in_pretraining_resumes_with_c(nnunet_env, preprocessed):
+    env = train_env(nnunet_env)
+    folder = fold_folder(nnunet_env, "SACLTrainer_smoke", 2)
+    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "2", "-tr", "SACLTrainer_smoke", "-device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = join(folder, "checkpoint_latest.pth")
+    deadline = time.time() + 300
+    while not isfile(latest) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log = training_log(folder)
+    assert "SACL pretraining done" not in log, "the run finished phase 1 before it could be killed"
+    saved = torch.load(latest, weights_only=False, map_location="cpu")["sacl"]
+    assert saved["phase"] == "pretrain" and 1 <= saved["pretrain_epoch"] < 3
+
+    run(cmd + ["--c"], env)
+    log = training_log(folder)
+    assert f"Resumed from {latest}: phase pretrain, pretraining epoch {saved['pretrain_epoch']}" in log
+    after_resume = log[log.index("Resumed from"):]
+    assert sorted(pretraining_losses(after_resume)) == list(range(saved["pretrain_epoch"], 3))
+    assert "SACL pretraining done" in after_resume and "Training done." in after_resume
+    assert isfile(join(folder, "checkpoint_final.pth"))

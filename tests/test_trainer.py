@@ -1,0 +1,138 @@
+"""SACL trainers in-process on real nnU-Net plans and data: what one step changes, checkpoints, refusals."""
+import json
+from os.path import join
+
+import pytest
+import torch
+
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from tests.conftest import DATASET_ID
+
+
+def make_trainer(name, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
+    return get_trainer_from_args(str(DATASET_ID), configuration, fold, name, plans, device=torch.device("cpu"))
+
+
+def first_batch(trainer):
+    trainer.on_train_start()
+    return next(trainer.dataloader_train)
+
+
+def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
+    for name in ("SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "nnUNetTrainer_smoke"):
+        assert recursive_find_trainer_class_by_name(name).__name__ == name
+
+
+@pytest.mark.parametrize("configuration,plans", [("3d_fullres", "nnUNetPlans"), ("2d", "nnUNetPlans"),
+                                                 ("3d_fullres", "nnUNetResEncUNetMPlans")])
+def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, configuration, plans):
+    trainer = make_trainer("SACLTrainer_smoke", configuration, plans)
+    trainer.initialize()
+    net = unwrap(trainer.network)
+    encoder_names = {f"encoder.{k}" for k, _ in encoder_of(net).named_parameters()}
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    head_before = [p.detach().clone() for p in trainer.head.parameters()]
+    out = trainer.pretrain_step(first_batch(trainer))
+    trainer.on_train_end_without_checkpoint()
+    assert torch.isfinite(out["loss"]) and out["organs"] > 0
+    changed = {k for k, v in net.named_parameters() if not torch.equal(v, before[k])}
+    assert changed <= encoder_names, f"changed outside the encoder: {sorted(changed - encoder_names)[:5]}"
+    # every convolution weight moves (biases before an InstanceNorm get no gradient, so they may not)
+    conv_weights = {k for k in encoder_names if k.endswith("conv.weight") or k.endswith("0.weight")}
+    assert conv_weights and conv_weights <= changed
+    assert all(not torch.equal(p, q) for p, q in zip(trainer.head.parameters(), head_before))
+    assert type(net).__name__ == ("ResidualEncoderUNet" if "ResEnc" in plans else "PlainConvUNet")
+
+
+def test_pretraining_checkpoint_round_trip(in_process_env, tmp_path):
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.initialize()
+    trainer.pretrain_step(first_batch(trainer))
+    trainer.on_train_end_without_checkpoint()
+    trainer.pretrain_epoch = 2
+    trainer.pretrain_log["loss"] += [1.5, 1.2]
+    file = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(file)
+
+    resumed = make_trainer("SACLTrainer_smoke")
+    resumed.load_checkpoint(file)
+    assert (resumed.phase, resumed.pretrain_epoch, resumed.current_epoch) == ("pretrain", 2, 0)
+    assert resumed.pretrain_log["loss"] == [1.5, 1.2]
+    for p, q in zip(resumed.head.parameters(), trainer.head.parameters()):
+        assert torch.equal(p, q)
+    # the optimizer is the pretraining one (encoder + head) with its momentum restored
+    assert len(resumed.optimizer.param_groups[0]["params"]) == len(resumed.pretraining_parameters())
+    assert resumed.optimizer.state_dict()["state"].keys() == trainer.optimizer.state_dict()["state"].keys()
+
+
+def test_pretrained_encoder_file_loads_into_stock_network(in_process_env, tmp_path):
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    sacl = make_trainer("SACLTrainer_smoke")
+    sacl.initialize()
+    sacl.pretrain_step(first_batch(sacl))
+    sacl.on_train_end_without_checkpoint()
+    file = str(tmp_path / "encoder.pth")
+    sacl.save_pretrained_encoder(file)
+    stock = make_trainer("nnUNetTrainer_smoke", fold=1)
+    stock.initialize()
+    load_pretrained_weights(stock.network, file, verbose=False)
+    for (k, v), (k2, v2) in zip(unwrap(stock.network).encoder.state_dict().items(),
+                                unwrap(sacl.network).encoder.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def _write_variant_dataset(preprocessed_folder, dataset_json_changes):
+    dataset = json.load(open(join(preprocessed_folder, "dataset.json")))
+    dataset.update(dataset_json_changes)
+    return dataset
+
+
+def test_region_based_labels_are_refused(in_process_env):
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunet_sacl.nnunet.trainer import SACLTrainer
+    folder = join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic")
+    plans = json.load(open(join(folder, "nnUNetPlans.json")))
+    plans["continue_training"] = False
+    dataset = _write_variant_dataset(folder, {"labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3]},
+                                              "regions_class_order": [1, 2]})
+    with pytest.raises(RuntimeError, match="region-based"):
+        SACLTrainer(plans, "3d_fullres", 0, dataset, torch.device("cpu"))
+
+
+def test_single_organ_dataset_is_refused(in_process_env):
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunet_sacl.nnunet.trainer import SACLTrainer
+    folder = join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic")
+    plans = json.load(open(join(folder, "nnUNetPlans.json")))
+    plans["continue_training"] = False
+    dataset = _write_variant_dataset(folder, {"labels": {"background": 0, "liver": 1}})
+    with pytest.raises(RuntimeError, match="at least two organs"):
+        SACLTrainer(plans, "3d_fullres", 0, dataset, torch.device("cpu"))
+
+
+def test_pool_stage_outside_the_plan_is_refused(in_process_env):
+    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
+
+    class TooDeep(SACLTrainer_smoke):
+        pool_stages = (9,)
+
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.__class__ = TooDeep
+    with pytest.raises(RuntimeError, match=r"pool_stages = \(9,\).*has 4 stages"):
+        trainer.initialize()
+
+
+def test_foreign_or_truncated_checkpoint_is_refused_with_its_name(in_process_env, tmp_path):
+    trainer = make_trainer("SACLTrainer_smoke")
+    truncated = tmp_path / "checkpoint_latest.pth"
+    torch.save({"network_weights": {"a": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(RuntimeError, match="Cannot read checkpoint .*checkpoint_latest.pth"):
+        trainer.load_checkpoint(str(truncated))
+    foreign = tmp_path / "stock.pth"
+    torch.save({"network_weights": {}}, foreign)
+    with pytest.raises(RuntimeError, match="stock.pth was not written by a SACL trainer"):
+        trainer.load_checkpoint(str(foreign))
