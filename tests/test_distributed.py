@@ -1,0 +1,57 @@
+"""Under DDP (2 CPU processes, gloo), SupConLoss sees every rank's organs: loss and encoder gradients equal a
+single-process run on the concatenated batch."""
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nnunet_sacl.distributed import average_gradients
+from nnunet_sacl.heads import ProjectionHead
+from nnunet_sacl.losses import SupConLoss
+from nnunet_sacl.pooling import mask_pool
+
+
+def make_model():
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.LeakyReLU(),
+                                  torch.nn.Conv3d(8, 16, 3, stride=2, padding=1))
+    return encoder, ProjectionHead(16, 32, 8)
+
+
+def make_batch():
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(4, 1, 8, 8, 8, generator=g)
+    seg = torch.randint(0, 5, (4, 1, 8, 8, 8), generator=g)
+    seg[1][seg[1] == 3] = 0      # ranks hold different numbers of organs
+    seg[2][seg[2] >= 2] = 0
+    return data, seg
+
+
+def loss_and_grads(encoder, head, data, seg):
+    emb, labels, _ = mask_pool(encoder(data), seg, 5)
+    loss = SupConLoss(0.1)(head(emb), labels)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in list(encoder.parameters()) + list(head.parameters())]
+
+
+def _worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    encoder, head = make_model()
+    data, seg = make_batch()
+    part = slice(rank * 2, rank * 2 + 2)
+    loss, _ = loss_and_grads(encoder, head, data[part], seg[part])
+    params = list(encoder.parameters()) + list(head.parameters())
+    average_gradients(params)  # what DDP (or the trainer's phase 1) does with the per-rank gradients
+    if rank == 0:
+        torch.save({"loss": loss, "grads": [p.grad for p in params]}, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_gather_equals_single_process_on_concatenated_batch(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "out.pth")
+    encoder, head = make_model()
+    loss, grads = loss_and_grads(encoder, head, *make_batch())
+    torch.testing.assert_close(ddp["loss"], loss, rtol=0, atol=1e-5)
+    for g_ddp, g in zip(ddp["grads"], grads):
+        torch.testing.assert_close(g_ddp, g, rtol=1e-4, atol=1e-5)
