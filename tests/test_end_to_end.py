@@ -103,3 +103,16 @@ def test_run_killed_in_pretraining_resumes_with_c(nnunet_env, preprocessed):
     assert sorted(pretraining_losses(after_resume)) == list(range(saved["pretrain_epoch"], 3))
     assert "SACL pretraining done" in after_resume and "Training done." in after_resume
     assert isfile(join(folder, "checkpoint_final.pth"))
+
+
+def test_pretrainer_ends_with_the_encoder_file(nnunet_env, preprocessed):
+    result = run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "3", "-tr", "SACLPretrainer_smoke", "-device", "cpu"],
+                 train_env(nnunet_env))
+    folder = fold_folder(nnunet_env, "SACLPretrainer_smoke", 3)
+    log = training_log(folder)
+    assert sorted(pretraining_losses(log)) == [0, 1, 2]
+    assert "Epoch 0" not in log and "nothing to validate" in result.stdout
+    encoder = torch.load(join(folder, "checkpoint_sacl_encoder.pth"), weights_only=False)
+    assert encoder["sacl"]["pretrain_epochs"] == 3 and encoder["trainer_name"] == "SACLPretrainer_smoke"
+    assert all(v.device.type == "cpu" for v in encoder["network_weights"].values())
+    assert isfile(join(folder, "checkpoint_final.pth")) and not isfile(join(folder, "checkpoint_latest.pth"))

@@ -47,6 +47,24 @@ def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, conf
     assert type(net).__name__ == ("ResidualEncoderUNet" if "ResEnc" in plans else "PlainConvUNet")
 
 
+def test_patches_without_organs_or_positives_train_on_without_nan(in_process_env):
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.initialize()
+    batch = first_batch(trainer)
+    trainer.on_train_end_without_checkpoint()
+    target = batch["target"][0]
+    no_organ = dict(batch, target=[torch.zeros_like(target)])
+    one_organ = dict(batch, target=[torch.where(target == 2, target, torch.zeros_like(target))])
+    one_organ["target"][0][1:] = 0      # organ 2 in the first patch only: no positive pair
+    for b in (no_organ, one_organ):
+        out = trainer.pretrain_step(b)
+        assert out["loss"].item() == 0.0
+    assert trainer.contrastive_loss.batches_without_positive.item() == 2
+    assert all(torch.isfinite(p).all() for p in trainer.pretraining_parameters())
+    assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
+    assert trainer.contrastive_loss.batches_without_positive.item() == 2
+
+
 def test_pretraining_checkpoint_round_trip(in_process_env, tmp_path):
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.initialize()
