@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("-tr", default="SACLTrainer_demo", help="trainer (default SACLTrainer_demo)")
     p.set_defaults(func=_demo)
 
+    from nnunet_sacl import embeddings
+    embeddings.add_cli(sub)
+
     args = parser.parse_args(argv)
     if getattr(args, "device", "unset") is None:
         import torch

@@ -116,3 +116,13 @@ def test_pretrainer_ends_with_the_encoder_file(nnunet_env, preprocessed):
     assert encoder["sacl"]["pretrain_epochs"] == 3 and encoder["trainer_name"] == "SACLPretrainer_smoke"
     assert all(v.device.type == "cpu" for v in encoder["network_weights"].values())
     assert isfile(join(folder, "checkpoint_final.pth")) and not isfile(join(folder, "checkpoint_latest.pth"))
+
+
+def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, nnunet_env, tmp_path):
+    png = tmp_path / "tsne.png"
+    result = run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", D, "-c", "3d_fullres", "-f", "0",
+                  "-tr", "SACLTrainer_smoke", "-o", str(png)], nnunet_env)
+    scores = dict(re.findall(r"silhouette \(cosine\) (\w+) pretraining: (\S+)", result.stdout))
+    assert set(scores) == {"before", "after"}, result.stdout
+    assert float(scores["after"]) > float(scores["before"])   # SACL makes organs cluster
+    assert png.stat().st_size > 10_000

@@ -1,0 +1,152 @@
+"""Do organs form clusters? Mask-pooled organ embeddings of an encoder before and after SACL pretraining, a t-SNE
+picture coloured by organ and the silhouette score (cosine) as one number for cluster quality."""
+from os.path import join
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from torch.nn import functional as F
+
+from nnunet_sacl.nnunet.checkpoints import read_checkpoint
+from nnunet_sacl.nnunet.network import encoder_of
+from nnunet_sacl.pooling import mask_pool
+
+
+def build_network(model_folder: str, configuration: str, weights_file: Optional[str] = None, seed: int = 0):
+    """The trained model's network as nnU-Net builds it (seeded initialisation), optionally with saved weights.
+    Returns (network, plans_manager, configuration_manager, label_manager)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    plans_manager = PlansManager(load_json(join(model_folder, "plans.json")))
+    dataset_json = load_json(join(model_folder, "dataset.json"))
+    cm = plans_manager.get_configuration(configuration)
+    lm = plans_manager.get_label_manager(dataset_json)
+    torch.manual_seed(seed)
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager, cm, determine_num_input_channels(plans_manager, cm, dataset_json),
+        lm.num_segmentation_heads, False)
+    if weights_file is not None:
+        network.load_state_dict(read_checkpoint(weights_file)["network_weights"])
+    return network.eval(), plans_manager, cm, lm
+
+
+def preprocessed_cases(folder: str, max_cases: Optional[int] = None) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+    """(identifier, data [C, *spatial], seg [1, *spatial]) of nnU-Net-preprocessed cases; -1 (outside the
+    nonzero mask) becomes background."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    dataset = infer_dataset_class(folder)(folder)
+    for key in list(dataset.identifiers)[:max_cases]:
+        data, seg, _, _ = dataset.load_case(key)
+        seg = np.asarray(seg).copy()
+        seg[seg < 0] = 0
+        yield key, np.asarray(data, dtype=np.float32), seg
+
+
+def patches(data: np.ndarray, seg: np.ndarray, patch_size) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Non-overlapping patch_size tiles covering the case (zero-padded at the far end), as [1, C, *patch] tensors."""
+    shape = data.shape[1:]
+    padded = [int(np.ceil(s / p) * p) for s, p in zip(shape, patch_size)]
+    pad = [(0, 0)] + [(0, p - s) for s, p in zip(shape, padded)]
+    data, seg = np.pad(data, pad), np.pad(seg, pad)
+    for start in np.ndindex(*[p // q for p, q in zip(padded, patch_size)]):
+        window = (slice(None),) + tuple(slice(i * q, (i + 1) * q) for i, q in zip(start, patch_size))
+        yield torch.from_numpy(data[window][None]), torch.from_numpy(seg[window][None].astype(np.int64))
+
+
+@torch.no_grad()
+def organ_embeddings(network, cases, patch_size, num_classes: int, ignore_label=None, stage: int = -1,
+                     device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+    """One L2-normalised embedding per (patch, organ present): the encoder stage's features mask-pooled."""
+    encoder = encoder_of(network).to(device)
+    rows, labels = [], []
+    for _, data, seg in cases:
+        for x, s in patches(data, seg, patch_size):
+            e, k, _ = mask_pool(encoder(x.to(device))[stage], s.to(device), num_classes, ignore_label)
+            rows.append(F.normalize(e.float(), dim=1).cpu())
+            labels.append(k.cpu())
+    return torch.cat(rows).numpy(), torch.cat(labels).numpy()
+
+
+def cluster_quality(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """Silhouette score with cosine distance, in [-1, 1]: higher means organs form tighter, better separated
+    clusters. NaN when fewer than two organs are present."""
+    from sklearn.metrics import silhouette_score
+    if len(np.unique(labels)) < 2 or len(labels) <= len(np.unique(labels)):
+        return float("nan")
+    return float(silhouette_score(embeddings, labels, metric="cosine"))
+
+
+def plot_tsne(groups: Dict[str, Tuple[np.ndarray, np.ndarray]], label_names: Dict[int, str], out_png: str,
+              seed: int = 0) -> None:
+    """One t-SNE panel per group (e.g. 'before', 'after'), points coloured by organ."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    fig, axes = plt.subplots(1, len(groups), figsize=(8 * len(groups), 7), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, (title, (emb, lab)) in zip(axes[0], groups.items()):
+        perplexity = float(max(2.0, min(30.0, (len(emb) - 1) / 3)))
+        xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
+        for k in np.unique(lab):
+            # distinct hues for the first 10 organs (tab20's even entries), their light twins after that
+            colour = cmap((2 * (int(k) - 1) + (int(k) - 1) // 10) % 20)
+            ax.scatter(*xy[lab == k].T, s=18, color=colour, label=label_names.get(int(k), str(k)))
+        ax.set_title(f"{title}: silhouette {cluster_quality(emb, lab):.3f}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def embeddings_before_after(model_folder: str, fold, configuration: str, preprocessed_folder: str,
+                            weights_file: Optional[str] = None, max_cases: int = 20, out_png: Optional[str] = None,
+                            device: str = "cpu", seed: int = 0) -> Dict[str, float]:
+    """Silhouette of the freshly initialised encoder ('before') and of the pretrained one ('after', by default the
+    fold's checkpoint_sacl_encoder.pth); writes the t-SNE picture when out_png is given."""
+    weights_file = weights_file or join(model_folder, f"fold_{fold}", "checkpoint_sacl_encoder.pth")
+    groups, label_names = {}, {}
+    for title, weights in (("before pretraining", None), ("after pretraining", weights_file)):
+        network, _, cm, lm = build_network(model_folder, configuration, weights, seed)
+        cases = preprocessed_cases(join(preprocessed_folder, cm.data_identifier), max_cases)
+        groups[title] = organ_embeddings(network, cases, cm.patch_size, lm.num_segmentation_heads,
+                                         lm.ignore_label, device=device)
+    names = load_json(join(model_folder, "dataset.json"))["labels"]
+    label_names = {v: k for k, v in names.items() if isinstance(v, int)}
+    if out_png:
+        plot_tsne(groups, label_names, out_png, seed)
+    return {title: cluster_quality(*g) for title, g in groups.items()}
+
+
+def _run(args) -> int:
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    dataset = maybe_convert_to_dataset_name(args.d)
+    model_folder = get_output_folder(dataset, args.tr, args.p, args.c)
+    scores = embeddings_before_after(model_folder, args.f, args.c, join(str(nnUNet_preprocessed), dataset),
+                                     args.weights, args.max_cases, args.o, args.device)
+    for title, score in scores.items():
+        print(f"silhouette (cosine) {title}: {score:.4f}")
+    print(f"t-SNE picture: {args.o}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "embeddings", help="t-SNE of organ embeddings before vs after SACL pretraining, with silhouette score",
+        epilog="nnunet-sacl embeddings -d 17 -c 3d_fullres -f 0 -tr SACLTrainer -o embeddings.png")
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", default="3d_fullres", help="configuration")
+    p.add_argument("-f", default="0", help="fold")
+    p.add_argument("-tr", default="SACLTrainer", help="trainer that wrote the model")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
+    p.add_argument("--weights", help="pretrained weights (default: fold_F/checkpoint_sacl_encoder.pth)")
+    p.add_argument("--max-cases", type=int, default=20)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", default="embeddings_tsne.png", help="output PNG")
+    p.set_defaults(func=_run)
