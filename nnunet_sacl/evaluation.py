@@ -1,0 +1,434 @@
+"""Per-organ Dice and normalized surface Dice (NSD) of prediction folders, and a paired comparison of two methods
+(Wilcoxon signed-rank test per organ), as segmentation papers such as SACL report them.
+
+Conventions (the same as nnU-Net's evaluation and Metrics Reloaded):
+- both masks empty: Dice and NSD are NaN (undefined, nothing to find); such pairs are left out of means and tests;
+- exactly one mask empty: Dice and NSD are 0;
+- spacing is in the array's axis order (for an array from ``sitk.GetArrayFromImage`` that is the reverse of
+  ``image.GetSpacing()``).
+Pure numpy/scipy/SimpleITK/matplotlib; see docs/evaluation.md.
+"""
+import argparse
+import csv
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage, stats
+
+SKIPPED_LABEL_NAMES = ("background", "ignore")
+METRICS = ("dice", "nsd")
+ALL_ORGANS = "all organs (per-case mean)"
+GEOMETRY_ATOL = 1e-4  # mm (spacing, origin) and direction cosines; float noise of NIfTI headers is far below it
+DEFAULT_TOLERANCE_MM = 2.0
+EXAMPLES = {
+    "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 -o sacl.csv",
+    "compare": "nnunet-sacl compare -a pred_sacl -b pred_nnunet -r labelsTs -d dataset.json --tolerance 2 "
+               "--names SACL nnU-Net -o comparison",
+}
+
+
+# ---------------------------------------------------------------- metrics on two boolean masks
+
+def _check_masks(pred_mask: np.ndarray, ref_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred_mask, ref_mask = np.asarray(pred_mask, dtype=bool), np.asarray(ref_mask, dtype=bool)
+    if pred_mask.shape != ref_mask.shape:
+        raise ValueError(f"prediction shape {pred_mask.shape} differs from reference shape {ref_mask.shape}")
+    return pred_mask, ref_mask
+
+
+def dice(pred_mask, ref_mask) -> float:
+    """Volumetric overlap, Dice = 2|P ∩ R| / (|P| + |R|); NaN when both masks are empty (nnU-Net's convention)."""
+    pred_mask, ref_mask = _check_masks(pred_mask, ref_mask)
+    total = int(pred_mask.sum()) + int(ref_mask.sum())
+    if total == 0:
+        return math.nan
+    return 2.0 * int(np.logical_and(pred_mask, ref_mask).sum()) / total
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with at least one face neighbour outside it; outside the array counts as outside, so an
+    organ cut by the field of view has a surface there too."""
+    face_neighbours = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=face_neighbours, border_value=0)
+
+
+def _union_bounding_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
+    """Crop that holds every voxel of both masks; distances between their surfaces do not change inside it, and the
+    distance transform runs on the organ's box instead of the whole CT."""
+    box = ndimage.find_objects((a | b).astype(np.uint8))[0]
+    return tuple(box)
+
+
+def surface_distances(pred_mask, ref_mask, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Distances in mm from every surface voxel of the prediction to the nearest surface voxel of the reference, and
+    from every reference surface voxel to the prediction's surface (Euclidean, voxel centres, ``spacing`` per axis).
+    Both masks must be non-empty."""
+    pred_mask, ref_mask = _check_masks(pred_mask, ref_mask)
+    spacing = _check_spacing(spacing, pred_mask.ndim)
+    if not pred_mask.any() or not ref_mask.any():
+        raise ValueError("surface distances need two non-empty masks")
+    box = _union_bounding_box(pred_mask, ref_mask)
+    pred_surface, ref_surface = surface_voxels(pred_mask[box]), surface_voxels(ref_mask[box])
+    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    return to_ref[pred_surface], to_pred[ref_surface]
+
+
+def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != ndim or not all(s > 0 for s in spacing):
+        raise ValueError(f"spacing {spacing} must hold {ndim} positive values (mm per voxel, array axis order)")
+    return spacing
+
+
+def normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm: float) -> float:
+    """Share of both surfaces that lies within ``tolerance_mm`` of the other surface (Nikolov et al. 2021):
+    NSD = (|{p in S_P : d(p, S_R) <= tau}| + |{r in S_R : d(r, S_P) <= tau}|) / (|S_P| + |S_R|),
+    with S_X the surface voxels of X. It forgives boundary errors up to tau mm, which Dice does not.
+    NaN when both masks are empty, 0 when exactly one is."""
+    pred_mask, ref_mask = _check_masks(pred_mask, ref_mask)
+    if tolerance_mm < 0:
+        raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
+    has_pred, has_ref = bool(pred_mask.any()), bool(ref_mask.any())
+    if not has_pred and not has_ref:
+        _check_spacing(spacing, pred_mask.ndim)
+        return math.nan
+    if not (has_pred and has_ref):
+        _check_spacing(spacing, pred_mask.ndim)
+        return 0.0
+    pred_to_ref, ref_to_pred = surface_distances(pred_mask, ref_mask, spacing)
+    # a distance equal to the tolerance up to float rounding (3 voxels * 0.7 mm vs 2.1 mm) counts as inside
+    limit = tolerance_mm * (1 + 1e-9) + 1e-12
+    inside = int((pred_to_ref <= limit).sum()) + int((ref_to_pred <= limit).sum())
+    return inside / (pred_to_ref.size + ref_to_pred.size)
+
+
+# ---------------------------------------------------------------- labels
+
+def labels_from_dataset_json(path) -> dict:
+    """Organ labels of an nnU-Net ``dataset.json`` (``labels``: name -> int, or list of ints for a region), without
+    background and ignore."""
+    path = Path(path)
+    try:
+        labels = json.loads(path.read_text())["labels"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: cannot read a 'labels' dict from it ({e})") from e
+    return {name: value for name, value in labels.items() if name not in SKIPPED_LABEL_NAMES}
+
+
+def parse_labels(spec: str) -> dict:
+    """``spec`` is a dataset.json path or ``name=1,name=2`` (a region: ``kidneys=2+3``)."""
+    if Path(spec).is_file():
+        return labels_from_dataset_json(spec)
+    labels = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            values = [int(v) for v in value.split("+")]
+        except ValueError:
+            values = []
+        if not sep or not name or not values:
+            raise ValueError(f"labels {spec!r}: neither a dataset.json file nor 'name=INT,...' (bad item {item!r})")
+        labels[name.strip()] = values[0] if len(values) == 1 else values
+    if not labels:
+        raise ValueError(f"labels {spec!r}: no organ given")
+    return labels
+
+
+def _label_values(value) -> list[int]:
+    return [int(value)] if np.isscalar(value) else [int(v) for v in value]
+
+
+def _label_text(value) -> str:
+    return "+".join(str(v) for v in _label_values(value))
+
+
+# ---------------------------------------------------------------- folders
+
+def _read(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def _geometry_mismatch(pred: sitk.Image, ref: sitk.Image) -> str | None:
+    """What differs between the two images' grids (size, spacing, origin, direction), or None."""
+    if pred.GetSize() != ref.GetSize():
+        return f"size {pred.GetSize()} vs reference {ref.GetSize()}"
+    for what in ("Spacing", "Origin", "Direction"):
+        p, r = getattr(pred, "Get" + what)(), getattr(ref, "Get" + what)()
+        if not np.allclose(p, r, rtol=0, atol=GEOMETRY_ATOL):
+            return f"{what.lower()} {tuple(round(v, 6) for v in p)} vs reference {tuple(round(v, 6) for v in r)}"
+    return None
+
+
+def reference_cases(ref_folder, file_ending: str = ".nii.gz") -> list[str]:
+    """Case names (file names without ``file_ending``) of the reference folder, sorted."""
+    ref_folder = Path(ref_folder)
+    if not ref_folder.is_dir():
+        raise FileNotFoundError(f"reference folder {ref_folder} does not exist")
+    cases = sorted(p.name[:-len(file_ending)] for p in ref_folder.iterdir() if p.name.endswith(file_ending))
+    if not cases:
+        raise FileNotFoundError(f"reference folder {ref_folder} holds no *{file_ending} file")
+    return cases
+
+
+def _check_predictions_present(pred_folder: Path, cases: list[str], file_ending: str) -> None:
+    missing = [c for c in cases if not (pred_folder / (c + file_ending)).is_file()]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise FileNotFoundError(f"{pred_folder}: no prediction for case {shown} (expected {missing[0]}{file_ending})")
+
+
+def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float) -> list[dict]:
+    """Dice and NSD of every organ of one case; spacing from the reference, whose grid the prediction must share."""
+    pred_path, ref_path = Path(pred_path), Path(ref_path)
+    pred_img, ref_img = _read(pred_path), _read(ref_path)
+    mismatch = _geometry_mismatch(pred_img, ref_img)
+    if mismatch:
+        raise ValueError(f"case {ref_path.name}: prediction {pred_path} does not match the reference grid: {mismatch}")
+    pred, ref = sitk.GetArrayFromImage(pred_img), sitk.GetArrayFromImage(ref_img)
+    spacing = tuple(reversed(ref_img.GetSpacing()))  # SimpleITK is x,y,z; the array is z,y,x
+    rows = []
+    for organ, value in labels.items():
+        values = _label_values(value)
+        pred_mask, ref_mask = np.isin(pred, values), np.isin(ref, values)
+        rows.append({"organ": organ, "label": _label_text(value), "dice": dice(pred_mask, ref_mask),
+                     "nsd": normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm)})
+    return rows
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def evaluate_folder(pred_folder, ref_folder, labels: dict, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                    out_csv=None, file_ending: str = ".nii.gz") -> list[dict]:
+    """One row (case, organ, label, dice, nsd) per reference case and organ; every reference case needs a
+    prediction of the same name on the same grid. Checks all predictions exist before computing anything."""
+    pred_folder = Path(pred_folder)
+    if not labels:
+        raise ValueError("no organ labels given")
+    cases = reference_cases(ref_folder, file_ending)
+    _check_predictions_present(pred_folder, cases, file_ending)
+    rows = []
+    for case in cases:
+        for row in evaluate_case(pred_folder / (case + file_ending), Path(ref_folder) / (case + file_ending),
+                                 labels, tolerance_mm):
+            rows.append({"case": case, **row})
+    if out_csv is not None:
+        write_csv(rows, out_csv)
+    return rows
+
+
+# ---------------------------------------------------------------- statistics
+
+def _by_case(rows: list[dict], metric: str) -> dict:
+    """(case, organ) -> value."""
+    return {(r["case"], r["organ"]): float(r[metric]) for r in rows}
+
+
+def _mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; NaN for fewer than two values)."""
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults: zero differences
+    dropped, exact distribution for small samples without ties). 1.0 when every difference is zero, NaN without
+    pairs."""
+    if a.size == 0:
+        return math.nan
+    if np.all(a == b):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on tiny samples; the p-value is still right
+        return float(stats.wilcoxon(a, b).pvalue)
+
+
+def _paired(values_a: dict, values_b: dict, cases: list[str], organs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per case: the organ's value (one organ) or the mean over the organs (several), taken over the organs where
+    both methods are defined (not NaN), so both sides average the same organs; cases with none are left out."""
+    a, b = [], []
+    for case in cases:
+        pa = np.array([values_a[(case, o)] for o in organs])
+        pb = np.array([values_b[(case, o)] for o in organs])
+        both = ~np.isnan(pa) & ~np.isnan(pb)
+        if both.any():
+            a.append(pa[both].mean())
+            b.append(pb[both].mean())
+    return np.array(a), np.array(b)
+
+
+def comparison_table(rows_a: list[dict], rows_b: list[dict], organs: list[str],
+                     names: tuple[str, str]) -> list[dict]:
+    """Per organ and metric, and (with several organs) for the per-case mean over organs: n pairs, mean and sd of
+    each method, mean difference (a - b) and the Wilcoxon p."""
+    cases = sorted({r["case"] for r in rows_a})
+    if cases != sorted({r["case"] for r in rows_b}):
+        raise ValueError("the two methods were evaluated on different cases")
+    table = []
+    groups = [([o], o) for o in organs] + ([(list(organs), ALL_ORGANS)] if len(organs) > 1 else [])
+    for organ_set, label in groups:
+        for metric in METRICS:
+            a, b = _paired(_by_case(rows_a, metric), _by_case(rows_b, metric), cases, organ_set)
+            (mean_a, sd_a), (mean_b, sd_b) = _mean_sd(a), _mean_sd(b)
+            table.append({"organ": label, "metric": metric, "n": int(a.size),
+                          "method_a": names[0], "mean_a": mean_a, "sd_a": sd_a,
+                          "method_b": names[1], "mean_b": mean_b, "sd_b": sd_b,
+                          "mean_diff": float((a - b).mean()) if a.size else math.nan,
+                          "p_value": wilcoxon_p(a, b)})
+    return table
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def markdown_table(table: list[dict], tolerance_mm: float) -> str:
+    """The comparison as a Markdown table: mean ± sd per method, p of the paired Wilcoxon signed-rank test."""
+    a, b = table[0]["method_a"], table[0]["method_b"]
+    lines = [f"| organ | metric | n | {a} | {b} | {a} - {b} | p (Wilcoxon) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in table:
+        metric = "Dice" if r["metric"] == "dice" else f"NSD@{tolerance_mm:g}mm"
+        lines.append(f"| {r['organ']} | {metric} | {r['n']} | {_fmt(r['mean_a'])} ± {_fmt(r['sd_a'])} | "
+                     f"{_fmt(r['mean_b'])} ± {_fmt(r['sd_b'])} | {_fmt(r['mean_diff'])} | {_fmt_p(r['p_value'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def box_plot(rows_a: list[dict], rows_b: list[dict], organs: list[str], names: tuple[str, str],
+             tolerance_mm: float, path) -> Path:
+    """One panel per metric, per organ the two methods' per-case values side by side (NaN cases left out)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with agg
+
+    fig = Figure(figsize=(max(6.0, 1.4 * len(organs) + 2), 7.5), layout="constrained")
+    colours = ("tab:orange", "tab:blue")
+    for ax, metric in zip(fig.subplots(2, 1), METRICS):
+        for k, (rows, name) in enumerate(zip((rows_a, rows_b), names)):
+            values = [[float(r[metric]) for r in rows if r["organ"] == o and not math.isnan(float(r[metric]))]
+                      for o in organs]
+            positions = [i * 3 + k for i in range(len(organs))]
+            boxes = ax.boxplot([v if v else [math.nan] for v in values], positions=positions, widths=0.8,
+                               patch_artist=True, medianprops={"color": "black"})
+            for patch in boxes["boxes"]:
+                patch.set_facecolor(colours[k])
+            boxes["boxes"][0].set_label(name)
+        ax.set_xticks([i * 3 + 0.5 for i in range(len(organs))], organs, rotation=30, ha="right")
+        ax.set_ylabel("Dice" if metric == "dice" else f"NSD @ {tolerance_mm:g} mm")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(loc="lower left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def compare(folder_a, folder_b, ref_folder, labels: dict, names=("SACL", "nnU-Net"), out_dir="comparison",
+            tolerance_mm: float = DEFAULT_TOLERANCE_MM, file_ending: str = ".nii.gz") -> list[dict]:
+    """Evaluates both prediction folders against ``ref_folder`` and compares them per organ with the paired Wilcoxon
+    signed-rank test. Writes into ``out_dir``: per_case_<name>.csv (both), comparison.csv, comparison.md,
+    comparison_boxplot.png. Returns the comparison table."""
+    names = tuple(names)
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(f"names must be two different method names, got {names}")
+    rows_a = evaluate_folder(folder_a, ref_folder, labels, tolerance_mm, file_ending=file_ending)
+    rows_b = evaluate_folder(folder_b, ref_folder, labels, tolerance_mm, file_ending=file_ending)
+    organs = list(labels)
+    table = comparison_table(rows_a, rows_b, organs, names)
+    out_dir = Path(out_dir)
+    for rows, name in zip((rows_a, rows_b), names):
+        write_csv(rows, out_dir / f"per_case_{_file_safe(name)}.csv")
+    write_csv(table, out_dir / "comparison.csv")
+    (out_dir / "comparison.md").write_text(markdown_table(table, tolerance_mm))
+    box_plot(rows_a, rows_b, organs, names, tolerance_mm, out_dir / "comparison_boxplot.png")
+    return table
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# ---------------------------------------------------------------- command line
+
+def _summary_lines(rows: list[dict], organs: list[str]) -> list[str]:
+    lines = []
+    for organ in organs:
+        for metric in METRICS:
+            values = np.array([float(r[metric]) for r in rows if r["organ"] == organ])
+            values = values[~np.isnan(values)]
+            mean, sd = _mean_sd(values)
+            lines.append(f"{organ:>20s} {metric:>5s}: {_fmt(mean)} ± {_fmt(sd)} (n={values.size})")
+    return lines
+
+
+def _run_evaluate(args) -> int:
+    try:
+        labels = parse_labels(args.d)
+        out = args.o or str(Path(args.p) / "evaluation.csv")
+        rows = evaluate_folder(args.p, args.r, labels, args.tolerance, out_csv=out, file_ending=args.file_ending)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nnunet-sacl evaluate: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(_summary_lines(rows, list(labels))))
+    print(f"per-case values: {out}")
+    return 0
+
+
+def _run_compare(args) -> int:
+    try:
+        labels = parse_labels(args.d)
+        table = compare(args.a, args.b, args.r, labels, tuple(args.names), args.o, args.tolerance, args.file_ending)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nnunet-sacl compare: {e}", file=sys.stderr)
+        return 1
+    print(markdown_table(table, args.tolerance), end="")
+    print(f"written to {args.o}: comparison.csv, comparison.md, comparison_boxplot.png, per_case_*.csv")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-r", required=True, metavar="REF", help="folder of reference segmentations (e.g. labelsTs)")
+    p.add_argument("-d", required=True, metavar="LABELS",
+                   help="dataset.json (its 'labels', without background/ignore) or 'liver=1,spleen=2,kidneys=3+4'")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM,
+                   help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM:g})")
+    p.add_argument("--file-ending", default=".nii.gz", help="segmentation file ending (default .nii.gz)")
+
+
+def add_cli(subparsers) -> None:
+    """Registers the ``evaluate`` and ``compare`` subcommands on an argparse subparsers object."""
+    p = subparsers.add_parser("evaluate", help="per-case, per-organ Dice and NSD of a prediction folder",
+                              epilog=EXAMPLES["evaluate"])
+    p.add_argument("-p", required=True, metavar="PRED", help="folder of predicted segmentations")
+    _add_common(p)
+    p.add_argument("-o", metavar="CSV", help="CSV to write (default PRED/evaluation.csv)")
+    p.set_defaults(func=_run_evaluate)
+
+    p = subparsers.add_parser("compare", help="compare two prediction folders per organ (Wilcoxon signed-rank)",
+                              epilog=EXAMPLES["compare"])
+    p.add_argument("-a", required=True, metavar="FOLDER", help="predictions of the first method (e.g. SACL)")
+    p.add_argument("-b", required=True, metavar="FOLDER", help="predictions of the second method (e.g. nnU-Net)")
+    _add_common(p)
+    p.add_argument("--names", nargs=2, default=["SACL", "nnU-Net"], metavar=("A", "B"),
+                   help="method names for tables and plot (default SACL nnU-Net)")
+    p.add_argument("-o", default="comparison", metavar="OUT_DIR", help="output folder (default ./comparison)")
+    p.set_defaults(func=_run_compare)
