@@ -1,5 +1,5 @@
-"""The README demo: generate a small dataset, plan and preprocess it, pretrain + fine-tune with SACL, predict the
-held-out cases and evaluate them, each step with nnU-Net's own commands."""
+"""The README demo: build the real-CT demo dataset (or the synthetic one), plan and preprocess it, pretrain +
+fine-tune with SACL, predict the held-out case and evaluate it, each step with nnU-Net's own commands."""
 import json
 import os
 import subprocess
@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from nnunet_sacl.environment import with_ext_trainer
-from nnunet_sacl.synthetic import ORGANS, make_synthetic_dataset
 
 
 def nnunet_command(name: str) -> str:
@@ -21,17 +20,28 @@ def run(cmd, env):
     subprocess.run(cmd, env=env, check=True)
 
 
-def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainer="SACLTrainer_demo", fold=0) -> dict:
-    """Runs the whole pipeline in ``workdir`` (nnUNet_raw/preprocessed/results live there); returns the
-    evaluation summary (nnU-Net's summary.json)."""
+def demo_dataset(raw_folder: Path, dataset_id: int, synthetic: bool, sdist=None) -> Path:
+    """The demo's raw dataset folder, built if it is not there yet."""
+    if synthetic:
+        from nnunet_sacl.synthetic import make_synthetic_dataset
+        folder = raw_folder / f"Dataset{dataset_id:03d}_SACLSynthetic"
+        return folder if folder.is_dir() else make_synthetic_dataset(raw_folder, dataset_id)
+    from nnunet_sacl.demo_data import DATASET_NAME, build_demo_dataset
+    folder = raw_folder / f"Dataset{dataset_id:03d}_{DATASET_NAME}"
+    return folder if folder.is_dir() else build_demo_dataset(dataset_id, raw_folder, sdist=sdist)
+
+
+def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainer="SACLTrainer_demo", fold=0,
+             synthetic=False, sdist=None) -> dict:
+    """Runs the whole pipeline in ``workdir`` (nnUNet_raw/preprocessed/results live there); returns nnU-Net's
+    evaluation summary (summary.json) of the held-out case(s)."""
     work = Path(workdir).resolve()
     env = with_ext_trainer(os.environ)
     env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(work / "nnUNet_results"))
-    raw = work / "nnUNet_raw" / f"Dataset{dataset_id:03d}_SACLSynthetic"
-    if not raw.is_dir():
-        make_synthetic_dataset(work / "nnUNet_raw", dataset_id)
-        print(f"generated {raw}")
+    raw = demo_dataset(work / "nnUNet_raw", dataset_id, synthetic, sdist)
+    print(f"dataset: {raw}")
+    labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "background"}
     d = str(dataset_id)
     run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2",
          "--verify_dataset_integrity"], env)
@@ -41,12 +51,12 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainer="SACLTra
     run([nnunet_command("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", d,
          "-c", "3d_fullres", "-f", str(fold), "-tr", trainer, "-device", device], env)
     run([nnunet_command("nnUNetv2_evaluate_simple"), str(raw / "labelsTs"), str(pred),
-         "-l", *[str(v) for v in ORGANS.values()]], env)
+         "-l", *[str(v) for v in labels.values()]], env)
     summary = json.loads((pred / "summary.json").read_text())
-    print(f"\nDice on the held-out cases ({trainer}):")
-    for name, label in ORGANS.items():
-        print(f"  {name:10s} {summary['mean'][str(label)]['Dice']:.3f}")
-    print(f"  {'mean':10s} {summary['foreground_mean']['Dice']:.3f}")
+    print(f"\nDice on the held-out case(s) ({trainer}; NaN: organ in neither label nor prediction):")
+    for name, label in labels.items():
+        print(f"  {name:32s} {summary['mean'][str(label)]['Dice']:.3f}")
+    print(f"  {'mean':32s} {summary['foreground_mean']['Dice']:.3f}")
     print(f"\nEverything is under {work}; the trained model: "
           f"{work / 'nnUNet_results' / raw.name / (trainer + '__nnUNetPlans__3d_fullres')}")
     return summary
