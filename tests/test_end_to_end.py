@@ -31,6 +31,11 @@ def training_log(folder) -> str:
     return "\n".join(open(f).read() for f in sorted(glob.glob(join(folder, "training_log_*.txt"))))
 
 
+def has_epoch_line(log: str, epoch: int) -> bool:
+    """nnU-Net's 'Epoch N' line (print_to_log_file ends each argument with a space)."""
+    return re.search(rf": Epoch {epoch} ?$", log, re.M) is not None
+
+
 def pretraining_losses(log: str):
     return {int(e): float(v) for e, v in re.findall(r"SACL pretraining epoch (\d+): contrastive loss (\S+),", log)}
 
@@ -126,3 +131,25 @@ def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, nnunet_env,
     assert set(scores) == {"before", "after"}, result.stdout
     assert float(scores["after"]) > float(scores["before"])   # SACL makes organs cluster
     assert png.stat().st_size > 10_000
+
+
+def test_run_killed_in_segmentation_training_resumes_with_c(nnunet_env, preprocessed):
+    env = train_env(nnunet_env)
+    folder = fold_folder(nnunet_env, "SACLTrainer_smoke", 4)
+    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_smoke", "-device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not has_epoch_line(training_log(folder), 1) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "Training done." not in training_log(folder), "the run finished before it could be killed"
+    saved = torch.load(join(folder, "checkpoint_latest.pth"), weights_only=False, map_location="cpu")
+    assert saved["sacl"]["phase"] == "segmentation" and saved["current_epoch"] == 1
+
+    run(cmd + ["--c"], env)
+    log = training_log(folder)
+    after_resume = log[log.index("Resumed from"):]
+    assert "phase segmentation, pretraining epoch 3, segmentation epoch 1" in after_resume
+    assert "SACL pretraining epoch" not in after_resume and not has_epoch_line(after_resume, 0)
+    assert has_epoch_line(after_resume, 1) and "Training done." in after_resume

@@ -17,6 +17,7 @@ from nnunet_sacl.distributed import average_gradients, is_distributed
 from nnunet_sacl.heads import ProjectionHead
 from nnunet_sacl.losses import SupConLoss
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
+from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.progress import SACLLocalLogger, new_pretrain_log, plot_pretraining
 from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
@@ -24,7 +25,29 @@ from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
 PRETRAIN, SEGMENTATION = "pretrain", "segmentation"
 
 
-class SACLTrainer(nnUNetTrainer):
+class NonFiniteLossGuard:
+    """Counts non-finite losses (whose steps are skipped) and stops the run after ``limit`` in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped_this_epoch = limit, 0, 0
+
+    def is_finite(self, loss: torch.Tensor, where: str) -> bool:
+        if bool(torch.isfinite(loss)):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped_this_epoch += 1
+        if self.in_a_row >= self.limit:
+            raise RuntimeError(f"{self.in_a_row} non-finite losses in a row ({where}): stopping. Lower the "
+                               f"learning rate, check the data for NaN/inf, or raise max_nonfinite_in_a_row.")
+        return False
+
+    def take_epoch_count(self) -> int:
+        n, self.skipped_this_epoch = self.skipped_this_epoch, 0
+        return n
+
+
+class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     """Phase 1: ``pretrain_epochs`` epochs of SACL on encoder + projection head (nnU-Net's dataloader and
     augmentation, supervised contrastive loss over mask-pooled organ embeddings). Phase 2: nnU-Net's standard
     training for ``num_epochs`` from the pretrained encoder, with the untouched decoder and a fresh optimizer and
@@ -44,6 +67,8 @@ class SACLTrainer(nnUNetTrainer):
     embedding: str = "mask_pool"               # or "paper_style": one encoder pass per organ-masked input
     stop_after_pretraining: bool = False
     encoder_file_name: str = "checkpoint_sacl_encoder.pth"
+    max_nonfinite_in_a_row: int = 5            # skipped steps with a NaN/inf loss before the run stops
+    # finetune_warmup_epochs, finetune_frozen_encoder_epochs (phase 2): see FineTuneScheduleMixin
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -55,6 +80,7 @@ class SACLTrainer(nnUNetTrainer):
         self.pretrain_log = new_pretrain_log()
         self.logger.local_logger = SACLLocalLogger(self.pretrain_log)
         self.save_every_pretrain_epochs = 1
+        self.nonfinite = NonFiniteLossGuard(self.max_nonfinite_in_a_row)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _refuse_unsupported_labels(self):
@@ -86,6 +112,15 @@ class SACLTrainer(nnUNetTrainer):
         self.pretrain_encoder = torch.compile(encoder) if self._do_i_compile() else encoder
         if self.phase == PRETRAIN:
             self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
+        self._warn_if_no_positives_possible()
+
+    def _warn_if_no_positives_possible(self):
+        world = dist.get_world_size() if is_distributed() else 1
+        if self.batch_size * world < 2:
+            self.print_to_log_file(
+                f"WARNING: batch size {self.batch_size} x {world} GPU(s): every organ appears at most once per "
+                f"batch, so the contrastive loss has no positive pair and pretraining learns nothing. Use a batch "
+                f"size of at least 2 (plans 'batch_size') or more GPUs.")
 
     def pretraining_parameters(self):
         return list(encoder_of(self.network).parameters()) + list(self.head.parameters())
@@ -152,6 +187,8 @@ class SACLTrainer(nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             z, labels = self.embed(data, seg)
             loss = self.contrastive_loss(z, labels)
+        if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
+            return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         params = self.pretraining_parameters()
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -170,7 +207,40 @@ class SACLTrainer(nnUNetTrainer):
         # tensors, not floats: no host sync inside the step
         return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device)}
 
+    def train_step(self, batch: dict) -> dict:
+        # Copies nnUNetTrainer.train_step (forward, loss, backward, clip, step in one body) to skip the step when the
+        # loss is not finite: there is no hook between computing the loss and the optimizer step.
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            loss = self.loss(self.network(data), target)
+        if not self.nonfinite.is_finite(loss, f"segmentation epoch {self.current_epoch}"):
+            return {'loss': np.nan}
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {'loss': loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: list):
+        finite = [o for o in train_outputs if np.isfinite(o['loss'])]
+        skipped = self.nonfinite.take_epoch_count()
+        if skipped:
+            self.print_to_log_file(f"Skipped {skipped} step(s) with a non-finite loss this epoch")
+        super().on_train_epoch_end(finite or train_outputs)
+
     def on_pretrain_epoch_end(self, outputs: list, seconds: float):
+        skipped = self.nonfinite.take_epoch_count()
+        outputs = [o for o in outputs if not o.get('skipped')] or outputs
         loss = torch.stack([o['loss'] for o in outputs]).mean()
         organs = torch.stack([o['organs'] for o in outputs]).float().mean()
         without_positive = self.contrastive_loss.batches_without_positive.clone()
@@ -180,9 +250,6 @@ class SACLTrainer(nnUNetTrainer):
             dist.all_reduce(stats)
             stats[:2] /= dist.get_world_size()
         loss, organs, without_positive = stats.tolist()
-        if not np.isfinite(loss):
-            raise RuntimeError(f"SACL pretraining loss is {loss} in pretraining epoch {self.pretrain_epoch} "
-                               f"({self.output_folder}). Lower pretrain_initial_lr or check the data.")
         log = self.pretrain_log
         for key, value in zip(("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds"),
                               (loss, self.optimizer.param_groups[0]['lr'], organs, int(without_positive), seconds)):
@@ -190,7 +257,8 @@ class SACLTrainer(nnUNetTrainer):
         self.print_to_log_file(
             f"SACL pretraining epoch {self.pretrain_epoch}: contrastive loss {loss:.4f}, "
             f"lr {log['lr'][-1]:.5f}, organ embeddings per batch {organs:.1f}, "
-            f"batches without a positive pair {int(without_positive)}, epoch time {seconds:.2f} s")
+            f"batches without a positive pair {int(without_positive)}, steps skipped (non-finite loss) {skipped}, "
+            f"epoch time {seconds:.2f} s")
         self.pretrain_epoch += 1
         if self.pretrain_epoch % self.save_every_pretrain_epochs == 0 or self.pretrain_epoch == self.pretrain_epochs:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))

@@ -3,6 +3,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer
 
 
@@ -54,5 +55,22 @@ class SACLTrainer_PaperStyle_smoke(_ShortRun, SACLTrainer_PaperStyle):
     pretrain_epochs = 3
 
 
-__all__ = ["SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
+class SACLTrainer_warmup50(SACLTrainer):
+    """Phase 2 starts with a 50-epoch linear LR warm-up (then poly decay over the remaining epochs)."""
+    finetune_warmup_epochs = 50
+
+
+class SACLTrainer_frozen50(SACLTrainer):
+    """Phase 2 trains only the decoder for 50 epochs, then the whole network."""
+    finetune_frozen_encoder_epochs = 50
+
+
+class nnUNetTrainer_frozen50(FineTuneScheduleMixin, nnUNetTrainer):
+    """For ``-pretrained_weights`` runs: encoder frozen for 50 epochs, then the whole network. (For a warm-up,
+    nnU-Net's own ``nnUNetTrainer_warmup`` already does 50 linear epochs, then poly over the rest.)"""
+    finetune_frozen_encoder_epochs = 50
+
+
+__all__ = ["SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
+           "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]

@@ -1,0 +1,49 @@
+"""Fine-tuning schedules as a mixin for any nnU-Net trainer: linear LR warm-up and a frozen encoder at the start."""
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+from nnunet_sacl.nnunet.network import encoder_of
+from nnunet_sacl.schedules import encoder_is_frozen, warmup_poly_lr
+
+
+class WarmupPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly scheduler with a linear warm-up (``warmup_poly_lr``); stepped by epoch as nnU-Net does."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+        super().__init__(optimizer, initial_lr, max_steps)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = warmup_poly_lr(current_step, self.initial_lr, self.max_steps, self.warmup_steps, self.exponent)
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+
+
+class FineTuneScheduleMixin:
+    """Put before an nnUNetTrainer subclass. Settings (class attributes):
+
+    - ``finetune_warmup_epochs``: LR rises linearly to ``initial_lr`` over these epochs, then poly decay.
+    - ``finetune_frozen_encoder_epochs``: the encoder gets no gradient for these epochs. The optimizer keeps all
+      parameters throughout (frozen ones have no gradient, so SGD leaves them and their momentum untouched), so
+      nothing is rebuilt at the switch and the poly schedule runs on by epoch.
+    """
+    finetune_warmup_epochs: int = 0
+    finetune_frozen_encoder_epochs: int = 0
+
+    def configure_optimizers(self):
+        optimizer, scheduler = super().configure_optimizers()
+        if self.finetune_warmup_epochs:
+            scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.finetune_warmup_epochs)
+        return optimizer, scheduler
+
+    def on_train_epoch_start(self):
+        frozen = encoder_is_frozen(self.current_epoch, self.finetune_frozen_encoder_epochs)
+        for p in encoder_of(self.network).parameters():
+            p.requires_grad_(not frozen)
+        if self.finetune_frozen_encoder_epochs and self.current_epoch in (0, self.finetune_frozen_encoder_epochs):
+            self.print_to_log_file(f"Encoder {'frozen' if frozen else 'trainable'} from epoch {self.current_epoch}")
+        super().on_train_epoch_start()
+
