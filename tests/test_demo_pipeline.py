@@ -25,4 +25,7 @@ def test_demo_pipeline_on_real_ct(nnunet_env, tmp_path):
     assert len(organs) == 12 and set(summary["mean"]) == {str(dataset_json["labels"][o]) for o in organs}
     printed = re.findall(r"^  (\w+)\s+(nan|\d\.\d{3})$", result.stdout, re.M)
     assert [name for name, _ in printed] == organs + ["mean"]
+    assert re.search(r"after pretraining\s+-?\d\.\d{3}", result.stdout)
+    assert (tmp_path / "nnUNet_results" / "Dataset995_SACLDemoCT" / "SACLTrainer_smoke__nnUNetPlans__3d_fullres"
+            / "fold_0" / "embeddings_tsne.png").stat().st_size > 10_000
     assert "SACL pretraining done" in "".join(p.read_text() for p in tmp_path.rglob("training_log_*.txt"))
