@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--sdist", help="a local totalsegmentator-2.18.0.tar.gz (offline; see docs/demo-data.md)")
     p.set_defaults(func=_demo)
 
-    from nnunet_sacl import converters, demo_data, embeddings, evaluation, submission
-    for module in (converters, demo_data, submission, evaluation, embeddings):
+    from nnunet_sacl import converters, demo_data, embeddings, evaluation, submission, weights
+    for module in (converters, demo_data, submission, evaluation, embeddings, weights):
         module.add_cli(sub)
 
     args = parser.parse_args(argv)

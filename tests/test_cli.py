@@ -33,6 +33,6 @@ def test_env_right_path_among_others_is_accepted(tmp_path):
 
 def test_every_subcommand_has_help_with_an_example():
     for sub in ("env", "synthetic-data", "demo", "convert-btcv", "convert-flare21", "demo-data",
-                "export-submission", "evaluate", "compare", "embeddings"):
+                "export-submission", "evaluate", "compare", "embeddings", "check-weights"):
         r = subprocess.run([nnunet_bin("nnunet-sacl"), sub, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "nnunet-sacl " + sub in r.stdout

@@ -1,0 +1,211 @@
+"""Pretrain once, fine-tune anywhere: SACL pretraining on dataset A, fine-tuning on dataset B with other organs and
+another image size. B's own plans do not fit A's encoder (check-weights says why); A's plans moved to B do, and
+nnU-Net's -pretrained_weights training and prediction then work on B. Real nnU-Net commands as subprocesses."""
+import glob
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_sacl import trainers_folder
+from nnunet_sacl.synthetic import make_synthetic_dataset
+from nnunet_sacl.weights import check_weights
+from tests.conftest import nnunet_bin, run
+
+A_ID, B_ID = 993, 994
+A_NAME, B_NAME = f"Dataset{A_ID}_TransferA", f"Dataset{B_ID}_TransferB"
+MOVED_PLANS = f"nnUNetPlans_from{A_ID}"
+B_LABELS = {"background": 0, "box": 1, "tube": 2}    # A's ellipsoid (1) is background in B; box 2->1, tube 3->2
+A_TO_B = np.array([0, 0, 1, 2], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """nnU-Net's folders for this module only (not conftest's dataset 991)."""
+    root = tmp_path_factory.mktemp("transfer")
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
+               nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1")
+    env.pop("nnUNet_n_proc_DA", None)     # planning calls torch.set_num_threads(nnUNet_n_proc_DA): 0 breaks it
+    return env
+
+
+def train_env(env) -> dict:
+    """Single-process augmentation: fast on 2 cores."""
+    return dict(env, nnUNet_n_proc_DA="0")
+
+
+@pytest.fixture
+def in_process(env, monkeypatch):
+    """nnU-Net reads its paths from os.environ when used: in-process checks see this module's folders."""
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, env[key])
+    return env
+
+
+def keep_two_organs(raw: Path) -> None:
+    """B's label set: box and tube only, renumbered 1, 2 (A has ellipsoid 1, box 2, tube 3)."""
+    for label_file in glob.glob(str(raw / "labels*" / "*.nii.gz")):
+        image = sitk.ReadImage(label_file)
+        relabelled = sitk.GetImageFromArray(A_TO_B[sitk.GetArrayFromImage(image)])
+        relabelled.CopyInformation(image)
+        sitk.WriteImage(relabelled, label_file)
+    dataset = json.loads((raw / "dataset.json").read_text())
+    dataset["labels"] = B_LABELS
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+
+
+@pytest.fixture(scope="module")
+def encoder_file(env) -> str:
+    """Dataset A (3 organs, 20x48x48) planned and preprocessed, then SACLPretrainer_smoke: the encoder file."""
+    make_synthetic_dataset(env["nnUNet_raw"], A_ID, name="TransferA", num_training=5, num_test=0)
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", "2"], env)
+    run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
+         "-device", "cpu"], train_env(env))
+    return os.path.join(env["nnUNet_results"], A_NAME, "SACLPretrainer_smoke__nnUNetPlans__3d_fullres", "fold_0",
+                        "checkpoint_sacl_encoder.pth")
+
+
+@pytest.fixture(scope="module")
+def planned_b(env) -> Path:
+    """Dataset B (2 organs, 16x64x64: nnU-Net plans 5 stages here, 4 for A) with its own plans, not preprocessed."""
+    raw = make_synthetic_dataset(env["nnUNet_raw"], B_ID, name="TransferB", num_training=5, num_test=1,
+                                 shape=(16, 64, 64), seed=1)
+    keep_two_organs(raw)
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(B_ID), "--no_pp"], env)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def moved_plans(env, encoder_file, planned_b) -> str:
+    """nnU-Net's way across datasets: A's plans copied to B under a new name, B preprocessed with them."""
+    run([nnunet_bin("nnUNetv2_move_plans_between_datasets"), "-s", str(A_ID), "-t", str(B_ID), "-sp", "nnUNetPlans",
+         "-tp", MOVED_PLANS], env)
+    run([nnunet_bin("nnUNetv2_preprocess"), "-d", str(B_ID), "-plans_name", MOVED_PLANS, "-c", "3d_fullres",
+         "-np", "2"], env)
+    return MOVED_PLANS
+
+
+def check_weights_cli(env, *args):
+    return subprocess.run([nnunet_bin("nnunet-sacl"), "check-weights", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_b_own_plans_do_not_fit_and_the_report_says_why(env, encoder_file, planned_b):
+    r = check_weights_cli(env, encoder_file, "-d", str(B_ID), "-c", "3d_fullres")
+    print(r.stdout)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NO: the weights do not fit" in r.stdout
+    mismatched = re.findall(r"^  (\S+): (missing|\([\d, ]+\)) -> (\([\d, ]+\))$", r.stdout, re.M)
+    assert mismatched, r.stdout
+    assert any(file_shape == "missing" for _, file_shape, _ in mismatched)         # B has one stage more
+    assert any(file_shape != "missing" for _, file_shape, _ in mismatched)         # and other decoder shapes
+    assert all(".seg_layers." not in key for key, _, _ in mismatched)
+    stages = re.search(r"n_stages: file (\d+), target (\d+)", r.stdout)
+    assert "other plans" in r.stdout and stages and stages.group(1) != stages.group(2), r.stdout
+    assert f"-tp {MOVED_PLANS}" in r.stdout                                        # the fix names nnU-Net's recipe
+
+
+def test_report_agrees_with_nnunets_loader(in_process, encoder_file, planned_b):
+    """nnU-Net's own load_pretrained_weights refuses B's network on a key that the report lists."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_sacl.weights import load_target_plans
+    plans_manager, config, dataset_json = load_target_plans(B_ID, "3d_fullres", "nnUNetPlans")
+    network = nnUNetTrainer.build_network_architecture(plans_manager, config, 1, 3)
+    with pytest.raises(AssertionError) as refused:
+        load_pretrained_weights(network, encoder_file)
+    report = check_weights(encoder_file, B_ID, "3d_fullres")
+    first_bad_key = re.search(r"[Kk]ey (\S+) ", str(refused.value)).group(1)
+    assert first_bad_key in {m.key for m in report.mismatches}
+
+
+def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_file, moved_plans, planned_b,
+                                                                 tmp_path):
+    r = check_weights_cli(env, encoder_file, "-d", str(B_ID), "-c", "3d_fullres", "-p", moved_plans)
+    print(r.stdout)
+    assert r.returncode == 0 and "YES: the weights fit" in r.stdout, r.stdout + r.stderr
+
+    trained = run([nnunet_bin("nnUNetv2_train"), str(B_ID), "3d_fullres", "0", "-tr", "nnUNetTrainer_smoke",
+                   "-p", moved_plans, "-device", "cpu", "-pretrained_weights", encoder_file], train_env(env))
+    assert "Loading pretrained weights" in trained.stdout
+    out = tmp_path / "pred"
+    run([nnunet_bin("nnUNetv2_predict"), "-i", str(planned_b / "imagesTs"), "-o", str(out), "-d", str(B_ID),
+         "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_smoke", "-p", moved_plans, "-device", "cpu",
+         "-npp", "1", "-nps", "1"], env)
+    images = sorted(glob.glob(str(planned_b / "imagesTs" / "*_0000.nii.gz")))
+    assert images
+    for image_file in images:
+        pred = sitk.ReadImage(str(out / os.path.basename(image_file).replace("_0000.nii.gz", ".nii.gz")))
+        assert pred.GetSize() == sitk.ReadImage(image_file).GetSize() == (64, 64, 16)
+        assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= set(B_LABELS.values())
+
+
+def test_2d_configuration_against_a_3d_file_is_named(in_process, encoder_file):
+    report = check_weights(encoder_file, A_ID, "2d")
+    assert not report.fits
+    assert any(c.startswith("2d vs 3d") for c in report.causes), report.causes
+    assert "rank 5" in str(report) and "rank 4" in str(report)
+
+
+def hand_made_file(tmp_path, weights: dict) -> str:
+    """A weights file outside any results folder: no plans.json next to it, so the report infers from shapes."""
+    path = str(tmp_path / "weights.pth")
+    torch.save({"network_weights": weights}, path)
+    return path
+
+
+def test_other_number_of_input_channels_is_named(in_process, encoder_file, tmp_path):
+    weights = torch.load(encoder_file, weights_only=False)["network_weights"]
+    for key, w in list(weights.items()):
+        if w.ndim == 5 and w.shape[1] == 1:          # the first conv (and its aliases) of a 1-channel network
+            weights[key] = torch.zeros(w.shape[0], 2, *w.shape[2:])
+    report = check_weights(hand_made_file(tmp_path, weights), A_ID, "3d_fullres")
+    assert not report.fits
+    assert report.causes == ["other number of input channels: the file's first conv takes 2, the target's 1 "
+                             "(dataset.json channel_names, or a cascade stage)"]
+    assert all(m.file_shape[1] == 2 and m.target_shape[1] == 1 for m in report.mismatches)
+
+
+def test_ddp_or_compile_prefixes_are_named(in_process, encoder_file, tmp_path):
+    weights = torch.load(encoder_file, weights_only=False)["network_weights"]
+    report = check_weights(hand_made_file(tmp_path, {f"module._orig_mod.{k}": v for k, v in weights.items()}),
+                           A_ID, "3d_fullres")
+    assert not report.fits and len(report.causes) == 1 and "'module.' (DDP)" in report.causes[0], report.causes
+
+
+def test_other_architecture_class_is_named(in_process, encoder_file, tmp_path):
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    resenc = ResidualEncoderUNet(1, 4, [32, 64, 128, 256], torch.nn.Conv3d, 3, [1, 2, 2, 2], [1, 1, 1, 1], 4,
+                                 [1, 1, 1], True, torch.nn.InstanceNorm3d)
+    report = check_weights(hand_made_file(tmp_path, resenc.state_dict()), A_ID, "3d_fullres")
+    assert not report.fits
+    assert any(c.startswith("other architecture class: the file is a ResidualEncoderUNet, the target a "
+                            "PlainConvUNet") for c in report.causes), report.causes
+
+
+def test_errors_name_the_file_and_the_choices(in_process, encoder_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match="Weights file .*nope.pth does not exist"):
+        check_weights(str(tmp_path / "nope.pth"), A_ID, "3d_fullres")
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="Cannot read checkpoint .*broken.pth"):
+        check_weights(str(tmp_path / "broken.pth"), A_ID, "3d_fullres")
+    with pytest.raises(FileNotFoundError, match=r"No plans file .*nnUNetPlans_x\.json\. Plans of "
+                                                rf"{A_NAME}: nnUNetPlans"):
+        check_weights(encoder_file, A_ID, "3d_fullres", "nnUNetPlans_x")
+    with pytest.raises(ValueError, match=r"Configuration '3d_lowres' is not in .*nnUNetPlans\.json; available: "
+                                         r".*3d_fullres"):
+        check_weights(encoder_file, A_ID, "3d_lowres")
+
+
+def test_cli_help_and_error_exit_code(env, tmp_path):
+    r = check_weights_cli(env, "--help")
+    assert r.returncode == 0 and "nnunet-sacl check-weights" in r.stdout
+    r = check_weights_cli(env, str(tmp_path / "nope.pth"), "-d", str(A_ID), "-c", "3d_fullres")
+    assert r.returncode == 1 and "does not exist" in r.stderr
