@@ -154,3 +154,56 @@ def test_foreign_or_truncated_checkpoint_is_refused_with_its_name(in_process_env
     torch.save({"network_weights": {}}, foreign)
     with pytest.raises(RuntimeError, match="stock.pth was not written by a SACL trainer"):
         trainer.load_checkpoint(str(foreign))
+
+
+def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
+    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
+
+    class WiderHead(SACLTrainer_smoke):
+        head_out_channels = 64
+
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.initialize()
+    file = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(file)
+    other = make_trainer("SACLTrainer_smoke")
+    other.__class__ = WiderHead
+    with pytest.raises(RuntimeError, match=r"checkpoint_latest.pth does not match this WiderHead"):
+        other.load_checkpoint(file)
+
+
+def test_organ_x_phase_labels(in_process_env):
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
+    from nnunet_sacl.phases import PHASES_FILE
+
+    class Phases(SACLTrainer_smoke):
+        use_phase_labels = True
+
+    folder = join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic")
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    data_folder = join(folder, "nnUNetPlans_3d_fullres")
+    cases = sorted(infer_dataset_class(data_folder).get_identifiers(data_folder))
+    phases_file = join(folder, PHASES_FILE)
+    spec = {"phases": ["arterial", "venous"], "cases": {c: ["arterial", "venous"][i % 2] for i, c in enumerate(cases)}}
+    try:
+        json.dump(dict(spec, cases={c: p for c, p in list(spec["cases"].items())[1:]}), open(phases_file, "w"))
+        trainer = make_trainer("SACLTrainer_smoke")
+        trainer.__class__ = Phases
+        with pytest.raises(ValueError, match=f"case {cases[0]} has no phase"):
+            trainer.initialize()
+
+        json.dump(spec, open(phases_file, "w"))
+        trainer = make_trainer("SACLTrainer_smoke")
+        trainer.__class__ = Phases
+        trainer.initialize()
+        batch = first_batch(trainer)
+        trainer.on_train_end_without_checkpoint()
+        z, organs, samples = trainer.embed(batch["data"], batch["target"][0])
+        labels = trainer.contrastive_labels(organs, samples, batch["keys"])
+        expected = [int(o) * 2 + cases.index(batch["keys"][int(s)]) % 2 for o, s in zip(organs, samples)]
+        assert labels.tolist() == expected
+        assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
+    finally:
+        import os
+        os.remove(phases_file)

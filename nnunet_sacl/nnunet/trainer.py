@@ -20,6 +20,7 @@ from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.progress import SACLLocalLogger, new_pretrain_log, plot_pretraining
+from nnunet_sacl.phases import find_phases_file, organ_phase_labels, read_phases
 from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
 
 PRETRAIN, SEGMENTATION = "pretrain", "segmentation"
@@ -68,6 +69,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     stop_after_pretraining: bool = False
     encoder_file_name: str = "checkpoint_sacl_encoder.pth"
     max_nonfinite_in_a_row: int = 5            # skipped steps with a NaN/inf loss before the run stops
+    use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (nnunet_sacl.phases)
     # finetune_warmup_epochs, finetune_frozen_encoder_epochs (phase 2): see FineTuneScheduleMixin
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -76,7 +78,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self._refuse_unsupported_labels()
         self.phase = PRETRAIN if self.pretrain_epochs > 0 else SEGMENTATION
         self.pretrain_epoch = 0                 # next pretraining epoch to run
-        self.head = self.contrastive_loss = self.pretrain_encoder = None
+        self.head = self.contrastive_loss = self.pretrain_encoder = self.case_phase = None
         self.pretrain_log = new_pretrain_log()
         self.logger.local_logger = SACLLocalLogger(self.pretrain_log)
         self.save_every_pretrain_epochs = 1
@@ -113,6 +115,16 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         if self.phase == PRETRAIN:
             self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
         self._warn_if_no_positives_possible()
+        self.case_phase = self._read_case_phases() if self.use_phase_labels else None
+
+    def _read_case_phases(self):
+        """Phase index of every case, from sacl_phases.json next to the preprocessed (or raw) dataset.json."""
+        raw = join(os.environ["nnUNet_raw"], self.plans_manager.dataset_name) if os.environ.get("nnUNet_raw") else None
+        path = find_phases_file([self.preprocessed_dataset_folder_base, raw])
+        case_phase, phases = read_phases(path, self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+        self.num_phases = len(phases)
+        self.print_to_log_file(f"Organ x phase labels from {path}: phases {phases}")
+        return case_phase
 
     def _warn_if_no_positives_possible(self):
         world = dist.get_world_size() if is_distributed() else 1
@@ -164,20 +176,27 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             self.on_train_end_without_checkpoint()
 
     def embed(self, data: torch.Tensor, seg: torch.Tensor):
-        """Projected organ embeddings z [N, head_out] and their organ labels [N] for one batch."""
+        """Projected organ embeddings z [N, head_out], their organ labels [N] and sample index [N] for one batch."""
         num_classes, ignore = self.label_manager.num_segmentation_heads, self.label_manager.ignore_label
         if self.embedding == "mask_pool":
             features = self.pretrain_encoder(data)
             pooled = [mask_pool(features[s], seg, num_classes, ignore, self.min_organ_voxels) for s in self.pool_stages]
-            embeddings, labels = torch.cat([p[0] for p in pooled], 1), pooled[0][1]
+            embeddings, labels, samples = torch.cat([p[0] for p in pooled], 1), pooled[0][1], pooled[0][2]
         elif self.embedding == "paper_style":
-            inputs, labels, _ = organ_masked_inputs(data, seg, num_classes, ignore, self.min_organ_voxels)
+            inputs, labels, samples = organ_masked_inputs(data, seg, num_classes, ignore, self.min_organ_voxels)
             features = self.pretrain_encoder(inputs)
             embeddings = torch.cat([features[s].flatten(2).mean(-1) for s in self.pool_stages], 1)
         else:
             raise RuntimeError(f"{self.__class__.__name__}.embedding = {self.embedding!r}: "
                                f"use 'mask_pool' or 'paper_style'")
-        return self.head(embeddings), labels
+        return self.head(embeddings), labels, samples
+
+    def contrastive_labels(self, organ_labels, sample_index, keys):
+        """Organ identity, or organ x phase when use_phase_labels is on."""
+        if self.case_phase is None:
+            return organ_labels
+        phase = torch.tensor([self.case_phase[k] for k in keys], device=organ_labels.device)
+        return organ_phase_labels(organ_labels, phase, sample_index, self.num_phases)
 
     def pretrain_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
@@ -185,8 +204,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         seg = seg.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            z, labels = self.embed(data, seg)
-            loss = self.contrastive_loss(z, labels)
+            z, organs, samples = self.embed(data, seg)
+            loss = self.contrastive_loss(z, self.contrastive_labels(organs, samples, batch.get('keys')))
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         params = self.pretraining_parameters()
@@ -335,12 +354,17 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.phase, self.pretrain_epoch = sacl['phase'], sacl['pretrain_epoch']
         self.pretrain_log.clear()
         self.pretrain_log.update(sacl['pretrain_log'])
-        if self.phase == PRETRAIN:
-            self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
-            self.head.load_state_dict(sacl['head'])
-        else:
-            self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        super().load_checkpoint(filename_or_checkpoint)
+        try:
+            if self.phase == PRETRAIN:
+                self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
+                self.head.load_state_dict(sacl['head'])
+            else:
+                self.optimizer, self.lr_scheduler = self.configure_optimizers()
+            super().load_checkpoint(filename_or_checkpoint)
+        except (RuntimeError, ValueError, KeyError) as e:
+            # never start over silently with a re-initialised head or optimizer
+            raise RuntimeError(f"{filename_or_checkpoint} does not match this {self.__class__.__name__} (network, "
+                               f"projection head or optimizer differ: other plans or SACL settings?): {e}") from e
         self.print_to_log_file(f"Resumed from {filename_or_checkpoint}: phase {self.phase}, "
                                f"pretraining epoch {self.pretrain_epoch}, segmentation epoch {self.current_epoch}")
 

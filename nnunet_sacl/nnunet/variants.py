@@ -55,6 +55,11 @@ class SACLTrainer_PaperStyle_smoke(_ShortRun, SACLTrainer_PaperStyle):
     pretrain_epochs = 3
 
 
+class SACLTrainer_phases(SACLTrainer):
+    """Organ x contrast-phase labels (same organ, other phase = negative) from sacl_phases.json; see nnunet_sacl.phases."""
+    use_phase_labels = True
+
+
 class SACLTrainer_warmup50(SACLTrainer):
     """Phase 2 starts with a 50-epoch linear LR warm-up (then poly decay over the remaining epochs)."""
     finetune_warmup_epochs = 50
@@ -71,6 +76,6 @@ class nnUNetTrainer_frozen50(FineTuneScheduleMixin, nnUNetTrainer):
     finetune_frozen_encoder_epochs = 50
 
 
-__all__ = ["SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
+__all__ = ["SACLTrainer_phases", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
