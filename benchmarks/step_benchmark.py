@@ -31,7 +31,6 @@ from io import StringIO
 from math import ceil, sqrt
 from pathlib import Path
 from typing import Callable, List, Optional
-from unittest import mock
 
 import numpy as np
 import torch
@@ -42,7 +41,6 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-import nnunet_sacl.nnunet.trainer as sacl_trainer_module
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 
@@ -311,12 +309,9 @@ def _ranged(fn: Callable, name: str) -> Callable:
 
 @contextmanager
 def sacl_ranges(trainer):
-    """record_function ranges around the SACL step's parts, without editing trainer.py: ``mask_pool`` is
-    swapped in the trainer module for this block only; encoder and loss are the trainer's own attributes."""
-    with mock.patch.object(sacl_trainer_module, "mask_pool", _ranged(sacl_trainer_module.mask_pool, POOL_RANGE)), \
-            mock.patch.object(trainer, "pretrain_encoder", _ranged(trainer.pretrain_encoder, ENCODER_RANGE)), \
-            mock.patch.object(trainer, "contrastive_loss", _ranged(trainer.contrastive_loss, LOSS_RANGE)):
-        yield _ranged(trainer.pretrain_step, STEP_RANGE)
+    """The SACL step inside a 'sacl.step' range; the trainer itself marks 'sacl.encoder', 'sacl.mask_pool' and
+    'sacl.loss' with record_function."""
+    yield _ranged(trainer.pretrain_step, STEP_RANGE)
 
 
 BACKWARD_PREFIX = "autograd::engine::evaluate_function: "

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import autocast
 from torch import distributed as dist
+from torch.profiler import record_function
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -178,9 +179,13 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     def embed(self, data: torch.Tensor, seg: torch.Tensor):
         """Projected organ embeddings z [N, head_out], their organ labels [N] and sample index [N] for one batch."""
         num_classes, ignore = self.label_manager.num_segmentation_heads, self.label_manager.ignore_label
+        # record_function ranges name the parts in torch.profiler traces (benchmarks/step_benchmark.py)
         if self.embedding == "mask_pool":
-            features = self.pretrain_encoder(data)
-            pooled = [mask_pool(features[s], seg, num_classes, ignore, self.min_organ_voxels) for s in self.pool_stages]
+            with record_function("sacl.encoder"):
+                features = self.pretrain_encoder(data)
+            with record_function("sacl.mask_pool"):
+                pooled = [mask_pool(features[s], seg, num_classes, ignore, self.min_organ_voxels)
+                          for s in self.pool_stages]
             embeddings, labels, samples = torch.cat([p[0] for p in pooled], 1), pooled[0][1], pooled[0][2]
         elif self.embedding == "paper_style":
             inputs, labels, samples = organ_masked_inputs(data, seg, num_classes, ignore, self.min_organ_voxels)
@@ -205,7 +210,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             z, organs, samples = self.embed(data, seg)
-            loss = self.contrastive_loss(z, self.contrastive_labels(organs, samples, batch.get('keys')))
+            with record_function("sacl.loss"):
+                loss = self.contrastive_loss(z, self.contrastive_labels(organs, samples, batch.get('keys')))
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         params = self.pretraining_parameters()
