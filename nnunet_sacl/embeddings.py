@@ -1,7 +1,7 @@
 """Do organs form clusters? Mask-pooled organ embeddings of an encoder before and after SACL pretraining, a t-SNE
 picture coloured by organ and the silhouette score (cosine) as one number for cluster quality."""
 from os.path import join
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch

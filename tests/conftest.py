@@ -17,15 +17,20 @@ def nnunet_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-@pytest.fixture(scope="session")
-def nnunet_env(tmp_path_factory):
-    """Environment for nnU-Net subprocesses (and this process): fresh nnUNet_* folders, our trainers folder."""
-    root = tmp_path_factory.mktemp("nnunet")
+def make_nnunet_env(root: Path) -> dict:
+    """Environment for nnU-Net subprocesses: fresh nnUNet_* folders under root, our trainers folder. Without
+    nnUNet_n_proc_DA: planning calls torch.set_num_threads with it (0 breaks there); training sets it itself."""
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
                nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1")
     env.pop("nnUNet_n_proc_DA", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory):
+    """The session's nnU-Net environment (dataset 991 lives there)."""
+    return make_nnunet_env(tmp_path_factory.mktemp("nnunet"))
 
 
 def run(cmd, env, timeout=600, **kwargs):

@@ -13,10 +13,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_sacl import trainers_folder
 from nnunet_sacl.synthetic import make_synthetic_dataset
 from nnunet_sacl.weights import check_weights
-from tests.conftest import nnunet_bin, run
+from tests.conftest import make_nnunet_env, nnunet_bin, run
 
 A_ID, B_ID = 993, 994
 A_NAME, B_NAME = f"Dataset{A_ID}_TransferA", f"Dataset{B_ID}_TransferB"
@@ -28,12 +27,7 @@ A_TO_B = np.array([0, 0, 1, 2], np.uint8)
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """nnU-Net's folders for this module only (not conftest's dataset 991)."""
-    root = tmp_path_factory.mktemp("transfer")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
-               nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1")
-    env.pop("nnUNet_n_proc_DA", None)     # planning calls torch.set_num_threads(nnUNet_n_proc_DA): 0 breaks it
-    return env
+    return make_nnunet_env(tmp_path_factory.mktemp("transfer"))
 
 
 def train_env(env) -> dict:
