@@ -2,6 +2,8 @@
 import os
 import subprocess
 
+import pytest
+
 from nnunet_sacl import trainers_folder
 from tests.conftest import nnunet_bin
 
@@ -31,8 +33,10 @@ def test_env_right_path_among_others_is_accepted(tmp_path):
     assert r.returncode == 0 and "is set up for SACL" in r.stdout
 
 
-def test_every_subcommand_has_help_with_an_example():
+def test_every_subcommand_has_help_with_an_example(capsys):
+    from nnunet_sacl.cli import main
     for sub in ("env", "synthetic-data", "demo", "convert-btcv", "convert-flare21", "demo-data",
                 "export-submission", "evaluate", "compare", "embeddings", "check-weights"):
-        r = subprocess.run([nnunet_bin("nnunet-sacl"), sub, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "nnunet-sacl " + sub in r.stdout
+        with pytest.raises(SystemExit) as exit_info:   # argparse exits after printing --help
+            main([sub, "--help"])
+        assert exit_info.value.code == 0 and "nnunet-sacl " + sub in capsys.readouterr().out, sub
