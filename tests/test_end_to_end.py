@@ -153,3 +153,13 @@ def test_run_killed_in_segmentation_training_resumes_with_c(nnunet_env, preproce
     assert "phase segmentation, pretraining epoch 3, segmentation epoch 1" in after_resume
     assert "SACL pretraining epoch" not in after_resume and not has_epoch_line(after_resume, 0)
     assert has_epoch_line(after_resume, 1) and "Training done." in after_resume
+
+
+def test_pretraining_with_on_device_augmentation_runs_end_to_end(nnunet_env, preprocessed):
+    """The torch augmentation path that CUDA runs use by default, here on CPU: both phases, finite losses."""
+    run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "0", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"],
+        train_env(nnunet_env))
+    log = training_log(fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 0))
+    losses = pretraining_losses(log)
+    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
+    assert "Training done." in log and has_epoch_line(log, 1)

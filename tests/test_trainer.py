@@ -207,3 +207,18 @@ def test_organ_x_phase_labels(in_process_env):
     finally:
         import os
         os.remove(phases_file)
+
+
+def test_on_device_augmentation_crops_on_cpu_and_augments_the_batch(in_process_env):
+    trainer = make_trainer("SACLTrainer_torchaug_smoke")
+    trainer.initialize()
+    batch = first_batch(trainer)
+    trainer.on_train_end_without_checkpoint()
+    patch = list(trainer.configuration_manager.patch_size)
+    initial = list(trainer.augment_settings.initial_patch_size)
+    assert list(batch["data"].shape[2:]) == initial and initial != patch       # CPU workers only cropped
+    assert not isinstance(batch["target"], list)                              # no CPU transforms at all
+    from nnunet_sacl.augment import augment_batch
+    data, seg = augment_batch(batch["data"], batch["target"], trainer.augment_settings, trainer.augment_generator)
+    assert list(data.shape[2:]) == patch and set(seg.unique().tolist()) <= {0, 1, 2, 3}
+    assert torch.isfinite(trainer.pretrain_step(batch)["loss"])

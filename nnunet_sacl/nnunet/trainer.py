@@ -14,6 +14,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunet_sacl.augment import AugmentSettings, augment_batch
 from nnunet_sacl.distributed import average_gradients, is_distributed
 from nnunet_sacl.heads import ProjectionHead
 from nnunet_sacl.losses import SupConLoss
@@ -70,6 +71,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     stop_after_pretraining: bool = False
     encoder_file_name: str = "checkpoint_sacl_encoder.pth"
     max_nonfinite_in_a_row: int = 5            # skipped steps with a NaN/inf loss before the run stops
+    pretrain_augmentation: str = "auto"        # "torch": batches augmented on the training device (CPU workers only
+                                               # crop), "nnunet": nnU-Net's CPU pipeline; "auto": torch on CUDA
     use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (nnunet_sacl.phases)
     # finetune_warmup_epochs, finetune_frozen_encoder_epochs (phase 2): see FineTuneScheduleMixin
 
@@ -80,6 +83,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.phase = PRETRAIN if self.pretrain_epochs > 0 else SEGMENTATION
         self.pretrain_epoch = 0                 # next pretraining epoch to run
         self.head = self.contrastive_loss = self.pretrain_encoder = self.case_phase = None
+        self.augment_settings = self.augment_generator = None
         self.pretrain_log = new_pretrain_log()
         self.logger.local_logger = SACLLocalLogger(self.pretrain_log)
         self.save_every_pretrain_epochs = 1
@@ -117,6 +121,25 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
         self._warn_if_no_positives_possible()
         self.case_phase = self._read_case_phases() if self.use_phase_labels else None
+        if self.augments_on_device():
+            self.augment_settings = AugmentSettings.from_nnunet_trainer(self)
+            self.augment_generator = torch.Generator(device=self.device)
+            self.augment_generator.manual_seed(torch.initial_seed() % 2 ** 63 + self.local_rank)
+
+    def augments_on_device(self) -> bool:
+        """Whether phase 1 augments whole batches with nnunet_sacl.augment on the training device."""
+        if self.pretrain_augmentation not in ("auto", "torch", "nnunet"):
+            raise RuntimeError(f"{self.__class__.__name__}.pretrain_augmentation = {self.pretrain_augmentation!r}: "
+                               f"use 'auto', 'torch' or 'nnunet'")
+        return self.pretrain_augmentation == "torch" or \
+            (self.pretrain_augmentation == "auto" and self.device.type == "cuda")
+
+    def get_training_transforms(self, *args, **kwargs):
+        # nnU-Net's is a staticmethod called as self.get_training_transforms(...): in phase 1 with on-device
+        # augmentation the CPU workers only crop (nnU-Net's initial patch size) and copy
+        if self.phase == PRETRAIN and self.augments_on_device():
+            return None
+        return super().get_training_transforms(*args, **kwargs)
 
     def _read_case_phases(self):
         """Phase index of every case, from sacl_phases.json next to the preprocessed (or raw) dataset.json."""
@@ -207,6 +230,9 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         data = batch['data'].to(self.device, non_blocking=True)
         seg = batch['target'][0] if isinstance(batch['target'], (list, tuple)) else batch['target']
         seg = seg.to(self.device, non_blocking=True)
+        if self.augment_settings is not None:
+            with record_function("sacl.augment"):
+                data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             z, organs, samples = self.embed(data, seg)
@@ -296,6 +322,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         """Hand-off: same network (pretrained encoder, untouched decoder), fresh optimizer and poly schedule."""
         self.phase = SEGMENTATION
         self.current_epoch = 0
+        if self.augment_settings is not None:  # phase 2 gets nnU-Net's own augmentation: new dataloaders
+            self.on_train_end_without_checkpoint()
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self.print_to_log_file(f"SACL pretraining done ({self.pretrain_epochs} epochs). Segmentation training "
                                f"starts from the pretrained encoder: {self.num_epochs} epochs.")

@@ -25,6 +25,11 @@ class SACLTrainer_smoke(_ShortRun, SACLTrainer):
     pretrain_epochs = 3
 
 
+class SACLTrainer_torchaug_smoke(SACLTrainer_smoke):
+    """CPU smoke test of phase 1 with nnunet_sacl.augment (the on-device path that CUDA runs use by default)."""
+    pretrain_augmentation = "torch"
+
+
 class SACLPretrainer_smoke(_ShortRun, SACLPretrainer):
     """CPU smoke test of phase 1 alone: 3 pretraining epochs of 4 iterations."""
     pretrain_epochs = 3
@@ -77,5 +82,5 @@ class nnUNetTrainer_frozen50(FineTuneScheduleMixin, nnUNetTrainer):
 
 
 __all__ = ["SACLTrainer_phases", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
-           "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
+           "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
