@@ -574,3 +574,17 @@ def augment_batch(images: torch.Tensor, seg: Optional[torch.Tensor], settings: A
     if seg is not None:
         seg = replace_outside_label(seg, settings)
     return images, seg
+
+
+def downsample_for_deep_supervision(seg: torch.Tensor, scales) -> list:
+    """Targets for nnU-Net's deep supervision, as its DownsampleSegForDSTransform makes them: for each scale s,
+    seg resized to round(shape * s) with 'nearest-exact' (scale 1 keeps seg). seg: (B, C, *spatial)."""
+    targets = []
+    for s in scales:
+        s = list(s) if isinstance(s, (tuple, list)) else [s] * (seg.ndim - 2)
+        if all(i == 1 for i in s):
+            targets.append(seg)
+        else:
+            shape = [round(i * j) for i, j in zip(seg.shape[2:], s)]
+            targets.append(torch.nn.functional.interpolate(seg.float(), shape, mode="nearest-exact").to(seg.dtype))
+    return targets

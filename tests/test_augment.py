@@ -418,3 +418,15 @@ def test_augment_batch_same_seed_same_output(ndim, dummy_2d):
     assert torch.isfinite(a[0]).all() and set(a[1].unique().tolist()) <= {0, 1, 2, 3}
     # the input is not modified
     assert torch.equal(image, image_before)
+
+
+def test_deep_supervision_targets_equal_nnunet_transform():
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+    from nnunet_sacl.augment import downsample_for_deep_supervision
+    scales = [[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25], [0.25, 0.125, 0.125]]
+    seg = torch.randint(0, 5, (2, 1, 20, 48, 48), generator=torch.Generator().manual_seed(0)).to(torch.int16)
+    ours = downsample_for_deep_supervision(seg, scales)
+    for b in range(2):
+        theirs = DownsampleSegForDSTransform(scales)(segmentation=seg[b])["segmentation"]
+        for o, t in zip(ours, theirs):
+            assert o.dtype == t.dtype and torch.equal(o[b], t)

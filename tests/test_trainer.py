@@ -2,6 +2,7 @@
 import json
 from os.path import join
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,16 @@ def test_on_device_augmentation_crops_on_cpu_and_augments_the_batch(in_process_e
     data, seg = augment_batch(batch["data"], batch["target"], trainer.augment_settings, trainer.augment_generator)
     assert list(data.shape[2:]) == patch and set(seg.unique().tolist()) <= {0, 1, 2, 3}
     assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainer_torchaug", "SACLTrainer_torchaug"])
+def test_segmentation_step_with_on_device_augmentation(in_process_env, name):
+    trainer = make_trainer(name)
+    trainer.phase = "segmentation"
+    trainer.initialize()
+    batch = first_batch(trainer)
+    assert list(batch["data"].shape[2:]) == list(trainer.augment_settings.initial_patch_size)
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    loss = trainer.train_step(batch)["loss"]
+    assert np.isfinite(loss)
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.network.parameters(), before))

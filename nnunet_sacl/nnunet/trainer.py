@@ -14,11 +14,12 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunet_sacl.augment import AugmentSettings, augment_batch
+from nnunet_sacl.augment import augment_batch
 from nnunet_sacl.distributed import average_gradients, is_distributed
 from nnunet_sacl.heads import ProjectionHead
 from nnunet_sacl.losses import SupConLoss
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
+from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.progress import SACLLocalLogger, new_pretrain_log, plot_pretraining
@@ -122,9 +123,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self._warn_if_no_positives_possible()
         self.case_phase = self._read_case_phases() if self.use_phase_labels else None
         if self.augments_on_device():
-            self.augment_settings = AugmentSettings.from_nnunet_trainer(self)
-            self.augment_generator = torch.Generator(device=self.device)
-            self.augment_generator.manual_seed(torch.initial_seed() % 2 ** 63 + self.local_rank)
+            self.augment_settings, self.augment_generator = make_augmenter(self)
 
     def augments_on_device(self) -> bool:
         """Whether phase 1 augments whole batches with nnunet_sacl.augment on the training device."""

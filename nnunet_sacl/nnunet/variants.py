@@ -3,6 +3,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer
 
@@ -81,6 +82,14 @@ class nnUNetTrainer_frozen50(FineTuneScheduleMixin, nnUNetTrainer):
     finetune_frozen_encoder_epochs = 50
 
 
-__all__ = ["SACLTrainer_phases", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
+class SACLTrainer_torchaug(OnDeviceAugmentationMixin, SACLTrainer):
+    """Both phases augmented on the training device (phase 1 already is on CUDA by default); for few CPU cores per GPU."""
+
+
+class nnUNetTrainer_torchaug(OnDeviceAugmentationMixin, nnUNetTrainer):
+    """Stock nnU-Net training augmented on the training device instead of by CPU workers."""
+
+
+__all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]

@@ -1,0 +1,33 @@
+"""On-device augmentation for nnU-Net trainers: CPU workers only crop, the training device transforms the batch."""
+import torch
+
+from nnunet_sacl.augment import AugmentSettings, augment_batch, downsample_for_deep_supervision
+
+
+def make_augmenter(trainer):
+    """(settings from the trainer's own nnU-Net configuration, a generator on its device seeded per rank)."""
+    generator = torch.Generator(device=trainer.device)
+    generator.manual_seed(torch.initial_seed() % 2 ** 63 + trainer.local_rank)
+    return AugmentSettings.from_nnunet_trainer(trainer), generator
+
+
+class OnDeviceAugmentationMixin:
+    """Put before an nnUNetTrainer subclass: its training batches are augmented by ``nnunet_sacl.augment`` on the
+    training device instead of by nnU-Net's CPU workers, which then only crop nnU-Net's initial patch size. For
+    machines with few CPU cores per GPU, where nnU-Net's own augmentation cannot keep up. Validation is unchanged."""
+    pretrain_augmentation = "torch"   # SACL trainers: phase 1 on the device as well
+
+    def initialize(self):
+        super().initialize()
+        self.augment_settings, self.augment_generator = make_augmenter(self)
+
+    def get_training_transforms(self, *args, **kwargs):
+        return None
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        seg = batch['target'].to(self.device, non_blocking=True)
+        data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)
+        target = downsample_for_deep_supervision(seg, self._get_deep_supervision_scales()) \
+            if self.enable_deep_supervision else seg
+        return super().train_step(dict(batch, data=data, target=target))
