@@ -22,33 +22,12 @@ from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from nnunet_sacl.nonfinite import NonFiniteLossGuard
 from nnunet_sacl.nnunet.progress import SACLLocalLogger, new_pretrain_log, plot_pretraining
 from nnunet_sacl.phases import find_phases_file, organ_phase_labels, read_phases
 from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
 
 PRETRAIN, SEGMENTATION = "pretrain", "segmentation"
-
-
-class NonFiniteLossGuard:
-    """Counts non-finite losses (whose steps are skipped) and stops the run after ``limit`` in a row."""
-
-    def __init__(self, limit: int):
-        self.limit, self.in_a_row, self.skipped_this_epoch = limit, 0, 0
-
-    def is_finite(self, loss: torch.Tensor, where: str) -> bool:
-        if bool(torch.isfinite(loss)):
-            self.in_a_row = 0
-            return True
-        self.in_a_row += 1
-        self.skipped_this_epoch += 1
-        if self.in_a_row >= self.limit:
-            raise RuntimeError(f"{self.in_a_row} non-finite losses in a row ({where}): stopping. Lower the "
-                               f"learning rate, check the data for NaN/inf, or raise max_nonfinite_in_a_row.")
-        return False
-
-    def take_epoch_count(self) -> int:
-        n, self.skipped_this_epoch = self.skipped_this_epoch, 0
-        return n
 
 
 class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
