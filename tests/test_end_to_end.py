@@ -134,16 +134,21 @@ def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, nnunet_env,
 
 
 def test_run_killed_in_segmentation_training_resumes_with_c(nnunet_env, preprocessed):
+    """Also the on-device augmentation path of phase 1 (SACLTrainer_torchaug_smoke: what CUDA runs use by default)
+    end to end on CPU: its phase 1 feeds the hand-off, phase 2 gets nnU-Net's own dataloaders."""
     env = train_env(nnunet_env)
-    folder = fold_folder(nnunet_env, "SACLTrainer_smoke", 4)
-    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_smoke", "-device", "cpu"]
+    folder = fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 4)
+    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not has_epoch_line(training_log(folder), 1) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert "Training done." not in training_log(folder), "the run finished before it could be killed"
+    log = training_log(folder)
+    assert "Training done." not in log, "the run finished before it could be killed"
+    losses = pretraining_losses(log)
+    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
     saved = torch.load(join(folder, "checkpoint_latest.pth"), weights_only=False, map_location="cpu")
     assert saved["sacl"]["phase"] == "segmentation" and saved["current_epoch"] == 1
 
@@ -154,12 +159,3 @@ def test_run_killed_in_segmentation_training_resumes_with_c(nnunet_env, preproce
     assert "SACL pretraining epoch" not in after_resume and not has_epoch_line(after_resume, 0)
     assert has_epoch_line(after_resume, 1) and "Training done." in after_resume
 
-
-def test_pretraining_with_on_device_augmentation_runs_end_to_end(nnunet_env, preprocessed):
-    """The torch augmentation path that CUDA runs use by default, here on CPU: both phases, finite losses."""
-    run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "0", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"],
-        train_env(nnunet_env))
-    log = training_log(fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 0))
-    losses = pretraining_losses(log)
-    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
-    assert "Training done." in log and has_epoch_line(log, 1)
