@@ -22,7 +22,6 @@ commands for the lent GPU machine are in benchmarks/DATA_PATH.md.
         --out /tmp/dp
 """
 import argparse
-import json
 import math
 import os
 import shlex
@@ -45,7 +44,7 @@ from nnunet_sacl.environment import with_ext_trainer
 
 from make_btcv_sized_dataset import use_root
 from step_benchmark import (REPO, Target, _fmt, _ratio, configure_torch_like_nnunet_train, device_name,
-                            free_device_memory, slug, synchronize)
+                            free_device_memory, slug, synchronize, write_results)
 
 GPU_AUG, CPU_AUG, STOCK = "gpu_aug", "cpu_aug", "stock"
 
@@ -254,15 +253,6 @@ def format_targets(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    mode = "compile" if results["compile"] else "eager"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"data_path_{slug(results['device'])}_{mode}_{stamp}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    return path
-
-
 def cpu_cores() -> int:
     """Cores this process may use (the GPU machine's container may show more in os.cpu_count())."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -327,7 +317,7 @@ def main(argv=None) -> int:
     print(format_table(results))
     print()
     print(format_targets(results))
-    path = write_results(results, args.out)
+    path = write_results(results, args.out, f"data_path_{slug(results['device'])}")
     print(f"\nwritten: {path}")
     return 0
 

@@ -436,11 +436,12 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def write_results(results: dict, out: Path) -> Path:
+def write_results(results: dict, out: Path, stem: str) -> Path:
+    """results as JSON in out/<stem>_<compile|eager>_<UTC time>.json: one file per run."""
     out.mkdir(parents=True, exist_ok=True)
     mode = "compile" if results["compile"] else "eager"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"step_{slug(results['device'])}_{results['configuration']}_{mode}_{stamp}.json"
+    path = out / f"{stem}_{mode}_{stamp}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     return path
 
@@ -512,7 +513,7 @@ def main(argv=None) -> int:
     print(format_targets(results["targets"]))
     print()
     print(format_profile(results.get("sacl_profile")))
-    path = write_results(results, args.out)
+    path = write_results(results, args.out, f"step_{slug(results['device'])}_{results['configuration']}")
     print(f"\nwritten: {path}")
     return 0
 
