@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_sacl.converters import BTCV_LABELS
+
 SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"
 SDIST_REQUIREMENT = "totalsegmentator==2.18.0"
 # measured on the downloaded file and identical to the sha256 PyPI publishes for it
@@ -30,22 +32,15 @@ TEST_SEG = f"{REFERENCE}/example_seg_dicom.nii.gz"
 
 DATASET_NAME = "SACLDemoCT"
 CASE_PREFIX = "sacldemoct"
-# BTCV label number -> (BTCV organ name, TotalSegmentator class name)
-BTCV_ORGANS = {
-    1: ("spleen", "spleen"),
-    2: ("right_kidney", "kidney_right"),
-    3: ("left_kidney", "kidney_left"),
-    4: ("gallbladder", "gallbladder"),
-    5: ("esophagus", "esophagus"),
-    6: ("liver", "liver"),
-    7: ("stomach", "stomach"),
-    8: ("aorta", "aorta"),
-    9: ("inferior_vena_cava", "inferior_vena_cava"),
-    10: ("portal_vein_and_splenic_vein", "portal_vein_and_splenic_vein"),
-    11: ("pancreas", "pancreas"),
-    12: ("right_adrenal_gland", "adrenal_gland_right"),
-    13: ("left_adrenal_gland", "adrenal_gland_left"),
+# BTCV label number -> TotalSegmentator class name; the BTCV names are the converter's (one table for both)
+TOTALSEGMENTATOR_CLASS_OF_BTCV = {
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "esophagus", 6: "liver", 7: "stomach",
+    8: "aorta", 9: "inferior_vena_cava", 10: "portal_vein_and_splenic_vein", 11: "pancreas",
+    12: "adrenal_gland_right", 13: "adrenal_gland_left",
 }
+# BTCV label number -> (BTCV organ name, TotalSegmentator class name)
+BTCV_ORGANS = {number: (name, TOTALSEGMENTATOR_CLASS_OF_BTCV[number])
+               for name, number in BTCV_LABELS.items() if number}
 
 SPACING_MM = 5.0  # isotropic output spacing: coarse enough for a CPU demo, adrenal glands keep ~30 voxels
 TRAIN_SHAPE_ZYX = (40, 48, 64)  # fixed training grid centred on the organs (200 x 240 x 320 mm)

@@ -23,7 +23,8 @@ def test_demo_pipeline_on_real_ct(nnunet_env, tmp_path):
     dataset_json = json.loads((tmp_path / "nnUNet_raw" / "Dataset995_SACLDemoCT" / "dataset.json").read_text())
     organs = [k for k in dataset_json["labels"] if k != "background"]
     assert len(organs) == 12 and set(summary["mean"]) == {str(dataset_json["labels"][o]) for o in organs}
-    printed = re.findall(r"^  (\w+)\s+(nan|\d\.\d{3})$", result.stdout, re.M)
+    dice_block = result.stdout[result.stdout.index("Dice on the held-out"):result.stdout.index("Organ embeddings")]
+    printed = re.findall(r"^  (\S.*?)\s+(nan|\d\.\d{3})$", dice_block, re.M)
     assert [name for name, _ in printed] == organs + ["mean"]
     assert re.search(r"after pretraining\s+-?\d\.\d{3}", result.stdout)
     assert (tmp_path / "nnUNet_results" / "Dataset995_SACLDemoCT" / "SACLTrainer_smoke__nnUNetPlans__3d_fullres"
