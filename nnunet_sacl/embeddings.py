@@ -109,7 +109,7 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
     """Silhouette of the freshly initialised encoder ('before') and of the pretrained one ('after', by default the
     fold's checkpoint_sacl_encoder.pth); writes the t-SNE picture when out_png is given."""
     weights_file = weights_file or join(model_folder, f"fold_{fold}", "checkpoint_sacl_encoder.pth")
-    groups, label_names = {}, {}
+    groups = {}
     for title, weights in (("before pretraining", None), ("after pretraining", weights_file)):
         network, _, cm, lm = build_network(model_folder, configuration, weights, seed)
         cases = preprocessed_cases(join(preprocessed_folder, cm.data_identifier), max_cases)

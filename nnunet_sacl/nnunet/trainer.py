@@ -23,7 +23,7 @@ from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nonfinite import NonFiniteLossGuard
-from nnunet_sacl.nnunet.progress import SACLLocalLogger, new_pretrain_log, plot_pretraining
+from nnunet_sacl.nnunet.progress import PRETRAIN_KEYS, SACLLocalLogger, new_pretrain_log, plot_pretraining
 from nnunet_sacl.phases import find_phases_file, organ_phase_labels, read_phases
 from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
 
@@ -218,22 +218,9 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
                 loss = self.contrastive_loss(z, self.contrastive_labels(organs, samples, batch.get('keys')))
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
-        params = self.pretraining_parameters()
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            if is_distributed():
-                average_gradients(params)
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            if is_distributed():
-                average_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, 12)
-            self.optimizer.step()
-        # tensors, not floats: no host sync inside the step
+        # the encoder runs outside nnU-Net's DDP wrapper in phase 1: average its (and the head's) gradients here
+        self.backward_and_step(loss, self.pretraining_parameters(), average_over_ranks=is_distributed())
+        # tensors, not floats: the epoch's numbers reach the host once, at the epoch's end
         return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device)}
 
     def train_step(self, batch: dict) -> dict:
@@ -248,17 +235,26 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             loss = self.loss(self.network(data), target)
         if not self.nonfinite.is_finite(loss, f"segmentation epoch {self.current_epoch}"):
             return {'loss': np.nan}
+        self.backward_and_step(loss, self.network.parameters())
+        return {'loss': loss.detach().cpu().numpy()}
+
+    def backward_and_step(self, loss: torch.Tensor, params, average_over_ranks: bool = False) -> None:
+        """nnU-Net's update (GradScaler on CUDA, gradient norm clipped at 12), for both phases."""
+        params = list(params)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if average_over_ranks:
+            average_gradients(params)
+        if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        torch.nn.utils.clip_grad_norm_(params, 12)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return {'loss': loss.detach().cpu().numpy()}
 
     def on_train_epoch_end(self, train_outputs: list):
         finite = [o for o in train_outputs if np.isfinite(o['loss'])]
@@ -280,8 +276,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             stats[:2] /= dist.get_world_size()
         loss, organs, without_positive = stats.tolist()
         log = self.pretrain_log
-        for key, value in zip(("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds"),
-                              (loss, self.optimizer.param_groups[0]['lr'], organs, int(without_positive), seconds)):
+        values = (loss, self.optimizer.param_groups[0]['lr'], organs, int(without_positive), seconds)
+        for key, value in zip(PRETRAIN_KEYS, values):
             log[key].append(value)
         self.print_to_log_file(
             f"SACL pretraining epoch {self.pretrain_epoch}: contrastive loss {loss:.4f}, "
