@@ -31,22 +31,26 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
-def gather_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (with gradients) and labels of all ranks, in rank order. Ranks may hold different row counts."""
+def gather_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, *extras: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Embeddings (with gradients), labels and any further per-row tensors (without gradients, e.g. organ
+    intensities) of all ranks, in rank order. Ranks may hold different row counts."""
     world = dist.get_world_size()
     n = torch.tensor([embeddings.shape[0]], device=embeddings.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
     sizes = [int(s) for s in sizes]
-    pad = max(sizes) - embeddings.shape[0]
-    padded = torch.cat([embeddings, embeddings.new_zeros(pad, *embeddings.shape[1:])])
-    padded_labels = torch.cat([labels, labels.new_full((pad,), -1)])
-    all_rows = _GatherRows.apply(padded)
-    all_labels = [torch.empty_like(padded_labels) for _ in range(world)]
-    dist.all_gather(all_labels, padded_labels)
     step = max(sizes)
+    pad = step - embeddings.shape[0]
+    all_rows = _GatherRows.apply(torch.cat([embeddings, embeddings.new_zeros(pad, *embeddings.shape[1:])]))
     keep = torch.cat([torch.arange(r * step, r * step + s, device=embeddings.device) for r, s in enumerate(sizes)])
-    return all_rows[keep], torch.cat(all_labels)[keep]
+
+    def gather_without_grad(rows: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([rows, rows.new_zeros(pad, *rows.shape[1:])]).contiguous()
+        out = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(out, padded)
+        return torch.cat(out)[keep]
+
+    return (all_rows[keep], gather_without_grad(labels), *(gather_without_grad(e.detach()) for e in extras))
 
 
 def average_gradients(parameters) -> None:

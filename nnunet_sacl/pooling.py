@@ -112,3 +112,25 @@ def organ_masked_inputs(images: torch.Tensor, seg: torch.Tensor, num_classes: in
     spatial_ones = [1] * (seg.ndim - 2)
     masks = seg[sample_index].long() == organ_labels.view(-1, 1, *spatial_ones)
     return images[sample_index] * masks.to(images.dtype), organ_labels, sample_index
+
+
+def organ_mean_intensity(images: torch.Tensor, seg: torch.Tensor, num_classes: int,
+                         ignore_label: Optional[int] = None) -> torch.Tensor:
+    """Mean input intensity of every (sample, class) under its label mask, per channel, in float32.
+
+    ``m_bkc = 1/|V_bk| * sum_{v in V_bk} images[b, c, v]`` with one index-add over the voxels (``mask_pool`` at the
+    input's own resolution would build a [cells x classes] matrix per sample). A class absent from a sample gets 0.
+    images: ``[B, C, *spatial]``; seg: ``[B, 1, *spatial]``. Returns ``[B, num_classes, C]``; index it with
+    ``mask_pool``'s ``(sample_index, organ_labels)`` to get one row per embedding.
+    """
+    if images.shape[2:] != seg.shape[2:] or images.shape[0] != seg.shape[0]:
+        raise ValueError(f"images {tuple(images.shape)} and seg {tuple(seg.shape)} must share batch and spatial shape")
+    b, c = images.shape[:2]
+    cls = _class_buckets(seg[:, 0], num_classes, ignore_label)
+    key = (torch.arange(b, device=seg.device).view(b, *[1] * (seg.ndim - 2)) * (num_classes + 1) + cls).reshape(-1)
+    values = images.float().movedim(1, -1).reshape(-1, c)                             # [B * voxels, C]
+    sums = torch.zeros(b * (num_classes + 1), c, dtype=torch.float32, device=images.device).index_add_(0, key, values)
+    counts = torch.zeros(b * (num_classes + 1), dtype=torch.float32, device=images.device).index_add_(
+        0, key, torch.ones_like(key, dtype=torch.float32))
+    means = sums / counts.clamp_min(1)[:, None]
+    return means.view(b, num_classes + 1, c)[:, :num_classes]

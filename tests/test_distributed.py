@@ -1,13 +1,14 @@
-"""Under DDP (2 CPU processes, gloo), SupConLoss sees every rank's organs: loss and encoder gradients equal a
-single-process run on the concatenated batch."""
+"""Under DDP (2 CPU processes, gloo), SupConLoss and its intensity-weighted form see every rank's organs: loss and
+encoder gradients equal a single-process run on the concatenated batch."""
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nnunet_sacl.distributed import average_gradients
 from nnunet_sacl.heads import ProjectionHead
-from nnunet_sacl.losses import SupConLoss
-from nnunet_sacl.pooling import mask_pool
+from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
+from nnunet_sacl.pooling import mask_pool, organ_mean_intensity
 
 
 def make_model():
@@ -26,19 +27,23 @@ def make_batch():
     return data, seg
 
 
-def loss_and_grads(encoder, head, data, seg):
-    emb, labels, _ = mask_pool(encoder(data), seg, 5)
-    loss = SupConLoss(0.1)(head(emb), labels)
+def loss_and_grads(encoder, head, data, seg, weighted):
+    emb, labels, samples = mask_pool(encoder(data), seg, 5)
+    if weighted:  # random data: organ means lie near 0, so a range of 0.5 gives weights well inside (0, 1)
+        intensities = organ_mean_intensity(data, seg, 5)[samples, labels]
+        loss = IntensityWeightedSupConLoss([0.5], 0.1)(head(emb), labels, intensities)
+    else:
+        loss = SupConLoss(0.1)(head(emb), labels)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in list(encoder.parameters()) + list(head.parameters())]
 
 
-def _worker(rank, world, init_file, out_file):
+def _worker(rank, world, init_file, out_file, weighted):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     encoder, head = make_model()
     data, seg = make_batch()
     part = slice(rank * 2, rank * 2 + 2)
-    loss, _ = loss_and_grads(encoder, head, data[part], seg[part])
+    loss, _ = loss_and_grads(encoder, head, data[part], seg[part], weighted)
     params = list(encoder.parameters()) + list(head.parameters())
     average_gradients(params)  # what DDP (or the trainer's phase 1) does with the per-rank gradients
     if rank == 0:
@@ -47,11 +52,12 @@ def _worker(rank, world, init_file, out_file):
     dist.destroy_process_group()
 
 
-def test_ddp_gather_equals_single_process_on_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth")), nprocs=2, join=True)
+@pytest.mark.parametrize("weighted", [False, True], ids=["supcon", "intensity-weighted"])
+def test_ddp_gather_equals_single_process_on_concatenated_batch(tmp_path, weighted):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth"), weighted), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "out.pth")
     encoder, head = make_model()
-    loss, grads = loss_and_grads(encoder, head, *make_batch())
+    loss, grads = loss_and_grads(encoder, head, *make_batch(), weighted)
     torch.testing.assert_close(ddp["loss"], loss, rtol=0, atol=1e-5)
     for g_ddp, g in zip(ddp["grads"], grads):
         torch.testing.assert_close(g_ddp, g, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""SupConLoss against a slow loop written straight from the formula in docs/method (L_out form)."""
+"""SupConLoss (L_out form) and its intensity-weighted (DCC) form against slow loops written straight from the formulas."""
 import math
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from nnunet_sacl.heads import ProjectionHead
-from nnunet_sacl.losses import SupConLoss
+from nnunet_sacl.contrast_correlation import contrast_correlation, normalized_ct_intensity_range
+from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
 
 
 def reference_supcon(z, labels, t):
@@ -97,3 +98,97 @@ def test_projection_head_outputs_unit_vectors():
 def test_temperature_must_be_positive():
     with pytest.raises(ValueError, match="temperature"):
         SupConLoss(0.0)
+
+
+# ---------------------------------------------------------------- intensity-weighted negatives (DCC)
+def reference_intensity_weighted(z, labels, intensities, intensity_range, t):
+    """Loops: negatives' logits in the denominator scaled by w = clamp(1 - mean_c |m_i - m_a| / R_c, 0, 1)."""
+    z = z.double()
+    n = len(labels)
+
+    def w(i, a):
+        d = sum(abs(float(intensities[i][c]) - float(intensities[a][c])) / intensity_range[c]
+                for c in range(len(intensity_range))) / len(intensity_range)
+        return min(1.0, max(0.0, 1.0 - d))
+
+    per_anchor = []
+    for i in range(n):
+        positives = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        if not positives:
+            continue
+        denominator = sum(math.exp((1.0 if labels[a] == labels[i] else w(i, a)) * float(z[i] @ z[a]) / t)
+                          for a in range(n) if a != i)
+        per_anchor.append(-sum(float(z[i] @ z[p]) / t - math.log(denominator) for p in positives) / len(positives))
+    return sum(per_anchor) / len(per_anchor) if per_anchor else 0.0
+
+
+@pytest.mark.parametrize("seed,n,channels,t", [(0, 7, 1, 0.07), (1, 15, 1, 0.2), (2, 11, 2, 0.07)])
+def test_intensity_weighted_equals_loop_reference(seed, n, channels, t):
+    g = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(n, 16, generator=g), dim=1)
+    labels = torch.randint(1, 5, (n,), generator=g)
+    intensity_range = [4.0, 2.5][:channels]
+    intensities = torch.rand(n, channels, generator=g) * 5 - 2      # some pairs differ by more than R: w = 0
+    loss = IntensityWeightedSupConLoss(intensity_range, t)(z, labels, intensities)
+    reference = reference_intensity_weighted(z, labels.tolist(), intensities.tolist(), intensity_range, t)
+    assert abs(loss.item() - reference) < 1e-5
+    assert abs(reference - reference_supcon(z, labels.tolist(), t)) > 1e-3   # the weights do change the loss
+
+
+def test_equal_intensities_give_plain_supcon():
+    g = torch.Generator().manual_seed(5)
+    z = F.normalize(torch.randn(10, 8, generator=g), dim=1)
+    labels = torch.randint(1, 4, (10,), generator=g)
+    weighted = IntensityWeightedSupConLoss([3.0], 0.1)(z, labels, torch.full((10, 1), 0.7))
+    assert abs(weighted.item() - SupConLoss(0.1)(z, labels).item()) < 1e-6
+
+
+def test_a_negative_at_the_far_end_of_the_range_is_not_pushed():
+    """w = 0: the pair's term in the denominator is exp(0), so the negative gets no gradient from that anchor."""
+    z = F.normalize(torch.randn(3, 4, dtype=torch.float64), dim=1).requires_grad_()
+    labels = torch.tensor([1, 1, 2])
+    intensities = torch.tensor([[0.0], [0.0], [2.0]])                # organ 2 lies 2 = R away: w = 0
+    loss = IntensityWeightedSupConLoss([2.0], 0.1)(z, labels, intensities)
+    (grad,) = torch.autograd.grad(loss, z)
+    assert grad[2].abs().max().item() == 0.0 and grad[0].abs().max().item() > 0
+    intensities[2] = 0.0                                               # same intensity: pushed as in SupCon
+    (grad,) = torch.autograd.grad(IntensityWeightedSupConLoss([2.0], 0.1)(z, labels, intensities), z)
+    assert grad[2].abs().max().item() > 0
+
+
+def test_intensity_weighted_gradient_matches_autograd_of_reference_formula():
+    g = torch.Generator().manual_seed(6)
+    z = F.normalize(torch.randn(9, 5, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    labels = torch.tensor([1, 1, 2, 2, 3, 3, 3, 4, 4])
+    m = torch.rand(9, 1, generator=g, dtype=torch.float64) * 3
+    t, R = 0.1, 3.0
+    (grad,) = torch.autograd.grad(IntensityWeightedSupConLoss([R], t)(z, labels, m), z)
+    sim = z @ z.T / t
+    terms = []
+    for i in range(9):
+        others = [a for a in range(9) if a != i]
+        scale = torch.tensor([1.0 if labels[a] == labels[i] else max(0.0, 1 - abs(float(m[i] - m[a])) / R)
+                              for a in others], dtype=torch.float64)
+        pos = [p for p in others if labels[p] == labels[i]]
+        terms.append(-(sim[i, pos] - torch.logsumexp(sim[i, others] * scale, 0)).mean())
+    (ref_grad,) = torch.autograd.grad(torch.stack(terms).mean(), z)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_contrast_correlation_by_hand():
+    m = torch.tensor([[0.0, 1.0], [1.0, 1.0], [4.0, -3.0]])
+    w = contrast_correlation(m, torch.tensor([2.0, 4.0]))
+    # pairs: (0,1): mean(|0-1|/2, 0) = 0.25 -> 0.75; (0,2): mean(2, 1) -> clamp(-0.5) = 0; (1,2): mean(1.5, 1) -> 0
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.75, 0.0], [0.75, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="intensity_range must be > 0"):
+        contrast_correlation(m, torch.tensor([2.0, 0.0]))
+    with pytest.raises(ValueError, match=r"intensities must be \[N, C\]"):
+        contrast_correlation(m, torch.tensor([2.0]))
+
+
+def test_ct_intensity_range_from_plans_and_refusal_of_other_normalizations():
+    props = {"0": {"percentile_00_5": -1000.0, "percentile_99_5": 1400.0, "std": 300.0, "mean": 50.0},
+             "1": {"percentile_00_5": 0.0, "percentile_99_5": 10.0, "std": 2.0, "mean": 5.0}}
+    assert normalized_ct_intensity_range(["CTNormalization"], props) == (8.0,)
+    with pytest.raises(ValueError, match="channel 1 is normalized with ZScoreNormalization"):
+        normalized_ct_intensity_range(["CTNormalization", "ZScoreNormalization"], props)

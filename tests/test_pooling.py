@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
+from nnunet_sacl.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
 
 
 def reference_mask_pool(features, seg, num_classes, ignore_label=None, min_voxels=1):
@@ -97,3 +97,17 @@ def test_organ_masked_inputs_equals_loop_reference():
     assert list(zip(samples.tolist(), labels.tolist())) == expected
     for row, (b, k) in enumerate(expected):
         torch.testing.assert_close(inputs[row], images[b] * (seg[b] == k))
+
+
+@pytest.mark.parametrize("spatial", [(6, 8, 8), (9, 7)])
+def test_organ_mean_intensity_equals_loop_reference(spatial):
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 2, *spatial, generator=g) * 50 + 10
+    seg = random_seg((3, 1, *spatial), 5, absent=[(0, 4), (2, 1)], ignore_label=7)
+    means = organ_mean_intensity(images, seg, 5, ignore_label=7)
+    assert means.shape == (3, 5, 2) and means.dtype == torch.float32
+    for b in range(3):
+        for k in range(5):
+            mask = seg[b, 0] == k
+            expected = images[b][:, mask].double().mean(1) if mask.any() else torch.zeros(2, dtype=torch.float64)
+            torch.testing.assert_close(means[b, k].double(), expected, rtol=1e-5, atol=1e-4)

@@ -23,7 +23,7 @@ def first_batch(trainer):
 
 
 def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
-    for name in ("SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "nnUNetTrainer_smoke"):
+    for name in ("SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "nnUNetTrainer_smoke", "SACLTrainer_DCC"):
         assert recursive_find_trainer_class_by_name(name).__name__ == name
 
 
@@ -236,3 +236,58 @@ def test_segmentation_step_with_on_device_augmentation(in_process_env, name):
     loss = trainer.train_step(batch)["loss"]
     assert np.isfinite(loss)
     assert any(not torch.equal(p, q) for p, q in zip(trainer.network.parameters(), before))
+
+
+def test_intensity_weighted_negatives(in_process_env):
+    """SACLTrainer_DCC: the range comes from the CT plans, and a step's loss equals the loop reference computed from
+    the batch's organ intensities (found here by boolean masks, independently of the trainer)."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunet_sacl.losses import IntensityWeightedSupConLoss
+    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
+    from tests.test_losses import reference_intensity_weighted, reference_supcon
+
+    class DCC(SACLTrainer_smoke):
+        intensity_weighted_negatives = True
+
+    plans = json.load(open(join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic", "nnUNetPlans.json")))
+    p = plans["foreground_intensity_properties_per_channel"]["0"]
+    expected_range = (p["percentile_99_5"] - p["percentile_00_5"]) / p["std"]
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.__class__ = DCC
+    trainer.initialize()
+    assert isinstance(trainer.contrastive_loss, IntensityWeightedSupConLoss)
+    assert trainer.contrastive_loss.intensity_range.tolist() == pytest.approx([expected_range], rel=1e-6)
+    batch = first_batch(trainer)
+    trainer.on_train_end_without_checkpoint()
+    data, seg = batch["data"], batch["target"][0]
+    with torch.no_grad():
+        z, organs, samples = trainer.embed(data, seg)
+    intensities = [[float(data[s, 0][seg[s, 0] == o].double().mean())] for o, s in zip(organs, samples)]
+    reference = reference_intensity_weighted(z, organs.tolist(), intensities, [expected_range], trainer.temperature)
+    assert abs(reference - reference_supcon(z, organs.tolist(), trainer.temperature)) > 1e-3  # the weights matter
+    out = trainer.pretrain_step(batch)
+    assert abs(out["loss"].item() - reference) < 1e-4
+
+
+def test_intensity_weighted_negatives_refuse_a_dataset_without_fixed_range(in_process_env):
+    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
+
+    class DCC(SACLTrainer_smoke):
+        intensity_weighted_negatives = True
+
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.__class__ = DCC
+    trainer.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
+    with pytest.raises(RuntimeError, match=r"DCC \(nnUNetPlans, 3d_fullres\): .*channel 0 is normalized with "
+                                           r"ZScoreNormalization.*intensity_range"):
+        trainer.initialize()
+
+    class DCCWithRange(DCC):
+        intensity_range = (6.0,)
+
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.__class__ = DCCWithRange
+    trainer.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
+    trainer.initialize()
+    trainer.on_train_end_without_checkpoint()
+    assert trainer.contrastive_loss.intensity_range.tolist() == [6.0]

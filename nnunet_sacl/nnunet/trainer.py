@@ -3,6 +3,7 @@ import os
 import shutil
 from os.path import isfile, join
 from time import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -15,9 +16,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_sacl.augment import augment_batch
+from nnunet_sacl.contrast_correlation import normalized_ct_intensity_range
 from nnunet_sacl.distributed import average_gradients, is_distributed
 from nnunet_sacl.heads import ProjectionHead
-from nnunet_sacl.losses import SupConLoss
+from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
@@ -25,7 +27,7 @@ from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nonfinite import NonFiniteLossGuard
 from nnunet_sacl.nnunet.progress import PRETRAIN_KEYS, SACLLocalLogger, new_pretrain_log, plot_pretraining
 from nnunet_sacl.phases import find_phases_file, organ_phase_labels, read_phases
-from nnunet_sacl.pooling import mask_pool, organ_masked_inputs
+from nnunet_sacl.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
 
 PRETRAIN, SEGMENTATION = "pretrain", "segmentation"
 
@@ -54,6 +56,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     pretrain_augmentation: str = "auto"        # "torch": batches augmented on the training device (CPU workers only
                                                # crop), "nnunet": nnU-Net's CPU pipeline; "auto": torch on CUDA
     use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (nnunet_sacl.phases)
+    intensity_weighted_negatives: bool = False  # DCC: negatives weighted by organ contrast correlation (losses.py)
+    intensity_range: Optional[tuple] = None    # per channel, normalized units; None: from the plans (CT only)
     # finetune_warmup_epochs, finetune_frozen_encoder_epochs (phase 2): see FineTuneScheduleMixin
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -94,7 +98,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
                                f"so stages must be in {-n}..{n - 1}")
         in_channels = sum(encoder.output_channels[s] for s in self.pool_stages)
         self.head = ProjectionHead(in_channels, self.head_hidden_channels, self.head_out_channels).to(self.device)
-        self.contrastive_loss = SupConLoss(self.temperature).to(self.device)
+        self.contrastive_loss = self.make_contrastive_loss().to(self.device)
         # the encoder runs on its own in phase 1; compile it exactly when nnU-Net compiles the network
         self.pretrain_encoder = torch.compile(encoder) if self._do_i_compile() else encoder
         if self.phase == PRETRAIN:
@@ -103,6 +107,21 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.case_phase = self._read_case_phases() if self.use_phase_labels else None
         if self.augments_on_device():
             self.augment_settings, self.augment_generator = make_augmenter(self)
+
+    def make_contrastive_loss(self) -> SupConLoss:
+        if not self.intensity_weighted_negatives:
+            return SupConLoss(self.temperature)
+        intensity_range = self.intensity_range
+        if intensity_range is None:
+            try:
+                intensity_range = normalized_ct_intensity_range(
+                    self.configuration_manager.normalization_schemes,
+                    self.plans_manager.foreground_intensity_properties_per_channel)
+            except ValueError as e:
+                raise RuntimeError(f"{self.__class__.__name__} ({self.plans_manager.plans_name}, "
+                                   f"{self.configuration_name}): {e}") from None
+        self.print_to_log_file(f"Intensity-weighted negatives (DCC): intensity range per channel {intensity_range}")
+        return IntensityWeightedSupConLoss(intensity_range, self.temperature)
 
     def augments_on_device(self) -> bool:
         """Whether phase 1 augments whole batches with nnunet_sacl.augment on the training device."""
@@ -215,7 +234,13 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             z, organs, samples = self.embed(data, seg)
             with record_function("sacl.loss"):
-                loss = self.contrastive_loss(z, self.contrastive_labels(organs, samples, batch.get('keys')))
+                labels = self.contrastive_labels(organs, samples, batch.get('keys'))
+                if self.intensity_weighted_negatives:   # intensities of the batch the encoder saw (augmented)
+                    intensities = organ_mean_intensity(data, seg, self.label_manager.num_segmentation_heads,
+                                                       self.label_manager.ignore_label)[samples, organs]
+                    loss = self.contrastive_loss(z, labels, intensities)
+                else:
+                    loss = self.contrastive_loss(z, labels)
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         # the encoder runs outside nnU-Net's DDP wrapper in phase 1: average its (and the head's) gradients here

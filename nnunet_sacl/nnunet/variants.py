@@ -66,6 +66,11 @@ class SACLTrainer_phases(SACLTrainer):
     use_phase_labels = True
 
 
+class SACLTrainer_DCC(SACLTrainer):
+    """Intensity-weighted negatives (DCC): organs of alike mean intensity repel fully, others less; CT datasets."""
+    intensity_weighted_negatives = True
+
+
 class SACLTrainer_warmup50(SACLTrainer):
     """Phase 2 starts with a 50-epoch linear LR warm-up (then poly decay over the remaining epochs)."""
     finetune_warmup_epochs = 50
@@ -90,6 +95,6 @@ class nnUNetTrainer_torchaug(OnDeviceAugmentationMixin, nnUNetTrainer):
     """Stock nnU-Net training augmented on the training device instead of by CPU workers."""
 
 
-__all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
+__all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
