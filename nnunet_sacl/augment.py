@@ -9,7 +9,7 @@ as nnU-Net; see docs/augmentation.md for every parameter, its source line and wh
 Randomness comes only from the ``torch.Generator`` passed in (or torch's global RNG when it is None), and every
 call draws the same amount of it whatever the outcomes, so a seed fixes the whole result.
 
-Nothing here imports nnU-Net; ``settings_from_nnunet_trainer`` only calls methods of the trainer it is given.
+Nothing here imports nnU-Net; ``AugmentSettings.from_nnunet_trainer`` only calls methods of the trainer it is given.
 """
 import math
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ class AugmentSettings:
     """nnU-Net's augmentation probabilities and ranges.
 
     The spatial fields without defaults come from ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``
-    (see ``settings_from_nnunet_trainer``). The defaults of the rest are the values nnU-Net 2.8.1 hard-codes in
+    (see ``from_nnunet_trainer``). The defaults of the rest are the values nnU-Net 2.8.1 hard-codes in
     ``nnUNetTrainer.get_training_transforms`` (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py, lines 759-836);
     each field names its transform. "p_x" is the probability that a sample gets transform x (``RandomTransform``'s
     apply_probability, or SpatialTransform's p_rotation / p_scaling); "p_x_per_channel" is the probability per
@@ -91,30 +91,26 @@ class AugmentSettings:
 
     @classmethod
     def from_nnunet_trainer(cls, trainer, physical_rotation: bool = True, **overrides) -> "AugmentSettings":
-        """The trainer's own spatial settings (see ``settings_from_nnunet_trainer``)."""
-        return settings_from_nnunet_trainer(trainer, physical_rotation, **overrides)
+        """Settings from an nnU-Net trainer: rotation range, dummy 2D, initial patch size and mirror axes exactly
+        as its ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()`` returns them (so trainer variants
+        that override it are followed), patch size and spacing from its configuration manager. The intensity
+        settings keep the defaults copied from ``get_training_transforms``; pass ``overrides`` for trainers that
+        change those.
 
-
-def settings_from_nnunet_trainer(trainer, physical_rotation: bool = True, **overrides) -> AugmentSettings:
-    """Settings from an nnU-Net trainer: rotation range, dummy 2D, initial patch size and mirror axes exactly as its
-    ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()`` returns them (so trainer variants that override
-    it are followed), patch size and spacing from its configuration manager. The intensity settings keep the
-    defaults copied from ``get_training_transforms``; pass ``overrides`` for trainers that change those.
-
-    The mirror axes are the ones that method returns, i.e. what nnU-Net hands to ``get_training_transforms``; the
-    same call sets ``trainer.inference_allowed_mirroring_axes`` to them (None and () both mean no mirroring).
-    ``physical_rotation=False`` rotates in voxel units as nnU-Net does (spacing None)."""
-    rotation, dummy_2d, initial_patch_size, mirror_axes = \
-        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    if mirror_axes is None:
-        mirror_axes = trainer.inference_allowed_mirroring_axes
-    patch_size = tuple(int(p) for p in trainer.configuration_manager.patch_size)
-    spacing = tuple(float(s) for s in trainer.configuration_manager.spacing) if physical_rotation else None
-    fields = dict(ndim=len(patch_size), rotation_range=_as_range(rotation), mirror_axes=tuple(mirror_axes or ()),
-                  dummy_2d=bool(dummy_2d), spacing=spacing, patch_size=patch_size,
-                  initial_patch_size=tuple(int(p) for p in initial_patch_size))
-    fields.update(overrides)
-    return AugmentSettings(**fields)
+        The mirror axes are the ones that method returns, i.e. what nnU-Net hands to ``get_training_transforms``;
+        the same call sets ``trainer.inference_allowed_mirroring_axes`` to them (None and () both mean no
+        mirroring). ``physical_rotation=False`` rotates in voxel units as nnU-Net does (spacing None)."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if mirror_axes is None:
+            mirror_axes = trainer.inference_allowed_mirroring_axes
+        patch_size = tuple(int(p) for p in trainer.configuration_manager.patch_size)
+        spacing = tuple(float(s) for s in trainer.configuration_manager.spacing) if physical_rotation else None
+        fields = dict(ndim=len(patch_size), rotation_range=_as_range(rotation), mirror_axes=tuple(mirror_axes or ()),
+                      dummy_2d=bool(dummy_2d), spacing=spacing, patch_size=patch_size,
+                      initial_patch_size=tuple(int(p) for p in initial_patch_size))
+        fields.update(overrides)
+        return cls(**fields)
 
 
 def _as_range(value) -> Range:
@@ -332,9 +328,9 @@ def apply_spatial(images: torch.Tensor, seg: Optional[torch.Tensor], params: Spa
     return out_images, out_seg
 
 
-def _on_device(params: SpatialParams, device) -> SpatialParams:
-    return SpatialParams(*(getattr(params, f).to(device) for f in
-                           ("angles", "scales", "flips", "spacing", "rotated", "scaled")))
+def _on_device(params, device):
+    """A SpatialParams or IntensityParams with every tensor on ``device``."""
+    return type(params)(**{k: v.to(device) for k, v in vars(params).items()})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -525,7 +521,7 @@ def apply_intensity(images: torch.Tensor, params: IntensityParams, settings: Aug
                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """nnU-Net's intensity transforms in its order: noise, blur, brightness, contrast, low resolution, inverted
     gamma, gamma. Computed in float32."""
-    p = _intensity_on_device(params, images.device)
+    p = _on_device(params, images.device)
     x = images.float()
     x = add_gaussian_noise(x, p.noise_std, p.noise_on, generator)
     x = gaussian_blur(x, p.blur_sigma, p.blur_on, blur_radius(settings))
@@ -535,10 +531,6 @@ def apply_intensity(images: torch.Tensor, params: IntensityParams, settings: Aug
     x = gamma_correction(x, p.gamma_inverted, p.gamma_inverted_on, invert=True)
     x = gamma_correction(x, p.gamma, p.gamma_on, invert=False)
     return x.to(images.dtype)
-
-
-def _intensity_on_device(params: IntensityParams, device) -> IntensityParams:
-    return IntensityParams(**{k: v.to(device) for k, v in vars(params).items()})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -378,6 +378,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("SACLTrainer.load_checkpoint takes a file name")
+        # nnU-Net's load_checkpoint works only with a file name (its dict branch never binds `checkpoint`), so the
+        # file is opened twice: here memory-mapped for the SACL entry and the checks, there for the rest
         sacl = read_checkpoint(filename_or_checkpoint).get('sacl')
         if sacl is None:
             raise RuntimeError(f"{filename_or_checkpoint} was not written by a SACL trainer (no 'sacl' entry); "
