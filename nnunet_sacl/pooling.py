@@ -23,6 +23,13 @@ def _class_buckets(seg: torch.Tensor, num_classes: int, ignore_label: Optional[i
     return seg
 
 
+def _sample_class_keys(seg: torch.Tensor, num_classes: int, ignore_label: Optional[int]) -> torch.Tensor:
+    """Per voxel of ``seg`` [B, 1, *spatial]: sample * (num_classes + 1) + class bucket, shape [B, *spatial]."""
+    b = seg.shape[0]
+    cls = _class_buckets(seg[:, 0], num_classes, ignore_label)
+    return torch.arange(b, device=seg.device).view(b, *[1] * (seg.ndim - 2)) * (num_classes + 1) + cls
+
+
 def _cell_of_each_voxel(label_shape, feature_shape, device) -> torch.Tensor:
     """Flat index of the feature cell that holds each label voxel's centre (the 'nearest-exact' rule).
 
@@ -49,9 +56,8 @@ def organ_voxel_counts(seg: torch.Tensor, num_classes: int, ignore_label: Option
     if seg.ndim < 3 or seg.shape[1] != 1:
         raise ValueError(f"seg must be [B, 1, *spatial], got shape {tuple(seg.shape)}")
     b, spatial = seg.shape[0], tuple(seg.shape[2:])
-    cls = _class_buckets(seg[:, 0], num_classes, ignore_label)
     cells = 1 if feature_shape is None else prod(feature_shape)
-    key = torch.arange(b, device=seg.device).view(b, *[1] * len(spatial)) * (num_classes + 1) + cls
+    key = _sample_class_keys(seg, num_classes, ignore_label)
     if feature_shape is not None:
         key = key * cells + _cell_of_each_voxel(spatial, feature_shape, seg.device)
     counts = torch.zeros(b * (num_classes + 1) * cells, dtype=torch.float32, device=seg.device)
@@ -126,8 +132,7 @@ def organ_mean_intensity(images: torch.Tensor, seg: torch.Tensor, num_classes: i
     if images.shape[2:] != seg.shape[2:] or images.shape[0] != seg.shape[0]:
         raise ValueError(f"images {tuple(images.shape)} and seg {tuple(seg.shape)} must share batch and spatial shape")
     b, c = images.shape[:2]
-    cls = _class_buckets(seg[:, 0], num_classes, ignore_label)
-    key = (torch.arange(b, device=seg.device).view(b, *[1] * (seg.ndim - 2)) * (num_classes + 1) + cls).reshape(-1)
+    key = _sample_class_keys(seg, num_classes, ignore_label).reshape(-1)
     values = images.float().movedim(1, -1).reshape(-1, c)                             # [B * voxels, C]
     sums = torch.zeros(b * (num_classes + 1), c, dtype=torch.float32, device=images.device).index_add_(0, key, values)
     counts = torch.zeros(b * (num_classes + 1), dtype=torch.float32, device=images.device).index_add_(
