@@ -34,13 +34,13 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_sacl.augment import downsample_for_deep_supervision
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 
@@ -218,19 +218,6 @@ def organ_block_labels(batch_size: int, patch_size, num_labels: int, generator: 
     return torch.stack(samples)[:, None].contiguous()
 
 
-def deep_supervision_targets(seg: torch.Tensor, scales) -> List[torch.Tensor]:
-    """One target per deep-supervision scale, highest resolution first, as nnU-Net's
-    DownsampleSegForDSTransform makes them (nearest neighbour, round(size * scale))."""
-    if scales is None:
-        return [seg]
-    targets = []
-    for scale in scales:
-        shape = [round(s * f) for s, f in zip(seg.shape[2:], scale)]
-        targets.append(seg if shape == list(seg.shape[2:]) else
-                       F.interpolate(seg.float(), size=shape, mode="nearest-exact").to(torch.int16))
-    return targets
-
-
 def synthetic_batch(trainer, seed: int = 0) -> dict:
     """A batch like nnU-Net's dataloader gives: {'data': float32 [B, C, *patch], 'target': [int16 [B, 1, *]]},
     already on the trainer's device so the timing holds the step only."""
@@ -239,7 +226,8 @@ def synthetic_batch(trainer, seed: int = 0) -> dict:
     b = trainer.batch_size
     data = torch.randn(b, trainer.num_input_channels, *patch, generator=generator)
     seg = organ_block_labels(b, patch, len(trainer.label_manager.all_labels), generator)
-    targets = deep_supervision_targets(seg, trainer._get_deep_supervision_scales())
+    scales = trainer._get_deep_supervision_scales()
+    targets = [seg] if scales is None else downsample_for_deep_supervision(seg, scales)
     return {"data": data.to(trainer.device), "target": [t.to(trainer.device) for t in targets]}
 
 
@@ -307,13 +295,6 @@ def _ranged(fn: Callable, name: str) -> Callable:
     return call
 
 
-@contextmanager
-def sacl_ranges(trainer):
-    """The SACL step inside a 'sacl.step' range; the trainer itself marks 'sacl.encoder', 'sacl.mask_pool' and
-    'sacl.loss' with record_function."""
-    yield _ranged(trainer.pretrain_step, STEP_RANGE)
-
-
 BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
 
 
@@ -359,13 +340,14 @@ def profile_sacl_step(trainer, batch: dict, steps: int) -> dict:
     """Shares of the SACL step spent in mask pooling and in the contrastive loss (forward and backward)."""
     on_gpu = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with sacl_ranges(trainer) as step:
-        step(batch)                                  # one unprofiled call through the wrappers
+    # the SACL step inside a 'sacl.step' range; the trainer itself marks 'sacl.encoder', 'sacl.mask_pool', 'sacl.loss'
+    step = _ranged(trainer.pretrain_step, STEP_RANGE)
+    step(batch)                                      # one unprofiled call through the wrapper
+    synchronize(trainer.device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(batch)
         synchronize(trainer.device)
-        with profile(activities=activities) as prof:
-            for _ in range(steps):
-                step(batch)
-            synchronize(trainer.device)
     events = prof.events()
     total = _total_time_us(events, on_gpu)
     owners = _node_owners(events)

@@ -65,7 +65,6 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(in_process_env):
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
-    trainer.on_train_end_without_checkpoint()
     params = [p.detach().clone() for p in trainer.pretraining_parameters()]
     real_loss = trainer.contrastive_loss
     trainer.contrastive_loss = _NaNLoss()

@@ -10,7 +10,9 @@ from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from tests.conftest import DATASET_ID
+from nnunet_sacl.nnunet.trainer import SACLTrainer
+from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
+from tests.conftest import DATASET_ID, DATASET_NAME
 
 
 def make_trainer(name, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
@@ -18,8 +20,11 @@ def make_trainer(name, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
 
 
 def first_batch(trainer):
+    """One batch from the trainer's own training dataloader, whose workers are then stopped (stock trainers too)."""
     trainer.on_train_start()
-    return next(trainer.dataloader_train)
+    batch = next(trainer.dataloader_train)
+    SACLTrainer.on_train_end_without_checkpoint(trainer)
+    return batch
 
 
 def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
@@ -37,7 +42,6 @@ def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, conf
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
     head_before = [p.detach().clone() for p in trainer.head.parameters()]
     out = trainer.pretrain_step(first_batch(trainer))
-    trainer.on_train_end_without_checkpoint()
     assert torch.isfinite(out["loss"]) and out["organs"] > 0
     changed = {k for k, v in net.named_parameters() if not torch.equal(v, before[k])}
     assert changed <= encoder_names, f"changed outside the encoder: {sorted(changed - encoder_names)[:5]}"
@@ -52,7 +56,6 @@ def test_patches_without_organs_or_positives_train_on_without_nan(in_process_env
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
-    trainer.on_train_end_without_checkpoint()
     target = batch["target"][0]
     no_organ = dict(batch, target=[torch.zeros_like(target)])
     one_organ = dict(batch, target=[torch.where(target == 2, target, torch.zeros_like(target))])
@@ -70,7 +73,6 @@ def test_pretraining_checkpoint_round_trip(in_process_env, tmp_path):
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.initialize()
     trainer.pretrain_step(first_batch(trainer))
-    trainer.on_train_end_without_checkpoint()
     trainer.pretrain_epoch = 2
     trainer.pretrain_log["loss"] += [1.5, 1.2]
     file = str(tmp_path / "checkpoint.pth")
@@ -92,7 +94,6 @@ def test_pretrained_encoder_file_loads_into_stock_network(in_process_env, tmp_pa
     sacl = make_trainer("SACLTrainer_smoke")
     sacl.initialize()
     sacl.pretrain_step(first_batch(sacl))
-    sacl.on_train_end_without_checkpoint()
     file = str(tmp_path / "encoder.pth")
     sacl.save_pretrained_encoder(file)
     stock = make_trainer("nnUNetTrainer_smoke", fold=1)
@@ -103,37 +104,21 @@ def test_pretrained_encoder_file_loads_into_stock_network(in_process_env, tmp_pa
         assert k == k2 and torch.equal(v, v2)
 
 
-def _write_variant_dataset(preprocessed_folder, dataset_json_changes):
-    dataset = json.load(open(join(preprocessed_folder, "dataset.json")))
-    dataset.update(dataset_json_changes)
-    return dataset
-
-
-def test_region_based_labels_are_refused(in_process_env):
+@pytest.mark.parametrize("dataset_changes,message", [
+    ({"labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3]}, "regions_class_order": [1, 2]}, "region-based"),
+    ({"labels": {"background": 0, "liver": 1}}, "at least two organs"),
+], ids=["region-based labels", "single organ"])
+def test_unsupported_label_configs_are_refused(in_process_env, dataset_changes, message):
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_sacl.nnunet.trainer import SACLTrainer
-    folder = join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic")
+    folder = join(str(nnUNet_preprocessed), DATASET_NAME)
     plans = json.load(open(join(folder, "nnUNetPlans.json")))
-    plans["continue_training"] = False
-    dataset = _write_variant_dataset(folder, {"labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3]},
-                                              "regions_class_order": [1, 2]})
-    with pytest.raises(RuntimeError, match="region-based"):
-        SACLTrainer(plans, "3d_fullres", 0, dataset, torch.device("cpu"))
-
-
-def test_single_organ_dataset_is_refused(in_process_env):
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_sacl.nnunet.trainer import SACLTrainer
-    folder = join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic")
-    plans = json.load(open(join(folder, "nnUNetPlans.json")))
-    plans["continue_training"] = False
-    dataset = _write_variant_dataset(folder, {"labels": {"background": 0, "liver": 1}})
-    with pytest.raises(RuntimeError, match="at least two organs"):
+    plans["continue_training"] = False   # nnUNetTrainer.__init__ reads it from the plans (run_training sets it)
+    dataset = dict(json.load(open(join(folder, "dataset.json"))), **dataset_changes)
+    with pytest.raises(RuntimeError, match=message):
         SACLTrainer(plans, "3d_fullres", 0, dataset, torch.device("cpu"))
 
 
 def test_pool_stage_outside_the_plan_is_refused(in_process_env):
-    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
 
     class TooDeep(SACLTrainer_smoke):
         pool_stages = (9,)
@@ -158,7 +143,6 @@ def test_foreign_or_truncated_checkpoint_is_refused_with_its_name(in_process_env
 
 
 def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
-    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
 
     class WiderHead(SACLTrainer_smoke):
         head_out_channels = 64
@@ -175,13 +159,12 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
 
 def test_organ_x_phase_labels(in_process_env):
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
     from nnunet_sacl.phases import PHASES_FILE
 
     class Phases(SACLTrainer_smoke):
         use_phase_labels = True
 
-    folder = join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic")
+    folder = join(str(nnUNet_preprocessed), DATASET_NAME)
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     data_folder = join(folder, "nnUNetPlans_3d_fullres")
     cases = sorted(infer_dataset_class(data_folder).get_identifiers(data_folder))
@@ -199,7 +182,6 @@ def test_organ_x_phase_labels(in_process_env):
         trainer.__class__ = Phases
         trainer.initialize()
         batch = first_batch(trainer)
-        trainer.on_train_end_without_checkpoint()
         z, organs, samples = trainer.embed(batch["data"], batch["target"][0])
         labels = trainer.contrastive_labels(organs, samples, batch["keys"])
         expected = [int(o) * 2 + cases.index(batch["keys"][int(s)]) % 2 for o, s in zip(organs, samples)]
@@ -214,7 +196,6 @@ def test_on_device_augmentation_crops_on_cpu_and_augments_the_batch(in_process_e
     trainer = make_trainer("SACLTrainer_torchaug_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
-    trainer.on_train_end_without_checkpoint()
     patch = list(trainer.configuration_manager.patch_size)
     initial = list(trainer.augment_settings.initial_patch_size)
     assert list(batch["data"].shape[2:]) == initial and initial != patch       # CPU workers only cropped
@@ -238,18 +219,18 @@ def test_segmentation_step_with_on_device_augmentation(in_process_env, name):
     assert any(not torch.equal(p, q) for p, q in zip(trainer.network.parameters(), before))
 
 
+class DCC(SACLTrainer_smoke):
+    intensity_weighted_negatives = True
+
+
 def test_intensity_weighted_negatives(in_process_env):
     """SACLTrainer_DCC: the range comes from the CT plans, and a step's loss equals the loop reference computed from
     the batch's organ intensities (found here by boolean masks, independently of the trainer)."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunet_sacl.losses import IntensityWeightedSupConLoss
-    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
     from tests.test_losses import reference_intensity_weighted, reference_supcon
 
-    class DCC(SACLTrainer_smoke):
-        intensity_weighted_negatives = True
-
-    plans = json.load(open(join(str(nnUNet_preprocessed), "Dataset991_SACLSynthetic", "nnUNetPlans.json")))
+    plans = json.load(open(join(str(nnUNet_preprocessed), DATASET_NAME, "nnUNetPlans.json")))
     p = plans["foreground_intensity_properties_per_channel"]["0"]
     expected_range = (p["percentile_99_5"] - p["percentile_00_5"]) / p["std"]
     trainer = make_trainer("SACLTrainer_smoke")
@@ -258,7 +239,6 @@ def test_intensity_weighted_negatives(in_process_env):
     assert isinstance(trainer.contrastive_loss, IntensityWeightedSupConLoss)
     assert trainer.contrastive_loss.intensity_range.tolist() == pytest.approx([expected_range], rel=1e-6)
     batch = first_batch(trainer)
-    trainer.on_train_end_without_checkpoint()
     data, seg = batch["data"], batch["target"][0]
     with torch.no_grad():
         z, organs, samples = trainer.embed(data, seg)
@@ -270,11 +250,6 @@ def test_intensity_weighted_negatives(in_process_env):
 
 
 def test_intensity_weighted_negatives_refuse_a_dataset_without_fixed_range(in_process_env):
-    from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
-
-    class DCC(SACLTrainer_smoke):
-        intensity_weighted_negatives = True
-
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.__class__ = DCC
     trainer.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
@@ -289,5 +264,4 @@ def test_intensity_weighted_negatives_refuse_a_dataset_without_fixed_range(in_pr
     trainer.__class__ = DCCWithRange
     trainer.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
     trainer.initialize()
-    trainer.on_train_end_without_checkpoint()
     assert trainer.contrastive_loss.intensity_range.tolist() == [6.0]
