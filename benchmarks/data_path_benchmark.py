@@ -41,6 +41,7 @@ from nnunetv2.run.run_training import get_trainer_from_args
 
 from nnunet_sacl.augment import augment_batch
 from nnunet_sacl.environment import with_ext_trainer
+from nnunet_sacl.nnunet.trainer import SACLTrainer
 
 from make_btcv_sized_dataset import use_root
 from step_benchmark import (REPO, Target, _fmt, _ratio, configure_torch_like_nnunet_train, device_name,
@@ -99,15 +100,9 @@ def start_loaders(trainer, workers: int) -> None:
 
 
 def stop_loaders(trainer) -> None:
-    """SACL trainers shut their loaders down themselves; for stock nnU-Net finish them as its on_train_end does."""
-    if hasattr(trainer, "on_train_end_without_checkpoint"):
-        trainer.on_train_end_without_checkpoint()
-        return
+    """Finish the dataloaders as nnU-Net's on_train_end does, without its checkpoint (stock trainers too)."""
     with redirect_stdout(StringIO()):
-        for loader in (trainer.dataloader_train, trainer.dataloader_val):
-            if hasattr(loader, "_finish"):
-                loader._finish()
-    trainer.dataloader_train = trainer.dataloader_val = None
+        SACLTrainer.on_train_end_without_checkpoint(trainer)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -285,11 +280,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def set_up_environment(args: argparse.Namespace, device: torch.device) -> None:
     """nnU-Net's folders, SACL's trainers folder in nnUNet_extTrainer, and torch set as nnUNetv2_train sets it."""
-    if args.root is not None:
-        use_root(args.root)
-    missing = [k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(k)]
-    if missing:
-        raise SystemExit(f"set {', '.join(missing)} or pass --root")
+    use_root(args.root)
     os.environ["nnUNet_extTrainer"] = with_ext_trainer(os.environ)["nnUNet_extTrainer"]
     configure_torch_like_nnunet_train(device, args.compile)
 

@@ -20,10 +20,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from nnunet_sacl.environment import planning_env
 
 DATASET_NAME = "BTCVSized"
 FULL_SHAPE, SMALL_SHAPE = (120, 512, 512), (40, 96, 96)
@@ -144,19 +146,23 @@ def write_raw_dataset(raw_root: Path, dataset_id: int, num_cases: int, shape, se
 def plan_and_preprocess(dataset_id: int, num_processes: int) -> None:
     """nnU-Net's own nnUNetv2_plan_and_preprocess (3d_fullres), run through its entry-point module so it works
     where the console scripts are not on PATH (the GPU machine installs nnunetv2 with pip --target)."""
-    # nnUNet_n_proc_DA is for training only: planning passes it to torch.set_num_threads, and 0 crashes there
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_n_proc_DA"}
+    env = planning_env(os.environ)
     cmd = [sys.executable, "-m", "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints",
            "-d", str(dataset_id), "-c", "3d_fullres", "-np", str(num_processes), "-npfp", str(num_processes)]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True)
 
 
-def use_root(root: Path) -> None:
-    """nnUNet_raw / nnUNet_preprocessed / nnUNet_results under one folder (for this process and its children)."""
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[name] = str((root / name).resolve())
-        Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
+def use_root(root: Optional[Path]) -> None:
+    """nnUNet_raw / nnUNet_preprocessed / nnUNet_results under root (for this process and its children); without a
+    root, as the environment sets them (all three must be set)."""
+    if root is not None:
+        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            os.environ[name] = str((root / name).resolve())
+            Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
+    missing = [k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(k)]
+    if missing:
+        raise SystemExit(f"set {', '.join(missing)} or pass --root")
 
 
 def print_plan(dataset_folder_name: str) -> None:
@@ -188,11 +194,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.root is not None:
-        use_root(args.root)
-    missing = [k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(k)]
-    if missing:
-        raise SystemExit(f"set {', '.join(missing)} or pass --root")
+    use_root(args.root)
     shape = SMALL_SHAPE if args.small else FULL_SHAPE
     start = time.perf_counter()
     folder = Path(os.environ["nnUNet_raw"]) / f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"

@@ -86,8 +86,13 @@ def geometry(path: Path) -> dict:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise ChallengeLayoutError(f"{path} cannot be read as an image: {str(e).strip().splitlines()[-1]}") from e
-    return {"size": tuple(reader.GetSize()), "spacing": reader.GetSpacing(), "origin": reader.GetOrigin(),
-            "direction": reader.GetDirection()}
+    return grid_of(reader)
+
+
+def grid_of(image) -> dict:
+    """Size, spacing, origin and direction of a SimpleITK image, or of a reader that has read a header."""
+    return {"size": tuple(image.GetSize()), "spacing": image.GetSpacing(), "origin": image.GetOrigin(),
+            "direction": image.GetDirection()}
 
 
 def geometry_mismatch(a: dict, b: dict) -> Optional[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_sacl.environment import with_ext_trainer
+from nnunet_sacl.environment import planning_env, with_ext_trainer
+from nnunet_sacl.evaluation import labels_from_dataset_json
 
 
 def nnunet_command(name: str) -> str:
@@ -43,12 +44,10 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainer="SACLTra
                nnUNet_results=str(work / "nnUNet_results"))
     raw = demo_dataset(work / "nnUNet_raw", dataset_id, synthetic, sdist)
     print(f"dataset: {raw}")
-    labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "background"}
+    labels = labels_from_dataset_json(raw / "dataset.json")
     d = str(dataset_id)
-    # nnUNet_n_proc_DA is for training only: planning calls torch.set_num_threads with it, and 0 crashes there
-    plan_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
     run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2",
-         "--verify_dataset_integrity"], plan_env)
+         "--verify_dataset_integrity"], planning_env(env))
     train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "2"))
     run([nnunet_command("nnUNetv2_train"), d, "3d_fullres", str(fold), "-tr", trainer, "-device", device], train_env)
     pred = work / "predictions" / trainer

@@ -183,6 +183,7 @@ def btcv_lookup(class_map: dict) -> np.ndarray:
 
 
 def to_btcv(seg: sitk.Image, table: np.ndarray) -> sitk.Image:
+    """seg with every label v replaced by table[v] (same grid)."""
     out = sitk.GetImageFromArray(table[sitk.GetArrayFromImage(seg)])
     out.CopyInformation(seg)
     return out
@@ -198,9 +199,7 @@ def relabel(seg: sitk.Image, mapping: dict) -> sitk.Image:
     table = np.zeros(len(BTCV_ORGANS) + 1, np.uint8)
     for btcv, label in mapping.items():
         table[btcv] = label
-    out = sitk.GetImageFromArray(table[sitk.GetArrayFromImage(seg)])
-    out.CopyInformation(seg)
-    return out
+    return to_btcv(seg, table)
 
 
 def present_labels(seg: sitk.Image) -> set:
@@ -213,16 +212,17 @@ def present_labels(seg: sitk.Image) -> set:
 def organ_bounds_mm(seg: sitk.Image):
     """Physical (x, y, z) corners of the box around every labelled voxel (any orientation)."""
     idx = np.argwhere(sitk.GetArrayFromImage(seg) > 0)  # z, y, x
-    lo, hi = idx.min(0)[::-1], idx.max(0)[::-1]
-    corners = [seg.TransformContinuousIndexToPhysicalPoint([float(c) for c in (a, b, c)])
-               for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
-    return np.min(corners, 0), np.max(corners, 0)
+    return _box_mm(seg, idx.min(0)[::-1], idx.max(0)[::-1])
 
 
 def image_bounds_mm(image: sitk.Image):
-    size = image.GetSize()
+    return _box_mm(image, (0, 0, 0), [s - 1 for s in image.GetSize()])
+
+
+def _box_mm(image: sitk.Image, lo, hi):
+    """Physical (x, y, z) min and max over the corners of the voxel box lo..hi (x, y, z indices)."""
     corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (a, b, c)])
-               for a in (0, size[0] - 1) for b in (0, size[1] - 1) for c in (0, size[2] - 1)]
+               for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
     return np.min(corners, 0), np.max(corners, 0)
 
 

@@ -9,24 +9,20 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from torch.nn import functional as F
 
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint
-from nnunet_sacl.nnunet.network import encoder_of
+from nnunet_sacl.nnunet.network import build_nnunet_network, encoder_of
 from nnunet_sacl.pooling import mask_pool
 
 
 def build_network(model_folder: str, configuration: str, weights_file: Optional[str] = None, seed: int = 0):
     """The trained model's network as nnU-Net builds it (seeded initialisation), optionally with saved weights.
     Returns (network, plans_manager, configuration_manager, label_manager)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     plans_manager = PlansManager(load_json(join(model_folder, "plans.json")))
     dataset_json = load_json(join(model_folder, "dataset.json"))
     cm = plans_manager.get_configuration(configuration)
     lm = plans_manager.get_label_manager(dataset_json)
     torch.manual_seed(seed)
-    network = nnUNetTrainer.build_network_architecture(
-        plans_manager, cm, determine_num_input_channels(plans_manager, cm, dataset_json),
-        lm.num_segmentation_heads, False)
+    network = build_nnunet_network(plans_manager, cm, dataset_json, deep_supervision=False)
     if weights_file is not None:
         network.load_state_dict(read_checkpoint(weights_file)["network_weights"])
     return network.eval(), plans_manager, cm, lm
@@ -78,9 +74,9 @@ def cluster_quality(embeddings: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(embeddings, labels, metric="cosine"))
 
 
-def plot_tsne(groups: Dict[str, Tuple[np.ndarray, np.ndarray]], label_names: Dict[int, str], out_png: str,
-              seed: int = 0) -> None:
-    """One t-SNE panel per group (e.g. 'before', 'after'), points coloured by organ."""
+def plot_tsne(groups: Dict[str, Tuple[np.ndarray, np.ndarray]], scores: Dict[str, float], label_names: Dict[int, str],
+              out_png: str, seed: int = 0) -> None:
+    """One t-SNE panel per group (e.g. 'before', 'after'), points coloured by organ, its score in the title."""
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
@@ -94,7 +90,7 @@ def plot_tsne(groups: Dict[str, Tuple[np.ndarray, np.ndarray]], label_names: Dic
             # distinct hues for the first 10 organs (tab20's even entries), their light twins after that
             colour = cmap((2 * (int(k) - 1) + (int(k) - 1) // 10) % 20)
             ax.scatter(*xy[lab == k].T, s=18, color=colour, label=label_names.get(int(k), str(k)))
-        ax.set_title(f"{title}: silhouette {cluster_quality(emb, lab):.3f}")
+        ax.set_title(f"{title}: silhouette {scores[title]:.3f}")
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize=9)
@@ -117,9 +113,10 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
                                          lm.ignore_label, device=device)
     names = load_json(join(model_folder, "dataset.json"))["labels"]
     label_names = {v: k for k, v in names.items() if isinstance(v, int)}
+    scores = {title: cluster_quality(*g) for title, g in groups.items()}
     if out_png:
-        plot_tsne(groups, label_names, out_png, seed)
-    return {title: cluster_quality(*g) for title, g in groups.items()}
+        plot_tsne(groups, scores, label_names, out_png, seed)
+    return scores
 
 
 def _run(args) -> int:

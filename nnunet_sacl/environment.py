@@ -25,6 +25,12 @@ def ext_trainer_problems(environ=os.environ) -> List[str]:
     return problems
 
 
+def planning_env(environ) -> dict:
+    """A copy of environ without nnUNet_n_proc_DA, for nnU-Net's planning: the variable is for training only, and
+    planning passes it to torch.set_num_threads, where 0 (single-threaded loading) crashes."""
+    return {k: v for k, v in environ.items() if k != "nnUNet_n_proc_DA"}
+
+
 def with_ext_trainer(environ: dict) -> dict:
     """A copy of environ whose nnUNet_extTrainer includes SACL's trainers folder (for our own subprocesses)."""
     env = dict(environ)

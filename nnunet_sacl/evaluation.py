@@ -20,10 +20,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage, stats
 
+from nnunet_sacl.converters import geometry_mismatch, grid_of
+
 SKIPPED_LABEL_NAMES = ("background", "ignore")
 METRICS = ("dice", "nsd")
 ALL_ORGANS = "all organs (per-case mean)"
-GEOMETRY_ATOL = 1e-4  # mm (spacing, origin) and direction cosines; float noise of NIfTI headers is far below it
 DEFAULT_TOLERANCE_MM = 2.0
 EXAMPLES = {
     "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 -o sacl.csv",
@@ -157,17 +158,6 @@ def _read(path: Path) -> sitk.Image:
         raise ValueError(f"cannot read {path}: {e}") from e
 
 
-def _geometry_mismatch(pred: sitk.Image, ref: sitk.Image) -> str | None:
-    """What differs between the two images' grids (size, spacing, origin, direction), or None."""
-    if pred.GetSize() != ref.GetSize():
-        return f"size {pred.GetSize()} vs reference {ref.GetSize()}"
-    for what in ("Spacing", "Origin", "Direction"):
-        p, r = getattr(pred, "Get" + what)(), getattr(ref, "Get" + what)()
-        if not np.allclose(p, r, rtol=0, atol=GEOMETRY_ATOL):
-            return f"{what.lower()} {tuple(round(v, 6) for v in p)} vs reference {tuple(round(v, 6) for v in r)}"
-    return None
-
-
 def reference_cases(ref_folder, file_ending: str = ".nii.gz") -> list[str]:
     """Case names (file names without ``file_ending``) of the reference folder, sorted."""
     ref_folder = Path(ref_folder)
@@ -190,7 +180,7 @@ def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float) -> lis
     """Dice and NSD of every organ of one case; spacing from the reference, whose grid the prediction must share."""
     pred_path, ref_path = Path(pred_path), Path(ref_path)
     pred_img, ref_img = _read(pred_path), _read(ref_path)
-    mismatch = _geometry_mismatch(pred_img, ref_img)
+    mismatch = geometry_mismatch(grid_of(pred_img), grid_of(ref_img))  # prediction vs reference
     if mismatch:
         raise ValueError(f"case {ref_path.name}: prediction {pred_path} does not match the reference grid: {mismatch}")
     pred, ref = sitk.GetArrayFromImage(pred_img), sitk.GetArrayFromImage(ref_img)

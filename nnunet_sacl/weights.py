@@ -143,14 +143,10 @@ def load_target_plans(dataset, configuration: str, plans_identifier: str):
 def target_state_dict(dataset, configuration: str, plans_identifier: str) -> tuple:
     """Architecture and key shapes of the network nnU-Net builds for B (nnUNetTrainer.build_network_architecture).
     Built on the meta device: only shapes are needed, no memory or init time."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunet_sacl.nnunet.network import build_nnunet_network
     plans_manager, config, dataset_json = load_target_plans(dataset, configuration, plans_identifier)
-    num_input_channels = determine_num_input_channels(plans_manager, config, dataset_json)
-    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     with torch.device("meta"):
-        network = nnUNetTrainer.build_network_architecture(plans_manager, config, num_input_channels, num_outputs,
-                                                           enable_deep_supervision=True)
+        network = build_nnunet_network(plans_manager, config, dataset_json, deep_supervision=True)
     shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     return architecture(shapes, config.network_arch_class_name, dict(config.network_arch_init_kwargs),
                         (plans_manager.dataset_name, plans_manager.plans_name, configuration)), shapes
@@ -237,11 +233,16 @@ def architecture(shapes: dict, class_name: Optional[str] = None, plans: Optional
 
 
 # ------------------------------------------------------------------------------------------------- the comparison
+def checked_by_nnunet(key: str) -> bool:
+    """Whether nnU-Net's load_pretrained_weights compares this key (it skips the segmentation heads)."""
+    return all(s not in key for s in SKIPPED_BY_NNUNET)
+
+
 def mismatched_keys(file_shapes: dict, target_shapes: dict) -> list:
     """nnU-Net's loader checks, on every key instead of the first: each target key but '.seg_layers.' must be in
     the file with the same shape."""
     return [Mismatch(key, file_shapes.get(key), shape) for key, shape in target_shapes.items()
-            if all(s not in key for s in SKIPPED_BY_NNUNET) and file_shapes.get(key) != shape]
+            if checked_by_nnunet(key) and file_shapes.get(key) != shape]
 
 
 def plan_differences(file: Architecture, target: Architecture) -> list:
@@ -305,7 +306,7 @@ def check_weights(weights_file: str, dataset, configuration: str,
     target, target_shapes = target_state_dict(dataset, configuration, plans_identifier)
     file = architecture(without_wrappers(file_shapes), *file_plans(weights_file, checkpoint))
     report = WeightsReport(weights_file, target, file,
-                           checked_keys=sum(all(s not in k for s in SKIPPED_BY_NNUNET) for k in target_shapes),
+                           checked_keys=sum(map(checked_by_nnunet, target_shapes)),
                            mismatches=mismatched_keys(file_shapes, target_shapes))
     if not report.fits:
         report.causes = likely_causes(file, target, file_shapes)

@@ -23,3 +23,14 @@ def encoder_of(network: nn.Module) -> nn.Module:
         raise TypeError(f"{type(net).__name__} has no dynamic_network_architectures-style encoder "
                         f"(.encoder with .output_channels); SACL needs one to pool organ features")
     return encoder
+
+
+def build_nnunet_network(plans_manager, configuration_manager, dataset_json: dict, deep_supervision: bool) -> nn.Module:
+    """The network ``nnUNetTrainer`` builds for a plan and dataset, input channels and output heads derived as it
+    derives them (``nnUNetv2_train`` and ``nnUNetv2_predict`` build the same)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    return nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, deep_supervision)
