@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_sacl import trainers_folder
+from nnunet_sacl.environment import planning_env
 from nnunet_sacl.synthetic import make_synthetic_dataset
 
 DATASET_ID = 991
@@ -19,12 +20,10 @@ def nnunet_bin(name: str) -> str:
 
 def make_nnunet_env(root: Path) -> dict:
     """Environment for nnU-Net subprocesses: fresh nnUNet_* folders under root, our trainers folder. Without
-    nnUNet_n_proc_DA: planning calls torch.set_num_threads with it (0 breaks there); training sets it itself."""
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
-               nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1")
-    env.pop("nnUNet_n_proc_DA", None)
-    return env
+    nnUNet_n_proc_DA (``planning_env``); training sets it itself."""
+    return planning_env(dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+                             nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
+                             nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1"))
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +60,13 @@ def in_process_env(nnunet_env, preprocessed, monkeypatch):
         monkeypatch.setenv(key, nnunet_env[key])
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     return nnunet_env
+
+
+@pytest.fixture(scope="session")
+def sdist():
+    """The TotalSegmentator 2.18.0 sdist the real-CT demo dataset is built from (downloaded once, then cached)."""
+    from nnunet_sacl.demo_data import DemoDataUnavailable, fetch_totalsegmentator_sdist
+    try:
+        return fetch_totalsegmentator_sdist()
+    except DemoDataUnavailable as err:
+        pytest.skip(f"the TotalSegmentator 2.18.0 sdist could not be downloaded (offline?): {err}")

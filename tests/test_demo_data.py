@@ -15,14 +15,6 @@ NUM_TRAINING = 4
 
 
 @pytest.fixture(scope="module")
-def sdist():
-    try:
-        return fetch_totalsegmentator_sdist()
-    except DemoDataUnavailable as err:
-        pytest.skip(f"the TotalSegmentator 2.18.0 sdist could not be downloaded (offline?): {err}")
-
-
-@pytest.fixture(scope="module")
 def dataset(sdist, tmp_path_factory):
     return build_demo_dataset(993, raw_folder=tmp_path_factory.mktemp("raw"), sdist=sdist,
                               num_training=NUM_TRAINING, seed=0)

@@ -3,17 +3,10 @@ plan/preprocess, train (both SACL phases), predict and evaluate, and reports a D
 import json
 import re
 
-import pytest
-
-from nnunet_sacl.demo_data import DemoDataUnavailable, fetch_totalsegmentator_sdist
 from tests.conftest import nnunet_bin, run
 
 
-def test_demo_pipeline_on_real_ct(nnunet_env, tmp_path):
-    try:
-        sdist = fetch_totalsegmentator_sdist()
-    except DemoDataUnavailable as err:
-        pytest.skip(f"the TotalSegmentator 2.18.0 sdist could not be downloaded (offline?): {err}")
+def test_demo_pipeline_on_real_ct(nnunet_env, sdist, tmp_path):
     env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_extTrainer"}  # the demo sets it itself
     env["nnUNet_n_proc_DA"] = "0"
     result = run([nnunet_bin("nnunet-sacl"), "demo", "--workdir", str(tmp_path), "-d", "995", "--device", "cpu",

@@ -85,17 +85,22 @@ def test_encoder_file_starts_stock_nnunet_training(trained_sacl, nnunet_env):
     assert isfile(join(fold_folder(nnunet_env, "nnUNetTrainer_smoke", 1), "checkpoint_final.pth"))
 
 
+def kill_when(cmd, env, ready, timeout=300) -> None:
+    """Start cmd and SIGKILL it as soon as ready() holds (or it ended, or timeout seconds passed)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_run_killed_in_pretraining_resumes_with_c(nnunet_env, preprocessed):
     env = train_env(nnunet_env)
     folder = fold_folder(nnunet_env, "SACLTrainer_smoke", 2)
     cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "2", "-tr", "SACLTrainer_smoke", "-device", "cpu"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = join(folder, "checkpoint_latest.pth")
-    deadline = time.time() + 300
-    while not isfile(latest) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, env, lambda: isfile(latest))
     log = training_log(folder)
     assert "SACL pretraining done" not in log, "the run finished phase 1 before it could be killed"
     saved = torch.load(latest, weights_only=False, map_location="cpu")["sacl"]
@@ -139,12 +144,7 @@ def test_run_killed_in_segmentation_training_resumes_with_c(nnunet_env, preproce
     env = train_env(nnunet_env)
     folder = fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 4)
     cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not has_epoch_line(training_log(folder), 1) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, env, lambda: has_epoch_line(training_log(folder), 1))
     log = training_log(folder)
     assert "Training done." not in log, "the run finished before it could be killed"
     losses = pretraining_losses(log)

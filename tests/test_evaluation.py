@@ -339,9 +339,3 @@ def test_cli_evaluate_and_compare(tmp_path, capsys):
     assert args.func(args) == 1
     assert "case_003" in capsys.readouterr().err
 
-
-@pytest.mark.parametrize("sub", ["evaluate", "compare"])
-def test_cli_help_has_an_example(sub, capsys):
-    with pytest.raises(SystemExit):
-        parser().parse_args([sub, "--help"])
-    assert "nnunet-sacl " + sub in capsys.readouterr().out
