@@ -5,10 +5,30 @@ import torch
 
 
 def save_atomically(obj, filename: str) -> None:
-    """torch.save to a temporary file, then rename: a kill leaves either the old file or the new one, never half."""
+    """torch.save to a temporary file, fsync, rename, fsync the folder: a kill (or a power cut) leaves either the
+    old file or the new one under ``filename``, never half of one. A ``.tmp`` left by a killed save is overwritten
+    by the next save (opened with truncation) and never read."""
     tmp = f"{filename}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, filename)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_folder(os.path.dirname(os.path.abspath(filename)))
+
+
+def _fsync_folder(folder: str) -> None:
+    """Makes the rename itself durable (POSIX: a directory entry is on disk once its folder is synced)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_checkpoint(filename: str, map_location="cpu") -> dict:
