@@ -245,7 +245,9 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         # the encoder runs outside nnU-Net's DDP wrapper in phase 1: average its (and the head's) gradients here
         self.backward_and_step(loss, self.pretraining_parameters(), average_over_ranks=is_distributed())
-        # tensors, not floats: the epoch's numbers reach the host once, at the epoch's end
+        # tensors, not floats: the logged numbers are copied to the host once, at the epoch's end. The step itself
+        # still waits on the device a few times: the non-finite check (bool(isfinite)), the label check in
+        # mask_pool (bool(bad.any())) and the organ lookup (nonzero) each synchronise.
         return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device)}
 
     def train_step(self, batch: dict) -> dict:
