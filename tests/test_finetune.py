@@ -1,9 +1,10 @@
 """Fine-tuning schedules (warm-up, frozen encoder) and non-finite losses, on real nnU-Net trainers and data."""
+import numpy as np
 import pytest
 import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.variants import SACLTrainer_smoke, nnUNetTrainer_frozen50
+from nnunet_sacl.nnunet.variants import SACLTrainer_smoke, _ShortRun, nnUNetTrainer_frozen50
 from nnunet_sacl.schedules import warmup_poly_lr
 from tests.test_trainer import first_batch, make_trainer
 
@@ -26,15 +27,15 @@ class _Schedules(SACLTrainer_smoke):
     run_epochs = 4
 
 
-class _FrozenStock(nnUNetTrainer_frozen50):
+class _FrozenStock(_ShortRun, nnUNetTrainer_frozen50):
     finetune_frozen_encoder_epochs = 2
+    run_epochs = 4
 
 
 @pytest.mark.parametrize("trainer_class", [_Schedules, _FrozenStock])
 def test_frozen_encoder_then_unfrozen_with_warmup(in_process_env, trainer_class):
-    trainer = make_trainer("SACLTrainer_smoke")
-    trainer.__class__ = trainer_class   # the same plans and folders, the test's schedule
-    trainer.num_epochs, trainer.phase = 4, "segmentation"
+    trainer = make_trainer(trainer_class)
+    assert trainer.num_epochs == 4 and getattr(trainer, "phase", "segmentation") == "segmentation"
     trainer.initialize()
     batch = first_batch(trainer)
     net = unwrap(trainer.network)
@@ -57,11 +58,14 @@ def test_frozen_encoder_then_unfrozen_with_warmup(in_process_env, trainer_class)
 
 
 class _NaNLoss(torch.nn.Module):
-    def forward(self, *args):
-        return torch.tensor(float("nan"), requires_grad=True)
+    """A loss that is NaN but depends on the network's output, so a step that is not skipped poisons the weights."""
+
+    def forward(self, output, *args):
+        first = output[0] if isinstance(output, (list, tuple)) else output
+        return first.float().mean() * float("nan")
 
 
-def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(in_process_env):
+def test_nonfinite_pretraining_losses_are_skipped_counted_and_stop_the_run(in_process_env):
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
@@ -79,7 +83,45 @@ def test_nonfinite_losses_are_skipped_counted_and_stop_the_run(in_process_env):
         trainer.pretrain_step(batch)
     with pytest.raises(RuntimeError, match=r"5 non-finite losses in a row \(pretraining epoch 0\)"):
         trainer.pretrain_step(batch)
-    # phase 2 uses the same guard
-    trainer.phase, trainer.loss = "segmentation", _NaNLoss()
+
+
+class _SegmentationOnly(SACLTrainer_smoke):
+    """pretrain_epochs = 0: a SACLTrainer that is in phase 2 from its __init__ on; stops after 3 in a row."""
+    pretrain_epochs = 0
+    max_nonfinite_in_a_row = 3
+
+
+def _optimizer_state(trainer):
+    return {k: {n: t.clone() for n, t in v.items()} for k, v in trainer.optimizer.state_dict()["state"].items()}
+
+
+def test_nonfinite_segmentation_losses_are_skipped_counted_and_stop_the_run(in_process_env):
+    trainer = make_trainer(_SegmentationOnly)
+    assert trainer.phase == "segmentation"
+    trainer.initialize()
+    batch = first_batch(trainer)
+    assert np.isfinite(trainer.train_step(batch)["loss"])   # a real step first: momentum buffers exist
+    params = [p.detach().clone() for p in trainer.network.parameters()]
+    state = _optimizer_state(trainer)
+    assert state
+    real_loss, limit = trainer.loss, trainer.max_nonfinite_in_a_row
+    trainer.loss = _NaNLoss()
+    outputs = [trainer.train_step(batch) for _ in range(limit - 1)]
+    assert all(np.isnan(o["loss"]) for o in outputs)
+    assert all(torch.equal(p, q) for p, q in zip(trainer.network.parameters(), params))   # no step taken
+    after = _optimizer_state(trainer)
+    assert after.keys() == state.keys() and all(
+        torch.equal(after[k][n], state[k][n]) for k in state for n in state[k])           # momentum untouched
+    trainer.loss = real_loss
+    outputs.append(trainer.train_step(batch))          # one finite step resets the streak ...
+    assert np.isfinite(outputs[-1]["loss"])
+    trainer.loss = _NaNLoss()
+    outputs += [trainer.train_step(batch) for _ in range(limit - 1)]    # ... so limit - 1 more do not stop the run
+    trainer.on_train_epoch_end(outputs)
+    assert f"Skipped {2 * (limit - 1)} step(s) with a non-finite loss this epoch" in open(trainer.log_file).read()
+    assert trainer.logger.get_checkpoint()["train_losses"][-1] == pytest.approx(float(outputs[limit - 1]["loss"]))
     trainer.nonfinite.in_a_row = 0
-    assert trainer.train_step(batch)["loss"] != trainer.train_step(batch)["loss"]  # NaN, skipped
+    for _ in range(limit - 1):
+        trainer.train_step(batch)
+    with pytest.raises(RuntimeError, match=rf"{limit} non-finite losses in a row \(segmentation epoch 0\)"):
+        trainer.train_step(batch)

@@ -15,8 +15,15 @@ from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
 from tests.conftest import DATASET_ID, DATASET_NAME
 
 
-def make_trainer(name, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
-    return get_trainer_from_args(str(DATASET_ID), configuration, fold, name, plans, device=torch.device("cpu"))
+def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
+    """A trainer built as nnUNetv2_train builds it, its __init__ included: by name (found via nnUNet_extTrainer,
+    as nnU-Net does), or a test's own trainer class (a user's variant: settings as class attributes)."""
+    if isinstance(trainer, str):
+        return get_trainer_from_args(str(DATASET_ID), configuration, fold, trainer, plans, device=torch.device("cpu"))
+    from nnunetv2.paths import nnUNet_preprocessed
+    folder = join(str(nnUNet_preprocessed), DATASET_NAME)
+    plans_dict = dict(json.load(open(join(folder, f"{plans}.json"))), continue_training=False)
+    return trainer(plans_dict, configuration, fold, json.load(open(join(folder, "dataset.json"))), torch.device("cpu"))
 
 
 def first_batch(trainer):
@@ -123,8 +130,7 @@ def test_pool_stage_outside_the_plan_is_refused(in_process_env):
     class TooDeep(SACLTrainer_smoke):
         pool_stages = (9,)
 
-    trainer = make_trainer("SACLTrainer_smoke")
-    trainer.__class__ = TooDeep
+    trainer = make_trainer(TooDeep)
     with pytest.raises(RuntimeError, match=r"pool_stages = \(9,\).*has 4 stages"):
         trainer.initialize()
 
@@ -151,8 +157,7 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
     trainer.initialize()
     file = str(tmp_path / "checkpoint_latest.pth")
     trainer.save_checkpoint(file)
-    other = make_trainer("SACLTrainer_smoke")
-    other.__class__ = WiderHead
+    other = make_trainer(WiderHead)
     with pytest.raises(RuntimeError, match=r"checkpoint_latest.pth does not match this WiderHead"):
         other.load_checkpoint(file)
 
@@ -172,14 +177,12 @@ def test_organ_x_phase_labels(in_process_env):
     spec = {"phases": ["arterial", "venous"], "cases": {c: ["arterial", "venous"][i % 2] for i, c in enumerate(cases)}}
     try:
         json.dump(dict(spec, cases={c: p for c, p in list(spec["cases"].items())[1:]}), open(phases_file, "w"))
-        trainer = make_trainer("SACLTrainer_smoke")
-        trainer.__class__ = Phases
+        trainer = make_trainer(Phases)
         with pytest.raises(ValueError, match=f"case {cases[0]} has no phase"):
             trainer.initialize()
 
         json.dump(spec, open(phases_file, "w"))
-        trainer = make_trainer("SACLTrainer_smoke")
-        trainer.__class__ = Phases
+        trainer = make_trainer(Phases)
         trainer.initialize()
         batch = first_batch(trainer)
         z, organs, samples = trainer.embed(batch["data"], batch["target"][0])
@@ -233,8 +236,7 @@ def test_intensity_weighted_negatives(in_process_env):
     plans = json.load(open(join(str(nnUNet_preprocessed), DATASET_NAME, "nnUNetPlans.json")))
     p = plans["foreground_intensity_properties_per_channel"]["0"]
     expected_range = (p["percentile_99_5"] - p["percentile_00_5"]) / p["std"]
-    trainer = make_trainer("SACLTrainer_smoke")
-    trainer.__class__ = DCC
+    trainer = make_trainer(DCC)
     trainer.initialize()
     assert isinstance(trainer.contrastive_loss, IntensityWeightedSupConLoss)
     assert trainer.contrastive_loss.intensity_range.tolist() == pytest.approx([expected_range], rel=1e-6)
@@ -250,8 +252,7 @@ def test_intensity_weighted_negatives(in_process_env):
 
 
 def test_intensity_weighted_negatives_refuse_a_dataset_without_fixed_range(in_process_env):
-    trainer = make_trainer("SACLTrainer_smoke")
-    trainer.__class__ = DCC
+    trainer = make_trainer(DCC)
     trainer.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
     with pytest.raises(RuntimeError, match=r"DCC \(nnUNetPlans, 3d_fullres\): .*channel 0 is normalized with "
                                            r"ZScoreNormalization.*intensity_range"):
@@ -260,8 +261,7 @@ def test_intensity_weighted_negatives_refuse_a_dataset_without_fixed_range(in_pr
     class DCCWithRange(DCC):
         intensity_range = (6.0,)
 
-    trainer = make_trainer("SACLTrainer_smoke")
-    trainer.__class__ = DCCWithRange
+    trainer = make_trainer(DCCWithRange)
     trainer.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
     trainer.initialize()
     assert trainer.contrastive_loss.intensity_range.tolist() == [6.0]
