@@ -108,7 +108,8 @@ def test_nonfinite_segmentation_losses_are_skipped_counted_and_stop_the_run(in_p
     trainer.loss = _NaNLoss()
     outputs = [trainer.train_step(batch) for _ in range(limit - 1)]
     assert all(np.isnan(o["loss"]) for o in outputs)
-    assert all(torch.equal(p, q) for p, q in zip(trainer.network.parameters(), params))   # no step taken
+    assert all(torch.equal(p, q) for p, q in zip(trainer.network.parameters(), params)), \
+        "a step with a NaN loss changed the parameters"
     after = _optimizer_state(trainer)
     assert after.keys() == state.keys() and all(
         torch.equal(after[k][n], state[k][n]) for k in state for n in state[k])           # momentum untouched

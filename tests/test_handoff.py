@@ -61,14 +61,16 @@ def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_p
         trainer.start_segmentation_phase()
         handed_off = snapshot(trainer)
         assert handed_off.keys() == pretrained.keys()
-        assert not changed(pretrained, handed_off, pretrained.keys()), \
-            f"the hand-off changed the network: {sorted(changed(pretrained, handed_off, pretrained.keys()))[:5]}"
+        moved = sorted(changed(pretrained, handed_off, pretrained.keys()))
+        assert not moved, f"the hand-off changed {len(moved)} network tensors, e.g. {moved[:3]}"
         assert not changed(encoder_file["network_weights"], handed_off, encoder_keys)
 
         assert trainer.phase == "segmentation" and trainer.current_epoch == 0
         in_optimizer = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
-        assert sorted(in_optimizer) == sorted(id(p) for p in trainer.network.parameters())
+        network = [id(p) for p in trainer.network.parameters()]
         assert not head & set(in_optimizer), "the projection head is in the segmentation optimizer"
+        assert sorted(in_optimizer) == sorted(network), \
+            f"the segmentation optimizer holds {len(in_optimizer)} tensors, not the network's {len(network)}"
         assert not trainer.optimizer.state, "the segmentation optimizer starts with momentum from pretraining"
         assert trainer.lr_scheduler.max_steps == trainer.num_epochs
         trainer.on_train_epoch_start()  # nnU-Net's: schedule stepped at current_epoch, LR logged
