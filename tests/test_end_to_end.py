@@ -92,8 +92,8 @@ def test_predict_matches_input_geometry_and_label_range(trained_sacl, nnunet_env
         for organ in (1, 2, 3):
             dice[organ].append(round(float(dice_of(sitk.GetArrayFromImage(pred) == organ, reference == organ)), 3))
     # the box (label 2) is the largest organ: about 7 % of the volume, so labelling everything 'box' gives a Dice
-    # of 0.13. After the smoke run's 8 segmentation steps it was 0.78 and 0.88 on the two test cases (tube 0.81,
-    # 0.83; ellipsoid 0.03, 0.15), 2-core CPU, 2026-11-23.
+    # of 0.13. After the smoke run's 8 segmentation steps, two runs gave 0.78, 0.88 and 0.84, 0.68 on the two test
+    # cases (tube 0.74-0.83, ellipsoid 0.03-0.26), 2-core CPU, 2026-11-23.
     assert np.mean(dice[2]) > 0.5, f"Dice per organ and test case: {dice}"
 
 
