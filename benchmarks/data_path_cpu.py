@@ -11,10 +11,12 @@ On the dataset of benchmarks/make_btcv_sized_dataset.py (nnU-Net-planned, prepro
 - ``torch_augment_cpu``: ``nnunet_sacl.augment.augment_batch`` on the crop-only batch, on the CPU.
 
 Like a worker (batchgenerators' NonDetMultiThreadedAugmenter) the process runs with one torch thread and one BLAS
-thread, so process CPU time per batch is one worker's CPU-seconds. Mean and median over ``--batches``.
+thread, so process CPU time per batch is one worker's CPU-seconds. Mean and median over ``--batches`` (the
+augmentation on the CPU over the first ``--augment-batches`` of them). A worker's throughput is set by the mean:
+nnU-Net's transforms are random (a rotation or scaling costs far more than a crop), so single batches vary a lot.
 
     python benchmarks/make_btcv_sized_dataset.py --root /tmp/dp --cases 5 -np 1
-    python benchmarks/data_path_cpu.py --root /tmp/dp --batches 20
+    python benchmarks/data_path_cpu.py --root /tmp/dp --batches 60
 """
 import argparse
 import json
@@ -67,6 +69,8 @@ def measure(args) -> dict:
             batch, cpu_s, wall_s = cpu_seconds(lambda: next(sacl.dataloader_train))
             if keep:
                 times["crop_only"][0].append(cpu_s), times["crop_only"][1].append(wall_s)
+            if i >= args.warmup + args.augment_batches:
+                continue
             seg = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
             _, cpu_s, wall_s = cpu_seconds(lambda: augment_batch(batch["data"], seg, sacl.augment_settings,
                                                                  sacl.augment_generator))
@@ -90,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("-p", "--plans", default="nnUNetPlans")
     p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
+    p.add_argument("--augment-batches", type=int, default=10,
+                   help="time nnunet_sacl.augment on the first this many timed batches only (it is the slowest)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     return p.parse_args(argv)
@@ -105,6 +111,7 @@ def main(argv=None) -> int:
     results = {"kind": "data_path_cpu", "device": "cpu", "cpu": device_name(CPU), "cpu_cores": os.cpu_count(),
                "threads": 1, "torch": torch.__version__, "nnunetv2": version("nnunetv2"), "dataset": args.dataset,
                "configuration": args.configuration, "batches": args.batches, "warmup": args.warmup,
+               "augment_batches": min(args.augment_batches, args.batches),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": shlex.join([Path(sys.executable).name] + sys.argv),
                "timing": "process CPU time (time.process_time) per batch, one torch and one BLAS thread, the "
