@@ -6,9 +6,9 @@ organs in every sample). The steps are interleaved (A B C A B C ...), so load fr
 them alike; median, min and max over the rounds (``"kind": "step"``).
 
 ``scaling``: the SACL and paper-style steps as the organs present go 2 -> 13 -> 50 -> 117 and the batch 2 -> 8:
-CPU time (interleaved as above), the share of the SACL step spent in mask pooling, the projection head and the
-loss (torch.profiler, forward and backward of each), and FLOPs counted by accounting.py at this patch and at the
-plan's full patch (``"kind": "scaling"``). The paper-style step is timed only where it fits in memory and time
+CPU time at the CPU-sized patch (interleaved as above), the share of the SACL step spent in mask pooling, the
+projection head and the loss (torch.profiler, forward and backward of each), and FLOPs and saved bytes counted by
+accounting.py at the plan's full patch (``"kind": "scaling"``; ``flops`` is at ``full_patch_size``). The paper-style step is timed only where it fits in memory and time
 (``--paper-style-max-rows`` encoder passes), and counted everywhere.
 
 Trainers are built as ``nnUNetv2_train`` builds them (step_benchmark.build_trainer) on synthetic batches of the
@@ -183,18 +183,15 @@ def run_scaling(args) -> dict:
                 share = pool_head_loss_share(trainers["sacl"], batches["sacl"], args.profile_steps)
                 del trainers, batches, steps
                 gc.collect()
-                counted = {k: accounting.count_step(accounting.CountedStep(k, STEPS[k][0], "pretrain_step", k), plans,
-                                                    args.configuration, dataset_json, organs, peak=False)
-                           for k in ("sacl", "paper_style")}
             with nnunet_workspace(full, args.configuration):
                 counted_full = {k: accounting.count_step(accounting.CountedStep(k, STEPS[k][0], "pretrain_step", k),
                                                          full, args.configuration, dataset_json, organs, peak=False)
                                 for k in ("sacl", "paper_style")}
             for k in ("sacl", "paper_style"):
                 row = {"step": k, "organs": organs, "batch_size": batch_size, "patch_size": list(args.patch_size),
-                       "flops": counted[k]["flops"], "flops_full_patch": counted_full[k]["flops"],
+                       "full_patch_size": counted_full[k]["patch_size"], "flops": counted_full[k]["flops"],
                        "saved_bytes_full_patch": counted_full[k]["saved_bytes"],
-                       "flops_besides_encoder_full_patch": counted_full[k]["flops_besides_encoder"],
+                       "flops_besides_encoder": counted_full[k]["flops_besides_encoder"],
                        "cpu_ms": None, "min_ms": None, "max_ms": None, "pool_head_loss_share": None}
                 if k in times:
                     s = summary(times[k])
@@ -207,7 +204,7 @@ def run_scaling(args) -> dict:
                 results["rows"].append(row)
                 cpu = "n/a" if row["cpu_ms"] is None else f"{row['cpu_ms']:.1f} ms"
                 print(f"  {k:<12} organs {organs:>3} batch {batch_size}: cpu {cpu:>10}, "
-                      f"{row['flops'] / 1e9:8.1f} GFLOP here, {row['flops_full_patch'] / 1e12:7.2f} TFLOP full"
+                      f"{row['flops'] / 1e12:7.2f} TFLOP at {row['full_patch_size']}"
                       + (f", pool+head+loss {100 * row['pool_head_loss_share']:.2f}%" if k == "sacl" else ""),
                       flush=True)
     results["load_after"] = load()

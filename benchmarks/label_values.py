@@ -60,7 +60,8 @@ class LabelValues(TorchDispatchMode):
         self.real_ops = 0                       # ops also run on real values (for the test and the curious)
 
     def track(self, real: torch.Tensor, device) -> torch.Tensor:
-        real = real.detach().to(CPU)
+        with _disable_current_modes():          # called from inside the modes too: keep the value real
+            real = real.detach().to(CPU)
         with self.fake_mode:
             fake = self.fake_mode.from_tensor(real).to(device)
         self.values[fake] = real

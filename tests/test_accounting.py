@@ -115,5 +115,6 @@ def test_label_values_let_mask_pool_find_the_organs():
         pooled, fake_organs, fake_samples = mask_pool(fake_features, fake_seg, 5)
     assert tuple(pooled.shape) == (len(organs), 6)
     assert torch.equal(labels.value(fake_organs), organs) and torch.equal(labels.value(fake_samples), samples)
+    out_of_range = labels.track(seg + 5, torch.device("cpu"))
     with fake_mode, labels, pytest.raises(ValueError, match="outside 0..4"):
-        mask_pool(fake_features, labels.track(seg + 5, torch.device("cpu")), 5)   # the label check still runs
+        mask_pool(fake_features, out_of_range, 5)                               # the label check still runs
