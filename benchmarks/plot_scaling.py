@@ -32,10 +32,10 @@ def plot(results: dict, out: Path) -> None:
                 cpu_ax.plot([p[0] for p in timed], [p[2] / 1e3 for p in timed], line, marker=marker, color=colour,
                             label=f"{label}, batch {batch}")
     full = rows[0].get("full_patch_size")
-    flops_ax.set(xlabel="organs present per sample", ylabel="TFLOP per step (forward + backward)", yscale="log",
+    flops_ax.set(xlabel="organs present per sample", ylabel="TFLOP per step (forward + backward)",
                  title=f"FLOPs at patch {'x'.join(map(str, full))} (counted)")
     cpu_ax.set(xlabel="organs present per sample", ylabel="seconds per step (median)", yscale="log",
-               title=f"CPU time at patch {'x'.join(map(str, results['patch_size']))} "
+               title=f"CPU wall time at patch {'x'.join(map(str, results['patch_size']))} "
                      f"({results.get('machine', 'CPU')})")
     for ax in (flops_ax, cpu_ax):
         ax.grid(True, which="both", alpha=0.3)
