@@ -195,7 +195,8 @@ def run_scaling(args) -> dict:
                        "cpu_ms": None, "min_ms": None, "max_ms": None, "pool_head_loss_share": None}
                 if k in times:
                     s = summary(times[k])
-                    row.update(cpu_ms=s["median_ms"], min_ms=s["min_ms"], max_ms=s["max_ms"], all_ms=s["all_ms"])
+                    row.update(cpu_ms=s["median_ms"], min_ms=s["min_ms"], max_ms=s["max_ms"], all_ms=s["all_ms"],
+                               process_cpu_median_ms=s["cpu_median_ms"])
                 else:
                     row["cpu_ms_skipped"] = (f"{organs * batch_size} encoder passes per step > "
                                              f"--paper-style-max-rows {args.paper_style_max_rows}")
