@@ -1,4 +1,4 @@
-"""Data-path benchmark (issue 6): SACL pretraining wall time per iteration with nnU-Net's real dataloaders on a
+"""Data-path benchmark: SACL pretraining wall time per iteration with nnU-Net's real dataloaders on a
 preprocessed dataset, for several ``nnUNet_n_proc_DA``, against the compute-only step and stock nnU-Net.
 
 For each worker count W the real dataloaders run (``on_train_start()`` of trainers built in-process with nnU-Net's
@@ -15,7 +15,7 @@ taken, all in milliseconds per iteration:
 Loader runs are wall clock over ``--iters`` steps with a device synchronisation only at start and end, so loader
 stalls count; ``*_loader_wait_ms`` is the host time spent in ``next()``. Each trainer is built (and compiled) once
 and its dataloaders are restarted for every W. The dataset comes from benchmarks/make_btcv_sized_dataset.py; the
-commands for the lent GPU machine are in benchmarks/DATA_PATH.md.
+commands for a GPU machine are in benchmarks/DATA_PATH.md.
 
     python benchmarks/data_path_benchmark.py --root /tmp/nnunet_dp --workers 4 8 12 16 --out benchmarks/results
     python benchmarks/data_path_benchmark.py --root /tmp/dp_small --device cpu --workers 0 1 --iters 3 --warmup 1 \
@@ -68,7 +68,7 @@ RUNS = (
 )
 
 TARGET_WORKERS = (8, 16)
-TARGETS = (   # issue 6; each with the worker counts it is set at (None: every one)
+TARGETS = (   # each with the worker counts it is set at (None: every one)
     (Target("GPU-aug wall / compute-only", 1.1, True, lambda r: _ratio(r["gpu_aug_wall_ms"], r["compute_only_ms"])),
      TARGET_WORKERS),
     (Target("GPU-aug wall / stock wall", 0.45, True, lambda r: _ratio(r["gpu_aug_wall_ms"], r["stock_wall_ms"])),
@@ -239,7 +239,7 @@ def format_table(results: dict) -> str:
 
 
 def format_targets(results: dict) -> str:
-    lines = ["targets of issue 6 (ratios from this run):"]
+    lines = ["targets (ratios from this run):"]
     for r in results["by_workers"]:
         for name, c in r["targets"].items():
             verdict = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")

@@ -7,7 +7,11 @@ the image reader) give the plan nnU-Net 2.8.1 makes for such data: 3d_fullres pa
 3 x 0.76 x 0.76, 6-stage PlainConvUNet (32..320 features). The intensity statistics only matter for preprocessing
 real images; the benchmark feeds synthetic batches.
 
-    python benchmarks/make_btcv_like_plans.py            # writes into plans/
+    python benchmarks/make_btcv_like_plans.py                   # writes into plans/
+    python benchmarks/make_btcv_like_plans.py --preset resenc_m  # the ResEnc M preset (nnUNetPlannerResEncM)
+
+The ResEnc M preset (``nnUNetv2_plan_experiment -pl nnUNetPlannerResEncM``) is planned from the same fingerprint
+into plans/btcv_like_nnUNetResEncUNetMPlans.json.
 """
 import argparse
 import os
@@ -21,6 +25,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATASET_NAME = "Dataset017_BTCVLike"
 NUM_CASES = 30
+PRESETS = {   # preset -> (planner module under nnunetv2.experiment_planning.experiment_planners, class)
+    "default": ("default_experiment_planner", "ExperimentPlanner"),
+    "resenc_m": ("residual_unets.residual_encoder_unet_planners", "nnUNetPlannerResEncM"),
+}
 CT_FOREGROUND_INTENSITIES = {"max": 1711.0, "mean": 99.4, "median": 104.0, "min": -986.0,
                              "percentile_00_5": -958.0, "percentile_99_5": 276.0, "std": 63.2}
 
@@ -72,20 +80,26 @@ def write_fingerprint(preprocessed: Path, geometry) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO / "plans", help="folder for the two JSON files")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="nnU-Net's default planner or the ResEnc M preset")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="btcv_like_plans_") as root:
         # nnunetv2.paths reads these when used, so they can be set after import
         os.environ.update(nnUNet_raw=f"{root}/raw", nnUNet_preprocessed=f"{root}/pre", nnUNet_results=f"{root}/res")
-        from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+        from importlib import import_module
+        module, name = PRESETS[args.preset]
+        planner_class = getattr(import_module(f"nnunetv2.experiment_planning.experiment_planners.{module}"), name)
         geometry = btcv_like_geometry()
         raw, preprocessed = Path(root, "raw", DATASET_NAME), Path(root, "pre", DATASET_NAME)
         write_raw_dataset(raw, geometry)
         write_fingerprint(preprocessed, geometry)
-        ExperimentPlanner(DATASET_NAME).plan_experiment()
+        planner = planner_class(DATASET_NAME)
+        planner.plan_experiment()
         args.out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(preprocessed / "nnUNetPlans.json", args.out / "btcv_like_nnUNetPlans.json")
+        plans_file = args.out / f"btcv_like_{planner.plans_identifier}.json"
+        shutil.copyfile(preprocessed / f"{planner.plans_identifier}.json", plans_file)
         shutil.copyfile(raw / "dataset.json", args.out / "btcv_like_dataset.json")
-    print(f"written: {args.out / 'btcv_like_nnUNetPlans.json'}, {args.out / 'btcv_like_dataset.json'}")
+    print(f"written: {plans_file}, {args.out / 'btcv_like_dataset.json'}")
     return 0
 
 

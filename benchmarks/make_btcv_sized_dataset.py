@@ -1,4 +1,4 @@
-"""Synthetic BTCV-sized CT dataset for the data-path benchmark (issue 6), planned and preprocessed by nnU-Net itself.
+"""Synthetic BTCV-sized CT dataset for the data-path benchmarks, planned and preprocessed by nnU-Net itself.
 
 Writes N seeded synthetic abdominal CTs (default 10 of 120x512x512 voxels at 0.76 x 0.76 x 3 mm, BTCV's size and
 spacing: a body ellipse with a spine and eight labelled organ-like blobs of distinct HU) into
@@ -120,7 +120,7 @@ def dataset_json(num_training: int, file_ending: str) -> dict:
     return {"channel_names": {"0": "CT"},
             "labels": {"background": 0, **{o.name: o.label for o in ORGANS}},
             "numTraining": num_training, "file_ending": file_ending, "name": DATASET_NAME,
-            "description": "nnunet-sacl synthetic BTCV-sized CTs for the data-path benchmark (issue 6)"}
+            "description": "nnunet-sacl synthetic BTCV-sized CTs for the data-path benchmarks"}
 
 
 def write_raw_dataset(raw_root: Path, dataset_id: int, num_cases: int, shape, seed: int) -> Path:

@@ -1,15 +1,15 @@
-"""Step benchmark (issue 4): stock ``nnUNetTrainer.train_step`` against ``SACLTrainer.pretrain_step`` and the
+"""Step benchmark: stock ``nnUNetTrainer.train_step`` against ``SACLTrainer.pretrain_step`` and the
 paper-style pretraining step (``SACLTrainer_PaperStyle``), on a network built from a real nnU-Net plans file.
 
 The three trainers run one after another in one process, on synthetic batches shaped like nnU-Net's, so the
-numbers measure the steps and nothing else (nnU-Net's dataloader is timed elsewhere: ../shared/docs/nnunet-notes.md).
+numbers measure the steps and nothing else (the data path is measured by data_path_benchmark.py and data_path_cpu.py).
 On CUDA: CUDA events, medians after warm-up, steady-state peak memory, cudnn.benchmark and torch.compile set as
 ``nnUNetv2_train`` sets them. On CPU (to check the script without a GPU): wall-clock times, no peak memory.
 
     python benchmarks/step_benchmark.py --device cuda --out benchmarks/results
     python benchmarks/step_benchmark.py --device cpu --patch-size 16 32 32 --iters 3 --warmup 1 --out /tmp/bench
 
-See benchmarks/README.md for running it on the lent GPU machine.
+See benchmarks/README.md for the commands on a GPU machine.
 """
 import argparse
 import gc
@@ -82,7 +82,7 @@ class StepResult:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal of issue 4, as a ratio computed from the results of the same run."""
+    """A target, as a ratio computed from the results of the same run."""
     name: str
     limit: float
     at_most: bool                       # True: ratio <= limit; False: ratio >= limit
