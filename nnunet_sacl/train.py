@@ -8,6 +8,7 @@ Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
 """
 import argparse
 import os
+import re
 import sys
 from os.path import isfile, join
 
@@ -73,6 +74,26 @@ def choose_backend(requested: str, device: str) -> str:
         raise LaunchError(f"--dist-backend nccl needs -device cuda (got -device {device}): nccl runs on GPUs only; "
                           f"use gloo (the default for -device {device}).")
     return requested
+
+
+def check_restartable(environ=os.environ) -> None:
+    """torchrun's restarts need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with the rendezvous store shared across
+    restarts (its default), the restarted workers' process group finds the previous attempt's addresses in the
+    store and waits on them forever (pytorch/pytorch#135712)."""
+    restarts = int(environ.get("TORCHELASTIC_MAX_RESTARTS", 0) or 0)
+    if restarts > 0 and environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise LaunchError(
+            f"torchrun --max-restarts {restarts} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment "
+            f"(export it before torchrun, on every node): with torchrun's shared rendezvous store a restarted "
+            f"group hangs while connecting. Without restarts, leave --max-restarts at 0.")
+
+
+def lost_a_rank(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (gloo: connection reset; nccl: timeout/abort)."""
+    from torch import distributed as dist
+    return isinstance(error, dist.DistError) or bool(re.search(
+        r"Connection (reset|closed|refused)|Broken pipe|timed out|Timeout|NCCL (communicator|error)",
+        str(error)))
 
 
 def restart_number(environ=os.environ) -> int:
@@ -144,6 +165,7 @@ def run_worker(args, env: dict) -> int:
     if args.val and args.c:
         raise LaunchError("--c and --val cannot be combined (as nnUNetv2_train)")
     backend = choose_backend(args.dist_backend, args.device)
+    check_restartable()
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
     base, plans_file, plans = _read_plans(args)
     batch_size = PlansManager(plans).get_configuration(args.configuration).batch_size
@@ -166,7 +188,7 @@ def run_worker(args, env: dict) -> int:
         if restart:
             trainer.print_to_log_file(
                 f"torchrun restart {restart} of at most {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}: "
-                + (f"resumed from the latest checkpoint" if resume else "no checkpoint yet, started over")
+                + ("resumed from the latest checkpoint" if resume else "no checkpoint yet, started over")
                 + f" ({world} ranks)")
         if rank == 0:
             print(f"nnunet-sacl train: {world} rank(s), backend {backend}, device {trainer.device} on rank 0, "
@@ -176,7 +198,9 @@ def run_worker(args, env: dict) -> int:
         if args.val_best:
             trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
         trainer.perform_actual_validation(args.npz)
-    except (dist.DistBackendError, dist.DistNetworkError) as e:
+    except Exception as e:
+        if not lost_a_rank(e):
+            raise
         print(f"nnunet-sacl train, rank {rank} of {world}: lost contact with the other ranks (a rank died, or did "
               f"not answer within the collective timeout of {args.collective_timeout:g} s); torchrun's summary "
               f"names the rank that failed. Restart with --c, or let torchrun restart the group "

@@ -120,7 +120,7 @@ def test_two_ranks_run_both_phases_and_only_rank_0_writes(standalone_run):
     assert "nnunet-sacl train: 2 rank(s), backend gloo, device cpu" in out
     log = training_log(folder)
     assert sorted(pretraining_losses(log)) == [0, 1, 2] and "Training done." in log
-    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress_pretraining.png", "plans.json"):
+    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress_pretraining.png", "../plans.json"):
         assert isfile(join(folder, name)), name
     final = torch.load(join(folder, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
     assert final["trainer_name"] == "SACLTrainer_smoke" and final["sacl"]["phase"] == "segmentation"
@@ -175,7 +175,7 @@ def test_two_node_rendezvous_on_one_machine(nnunet_env, preprocessed, tmp_path):
 
 
 def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_env, preprocessed, tmp_path):
-    env = torchrun_env(nnunet_env, tmp_path)
+    env = torchrun_env(nnunet_env, tmp_path, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     folder = fold_folder(env, "SACLTrainer_tiny", 0)
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "--monitor-interval",
                           "0.5", "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0)), env)
@@ -238,7 +238,10 @@ def test_stock_baseline_on_two_ranks(nnunet_env, preprocessed, tmp_path):
      "batch size 2 is smaller than the world size 3"),
     ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
      ["--dist-backend", "nccl"], "--dist-backend nccl needs -device cuda (got -device cpu)"),
-], ids=["no-master-addr", "no-world-size", "batch-below-world", "cpu-with-nccl"])
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+      "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}, [],
+     "torchrun --max-restarts 1 needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"),
+], ids=["no-master-addr", "no-world-size", "batch-below-world", "cpu-with-nccl", "restarts-with-shared-store"])
 def test_bad_settings_refused_before_training(nnunet_env, preprocessed, tmp_path, extra_env, args, message):
     env = torchrun_env(nnunet_env, tmp_path, **extra_env)
     result = subprocess.run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_smoke", 0), *args],

@@ -11,6 +11,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -49,6 +50,9 @@ class TorchrunMixin:
         self._ddp_deferred = False
         if not self.is_ddp:
             return
+        # nnU-Net samples patches with numpy's global generator: fresh OS entropy and the rank, so that ranks never
+        # draw the same patches (even after a user seeded numpy alike in every process)
+        np.random.seed(np.random.SeedSequence(spawn_key=(dist.get_rank(),)).generate_state(1)[0])
         self.device = local_device(device)   # nnU-Net chose cuda:<global rank>
         if self.device.type != "cuda":
             self.grad_scaler = None

@@ -1,4 +1,7 @@
 """Trainers for tests/test_torchrun.py, found through nnUNet_extTrainer (the test adds this folder to it)."""
+from collections import Counter
+from contextlib import contextmanager
+
 import torch
 
 from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_smoke
@@ -6,12 +9,13 @@ from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_smoke
 
 class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
     """One pretraining step on a fixed, seeded global batch: rank r of W gets its slice of it (nnU-Net's split),
-    one process gets all of it; weights are seeded, so a 2-rank run and a 1-process run must end equal."""
+    one process gets all of it. Rank r seeds its initial weights with r: a 2-rank run ends equal to a 1-process run
+    only when rank 0's network and projection head reach every rank."""
     pretrain_epochs = 1
     run_iterations = 1
 
     def initialize(self):
-        torch.manual_seed(0)   # same initial network and head in every process
+        torch.manual_seed(torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
         super().initialize()
 
     def get_dataloaders(self):
@@ -27,6 +31,38 @@ class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
         part = slice(low, low + self.batch_size)
         batch = {"data": data[part], "target": seg[part], "keys": [f"case{i}" for i in range(total)][part]}
         return _Repeat(batch), _Repeat(batch)
+
+    def pretrain_step(self, batch: dict) -> dict:
+        if not self.is_ddp:
+            return super().pretrain_step(batch)
+        with counted_collectives() as counts:
+            outputs = super().pretrain_step(batch)
+        self.print_to_log_file("collective payload of one pretraining step on this rank (bytes): "
+                               + ", ".join(f"{op} {n}" for op, n in sorted(counts.items())))
+        return outputs
+
+
+@contextmanager
+def counted_collectives():
+    """Bytes each collective call takes from this rank (all_gather: its input; all_reduce: the tensor)."""
+    counts, dist = Counter(), torch.distributed
+    originals = {op: getattr(dist, op) for op in ("all_gather", "all_reduce", "broadcast")}
+
+    def counting(op):
+        def call(*args, **kwargs):
+            tensor = args[1] if op == "all_gather" else args[0]
+            counts[op] += tensor.numel() * tensor.element_size()
+            counts[op + " calls"] += 1
+            return originals[op](*args, **kwargs)
+        return call
+
+    for op in originals:
+        setattr(dist, op, counting(op))
+    try:
+        yield counts
+    finally:
+        for op, original in originals.items():
+            setattr(dist, op, original)
 
 
 class _Repeat:
