@@ -42,9 +42,10 @@ def main() -> None:
         import torch
         weights = torch.load(glob(join(tmp, "results", "*", "*", "fold_0", "checkpoint_final.pth"))[0],
                              weights_only=False, map_location="cpu")
-        encoder = sum(v.numel() for k, v in weights["network_weights"].items() if k.startswith("encoder."))
-        head = sum(v.numel() for v in weights["sacl"]["head"].values()) if weights["sacl"]["head"] else None
-        print(f"encoder parameters (and buffers) {encoder}, projection head parameters {head}")
+        # nnU-Net's conv blocks register each module twice (all_modules): count every tensor once
+        encoder = {v.data_ptr(): v.numel() for k, v in weights["network_weights"].items() if k.startswith("encoder.")}
+        head = sum(v.numel() for v in weights["sacl"]["head"].values())
+        print(f"encoder parameters {sum(encoder.values())}, projection head parameters {head}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def counted_collectives():
             tensor = args[1] if op == "all_gather" else args[0]
             counts[op] += tensor.numel() * tensor.element_size()
             counts[op + " calls"] += 1
+            counts[op + " largest call"] = max(counts[op + " largest call"], tensor.numel() * tensor.element_size())
             return originals[op](*args, **kwargs)
         return call
 
