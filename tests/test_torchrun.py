@@ -247,3 +247,14 @@ def test_bad_settings_refused_before_training(nnunet_env, preprocessed, tmp_path
     result = subprocess.run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_smoke", 0), *args],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-3000:]
+
+
+def test_help_shows_torchrun_lines_and_imports_no_torch(capsys):
+    from nnunet_sacl.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "nnunet-sacl train" in out and "torchrun --standalone" in out
+    probe = subprocess.run([sys.executable, "-c", "import sys, nnunet_sacl.train; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "False", probe.stderr
