@@ -160,7 +160,7 @@ def run_worker(args, env: dict) -> int:
     from nnunetv2.run.run_training import maybe_load_checkpoint
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_sacl.nnunet.torchrun import check_batch_split
+    from nnunet_sacl.nnunet.torchrun import batch_split_problem
 
     if args.val and args.c:
         raise LaunchError("--c and --val cannot be combined (as nnUNetv2_train)")
@@ -169,7 +169,9 @@ def run_worker(args, env: dict) -> int:
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
     base, plans_file, plans = _read_plans(args)
     batch_size = PlansManager(plans).get_configuration(args.configuration).batch_size
-    check_batch_split(batch_size, world, f"{plans_file}, configuration {args.configuration}")
+    problem = batch_split_problem(batch_size, world, f"{plans_file}, configuration {args.configuration}")
+    if problem:
+        raise LaunchError(problem)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise LaunchError("-device cuda but CUDA is not available on this node; use -device cpu")

@@ -153,8 +153,8 @@ def test_first_step_equals_one_process_on_the_concatenated_batch(nnunet_env, pre
 
 
 def test_two_node_rendezvous_on_one_machine(nnunet_env, preprocessed, tmp_path):
-    """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1), one rank each; the agent of node 1 has its
-    own nnUNet_results, so the results folder of the rank that is not 0 shows what it wrote."""
+    """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1), one rank each, each with its own
+    nnUNet_results: the folder of the rank that is not 0 shows what it wrote."""
     endpoint = f"127.0.0.1:{free_port()}"
     results = {node: tmp_path / f"node{node}_results" for node in (0, 1)}
     procs = []
@@ -170,8 +170,7 @@ def test_two_node_rendezvous_on_one_machine(nnunet_env, preprocessed, tmp_path):
     assert len(rank0) == 1, outs
     folder = fold_folder({"nnUNet_results": str(results[rank0[0]])}, "SACLTrainer_tiny", 0)
     assert isfile(join(folder, "checkpoint_final.pth")) and isfile(join(folder, "checkpoint_sacl_encoder.pth"))
-    other = results[1 - rank0[0]]
-    assert all(f.endswith(".nii.gz") and "/validation/" in f for f in files_under(other)), files_under(other)
+    assert files_under(results[1 - rank0[0]]) == []   # the rank that is not 0 wrote nothing
 
 
 def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_env, preprocessed, tmp_path):

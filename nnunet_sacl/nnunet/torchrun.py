@@ -10,6 +10,7 @@ front of any trainer class under the trainer's own name, so checkpoints record t
 import os
 import tempfile
 from contextlib import contextmanager
+from typing import Optional
 
 import numpy as np
 import torch
@@ -29,14 +30,14 @@ def restarts_allowed() -> int:
     return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0) or 0)
 
 
-def check_batch_split(global_batch_size: int, world_size: int, where: str) -> None:
-    """nnU-Net splits the plan's batch over the ranks (and its foreground oversampling with it; for every global
-    batch >= world size the split keeps the global number of oversampled samples exactly); fewer samples than ranks
-    cannot be split."""
-    if global_batch_size < world_size:
-        raise RuntimeError(
-            f"{where}: the plan's batch size {global_batch_size} is smaller than the world size {world_size}: nnU-Net "
-            f"splits the batch over the ranks, so every rank needs at least one sample. Use at most "
+def batch_split_problem(global_batch_size: int, world_size: int, where: str) -> Optional[str]:
+    """Why the plan's batch cannot be split over the ranks, or None. nnU-Net splits the batch (and its foreground
+    oversampling with it; for every global batch >= world size the split keeps the global number of oversampled
+    samples exactly); fewer samples than ranks cannot be split."""
+    if global_batch_size >= world_size:
+        return None
+    return (f"{where}: the plan's batch size {global_batch_size} is smaller than the world size {world_size}: "
+            f"nnU-Net splits the batch over the ranks, so every rank needs at least one sample. Use at most "
             f"{global_batch_size} rank(s) (--nproc_per_node x --nnodes), or plan a larger batch size.")
 
 
@@ -72,8 +73,11 @@ class TorchrunMixin:
     def initialize(self):
         if self.was_initialized or not self.is_ddp:
             return super().initialize()
-        check_batch_split(self.configuration_manager.batch_size, dist.get_world_size(),
-                          f"{self.__class__.__name__} ({self.plans_manager.plans_name}, {self.configuration_name})")
+        problem = batch_split_problem(self.configuration_manager.batch_size, dist.get_world_size(),
+                                      f"{self.__class__.__name__} ({self.plans_manager.plans_name}, "
+                                      f"{self.configuration_name})")
+        if problem:
+            raise RuntimeError(problem)
         # nnU-Net's initialize wraps the network in DDP(device_ids=[global rank]); with is_ddp off it does not, and
         # the network is wrapped below for this worker's device
         self.is_ddp, self._ddp_deferred = False, True

@@ -78,5 +78,9 @@ class _Repeat:
 
 
 class SACLTrainer_tiny(SACLTrainer_smoke):
-    """SACLTrainer_smoke, shorter: 3 pretraining epochs of 2 iterations, 1 segmentation epoch of 2 iterations."""
+    """SACLTrainer_smoke, shorter: 3 pretraining epochs of 2 iterations, 1 segmentation epoch of 2 iterations, no
+    final validation (SACLTrainer_smoke's run in test_torchrun.py covers it under torchrun)."""
     run_epochs, run_iterations, run_val_iterations = 1, 2, 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
