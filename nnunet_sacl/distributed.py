@@ -65,3 +65,9 @@ def average_gradients(parameters) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Every rank takes rank ``src``'s parameters and buffers (for modules created per rank outside DDP)."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src)

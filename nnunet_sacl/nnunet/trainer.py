@@ -17,7 +17,7 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_sacl.augment import augment_batch
 from nnunet_sacl.contrast_correlation import normalized_ct_intensity_range
-from nnunet_sacl.distributed import average_gradients, is_distributed
+from nnunet_sacl.distributed import average_gradients, broadcast_module, is_distributed
 from nnunet_sacl.heads import ProjectionHead
 from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
@@ -98,6 +98,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
                                f"so stages must be in {-n}..{n - 1}")
         in_channels = sum(encoder.output_channels[s] for s in self.pool_stages)
         self.head = ProjectionHead(in_channels, self.head_hidden_channels, self.head_out_channels).to(self.device)
+        if is_distributed():  # each rank drew its own initial head; DDP broadcasts only the network
+            broadcast_module(self.head)
         self.contrastive_loss = self.make_contrastive_loss().to(self.device)
         # the encoder runs on its own in phase 1; compile it exactly when nnU-Net compiles the network
         self.pretrain_encoder = torch.compile(encoder) if self._do_i_compile() else encoder

@@ -1,0 +1,254 @@
+"""``nnunet-sacl train`` / ``python -m nnunet_sacl.train``: ``nnUNetv2_train``'s arguments, for torchrun.
+
+Under torchrun (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ... in the environment) every worker initialises
+``torch.distributed`` from the environment (nccl on CUDA, gloo on the CPU), uses ``cuda:LOCAL_RANK`` and runs the
+trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes as the rendezvous joins. When
+torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
+Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
+"""
+import argparse
+import os
+import re
+import sys
+from os.path import isfile, join
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800
+
+EXAMPLE = ("torchrun --standalone --nproc_per_node 8 -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 --node_rank $SLURM_NODEID --nproc_per_node 8 \\\n"
+           "    --rdzv_backend c10d"
+           " --rdzv_endpoint $HEAD_NODE:29500 --max-restarts 3 --no-python nnunet-sacl train 17 3d_fullres 0 "
+           "-tr SACLTrainer\n"
+           "nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer       # no torchrun: one process, as nnUNetv2_train\n"
+           "(docs/distributed.md: SLURM script, batch and negatives per world size, faults)")
+
+
+class LaunchError(RuntimeError):
+    """A setting that cannot work, found before any training."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset_name_or_id", help="dataset name or id")
+    p.add_argument("configuration", help="configuration, e.g. 3d_fullres")
+    p.add_argument("fold", help="fold (0-4 or all)")
+    p.add_argument("-tr", default="nnUNetTrainer", help="trainer class (default nnUNetTrainer)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-pretrained_weights", default=None, help="checkpoint to start from (as nnUNetv2_train)")
+    p.add_argument("--npz", action="store_true", help="save softmax of the final validation (as nnUNetv2_train)")
+    p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--val", action="store_true", help="only run the final validation")
+    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
+    p.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
+    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="cuda (default), cpu or mps")
+    p.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="under torchrun: nccl on cuda, gloo on cpu (auto, the default)")
+    p.add_argument("--collective-timeout", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S, metavar="SECONDS",
+                   help=f"under torchrun: a collective that waits this long for a lost rank fails and the worker "
+                        f"exits (default {DEFAULT_COLLECTIVE_TIMEOUT_S})")
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("train", help="nnUNetv2_train's arguments, one process or a torchrun worker (multi-node)",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def torchrun_environment(environ=os.environ):
+    """torchrun's variables as a dict, or None outside torchrun; a partial set is refused."""
+    if "RANK" not in environ:
+        return None
+    missing = [v for v in TORCHRUN_VARIABLES if not environ.get(v)]
+    if missing:
+        raise LaunchError(
+            f"RANK is set ({environ['RANK']}) but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+            f"start workers with torchrun (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT), "
+            f"or unset RANK to train in one process.")
+    return {v: environ[v] for v in TORCHRUN_VARIABLES}
+
+
+def choose_backend(requested: str, device: str) -> str:
+    if requested == "auto":
+        return "nccl" if device == "cuda" else "gloo"
+    if requested == "nccl" and device != "cuda":
+        raise LaunchError(f"--dist-backend nccl needs -device cuda (got -device {device}): nccl runs on GPUs only; "
+                          f"use gloo (the default for -device {device}).")
+    return requested
+
+
+def check_restartable(environ=os.environ) -> None:
+    """torchrun's restarts need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with the rendezvous store shared across
+    restarts (its default), the restarted workers' process group finds the previous attempt's addresses in the
+    store and waits on them forever (pytorch/pytorch#135712)."""
+    restarts = int(environ.get("TORCHELASTIC_MAX_RESTARTS", 0) or 0)
+    if restarts > 0 and environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise LaunchError(
+            f"torchrun --max-restarts {restarts} needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment "
+            f"(export it before torchrun, on every node): with torchrun's shared rendezvous store a restarted "
+            f"group hangs while connecting. Without restarts, leave --max-restarts at 0.")
+
+
+def lost_a_rank(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (gloo: connection reset; nccl: timeout/abort)."""
+    from torch import distributed as dist
+    return isinstance(error, dist.DistError) or bool(re.search(
+        r"Connection (reset|closed|refused)|Broken pipe|timed out|Timeout|NCCL (communicator|error)",
+        str(error)))
+
+
+def restart_number(environ=os.environ) -> int:
+    """How many times torchrun has restarted this worker group (0 on the first attempt)."""
+    return int(environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
+
+
+def _set_threads(device: str) -> None:
+    # as nnUNetv2_train: many threads on the CPU (shared fairly among this node's workers), one on a GPU
+    import multiprocessing
+    import torch
+    if device == "cpu":
+        per_worker = int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1)
+        torch.set_num_threads(max(1, multiprocessing.cpu_count() // per_worker))
+    elif device == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+
+
+def _read_plans(args):
+    """The dataset's preprocessed folder and plans, with the configuration checked."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    dataset = args.dataset_name_or_id
+    dataset = maybe_convert_to_dataset_name(dataset if dataset.startswith("Dataset") else int(dataset))
+    base = join(nnUNet_preprocessed, dataset)
+    plans_file = join(base, args.p + ".json")
+    if not isfile(plans_file):
+        raise LaunchError(f"plans file {plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} "
+                          f"(or check -p {args.p})")
+    plans = load_json(plans_file)
+    if args.configuration not in plans["configurations"]:
+        raise LaunchError(f"configuration {args.configuration} is not in {plans_file} "
+                          f"({', '.join(plans['configurations'])})")
+    return base, plans_file, plans
+
+
+def _load_trainer(args, base: str, plans: dict, device, continue_training: bool):
+    """As nnU-Net's get_trainer_from_args, with the trainer class behind TorchrunMixin (same name)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_sacl.nnunet.torchrun import with_torchrun
+
+    trainer_class = with_torchrun(recursive_find_trainer_class_by_name(args.tr))
+    plans["continue_training"] = continue_training
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    return trainer_class(plans=plans, configuration=args.configuration, fold=fold,
+                         dataset_json=load_json(join(base, "dataset.json")), device=device)
+
+
+def _has_checkpoint(trainer) -> bool:
+    return any(isfile(join(trainer.output_folder, f"checkpoint_{n}.pth")) for n in ("final", "latest", "best"))
+
+
+def run_worker(args, env: dict) -> int:
+    """One torchrun worker: process group from the environment, the trainer, training and final validation."""
+    from datetime import timedelta
+
+    import torch
+    from torch import distributed as dist
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_sacl.nnunet.torchrun import batch_split_problem
+
+    if args.val and args.c:
+        raise LaunchError("--c and --val cannot be combined (as nnUNetv2_train)")
+    backend = choose_backend(args.dist_backend, args.device)
+    check_restartable()
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    base, plans_file, plans = _read_plans(args)
+    batch_size = PlansManager(plans).get_configuration(args.configuration).batch_size
+    problem = batch_split_problem(batch_size, world, f"{plans_file}, configuration {args.configuration}")
+    if problem:
+        raise LaunchError(problem)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise LaunchError("-device cuda but CUDA is not available on this node; use -device cpu")
+        torch.cuda.set_device(int(env["LOCAL_RANK"]))
+    _set_threads(args.device)
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=args.collective_timeout))
+    try:
+        trainer = _load_trainer(args, base, plans, torch.device(args.device), args.c)
+        if args.disable_checkpointing:
+            trainer.disable_checkpointing = True
+        restart = restart_number()
+        # after a restart by torchrun, continue from the latest checkpoint (the pretrained weights are in it);
+        # with no checkpoint written yet, start as the first attempt did
+        resume = args.c or (restart > 0 and not args.val and _has_checkpoint(trainer))
+        maybe_load_checkpoint(trainer, resume, args.val, None if resume else args.pretrained_weights)
+        if restart:
+            trainer.print_to_log_file(
+                f"torchrun restart {restart} of at most {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}: "
+                + ("resumed from the latest checkpoint" if resume else "no checkpoint yet, started over")
+                + f" ({world} ranks)")
+        if rank == 0:
+            print(f"nnunet-sacl train: {world} rank(s), backend {backend}, device {trainer.device} on rank 0, "
+                  f"collective timeout {args.collective_timeout:g} s", flush=True)
+        if not args.val:
+            trainer.run_training()
+        if args.val_best:
+            trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
+        trainer.perform_actual_validation(args.npz)
+    except Exception as e:
+        if not lost_a_rank(e):
+            raise
+        print(f"nnunet-sacl train, rank {rank} of {world}: lost contact with the other ranks (a rank died, or did "
+              f"not answer within the collective timeout of {args.collective_timeout:g} s); torchrun's summary "
+              f"names the rank that failed. Restart with --c, or let torchrun restart the group "
+              f"(--max-restarts). {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # the group may already be broken after a lost rank
+                pass
+    return 0
+
+
+def run_single(args) -> int:
+    """No torchrun: exactly nnUNetv2_train (one process)."""
+    import torch
+    from nnunetv2.run.run_training import run_training
+    if args.dist_backend == "nccl":
+        choose_backend("nccl", args.device)
+    _set_threads(args.device)
+    run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.pretrained_weights,
+                 1, args.npz, args.c, args.val, args.disable_checkpointing, args.val_best,
+                 device=torch.device(args.device))
+    return 0
+
+
+def run(args) -> int:
+    try:
+        env = torchrun_environment()
+        if env is None:
+            return run_single(args)
+        return run_worker(args, env)
+    except LaunchError as e:
+        print(f"nnunet-sacl train: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nnunet_sacl.train", description=__doc__.splitlines()[0],
+                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""torchrun itself (``python -m torch.distributed.run``, gloo, 2 CPU ranks, 127.0.0.1) starting ``nnunet_sacl.train``:
+both phases, rank 0 alone writes, the first pretraining step equals one process on the concatenated batch, a
+two-node rendezvous, SIGKILL with and without restarts, the stock baseline, bad settings refused."""
+import glob
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from os.path import isfile, join
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import DATASET_ID, nnunet_bin, run
+from tests.test_end_to_end import fold_folder, pretraining_losses, training_log
+
+D = str(DATASET_ID)
+TEST_TRAINERS = Path(__file__).parent / "torchrun_trainers"
+RUN_TIMEOUT = 300
+
+
+def torchrun_env(nnunet_env, results, **extra):
+    """The session's preprocessed data, a results folder of the test's own, and the test trainers."""
+    env = dict(nnunet_env, nnUNet_results=str(results), nnUNet_n_proc_DA="0", OMP_NUM_THREADS="1",
+               nnUNet_extTrainer=nnunet_env["nnUNet_extTrainer"] + os.pathsep + str(TEST_TRAINERS))
+    env.pop("RANK", None)
+    env.update(extra)
+    return env
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def train_args(trainer, fold, *more):
+    return [D, "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu", *more]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd, env, **kwargs):
+    """A new process group, so that a failing test can kill torchrun and all its workers."""
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def finish(proc, timeout=RUN_TIMEOUT) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{proc.args} did not finish within {timeout} s:\n{out[-4000:]}")
+    return out
+
+
+def files_under(folder) -> list:
+    return sorted(str(Path(f).relative_to(folder)) for f in glob.glob(join(folder, "**", "*"), recursive=True)
+                  if os.path.isfile(f))
+
+
+def workers_of(torchrun_pid) -> dict:
+    """{global rank: pid} of torchrun's worker processes (its children that carry RANK)."""
+    workers = {}
+    for status in glob.glob("/proc/[0-9]*/status"):
+        try:
+            ppid = int(re.search(r"^PPid:\s+(\d+)", open(status).read(), re.M).group(1))
+            if ppid != torchrun_pid:
+                continue
+            pid = int(status.split("/")[2])
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except (OSError, AttributeError):
+            continue
+        rank = [e for e in environ if e.startswith(b"RANK=")]
+        if rank:
+            workers[int(rank[0][5:])] = pid
+    return workers
+
+
+def kill_rank_when(proc, rank, ready, timeout=RUN_TIMEOUT) -> dict:
+    """SIGKILL global rank `rank` of the torchrun `proc` as soon as ready() holds; returns {rank: pid} of all."""
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"the run ended or timed out before it could be killed:\n{proc.stdout.read()[-4000:]}")
+        time.sleep(0.05)
+    workers = workers_of(proc.pid)
+    os.kill(workers[rank], signal.SIGKILL)
+    return workers
+
+
+@pytest.fixture(scope="module")
+def standalone_run(nnunet_env, preprocessed, tmp_path_factory):
+    """SACLTrainer_smoke on 2 ranks (torchrun --standalone -m nnunet_sacl.train). Rank 1's nnUNet_results is
+    moved to a folder of its own (sitecustomize), so whatever rank 1 writes lands there."""
+    rank1 = tmp_path_factory.mktemp("rank1_results")
+    site = tmp_path_factory.mktemp("site")
+    (site / "sitecustomize.py").write_text(
+        "import os\nif os.environ.get('RANK') == '1':\n    os.environ['nnUNet_results'] = os.environ['RANK1_RESULTS']\n")
+    env = torchrun_env(nnunet_env, tmp_path_factory.mktemp("results"), RANK1_RESULTS=str(rank1),
+                       PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train",
+                          *train_args("SACLTrainer_smoke", 0)), env)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-6000:]
+    return fold_folder(env, "SACLTrainer_smoke", 0), str(rank1), out
+
+
+def test_two_ranks_run_both_phases_and_only_rank_0_writes(standalone_run):
+    folder, rank1_results, out = standalone_run
+    assert "nnunet-sacl train: 2 rank(s), backend gloo, device cpu" in out
+    log = training_log(folder)
+    assert sorted(pretraining_losses(log)) == [0, 1, 2] and "Training done." in log
+    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress_pretraining.png", "../plans.json"):
+        assert isfile(join(folder, name)), name
+    final = torch.load(join(folder, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
+    assert final["trainer_name"] == "SACLTrainer_smoke" and final["sacl"]["phase"] == "segmentation"
+    # rank 1 writes nothing but its share of nnU-Net's final validation (the cases it predicted)
+    written = files_under(rank1_results)
+    assert all(re.fullmatch(r".*/fold_0/validation/[^/]+\.nii\.gz", f) for f in written), written
+    assert len(written) == 1, written
+
+
+def test_first_step_equals_one_process_on_the_concatenated_batch(nnunet_env, preprocessed, tmp_path):
+    env = torchrun_env(nnunet_env, tmp_path)
+    trainer = "SACLPretrainer_fixedbatch"
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--no-python", nnunet_bin("nnunet-sacl"), "train",
+                          *train_args(trainer, 0)), env)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-6000:]
+    run([sys.executable, "-m", "nnunet_sacl.train", *train_args(trainer, 1)], env, timeout=RUN_TIMEOUT)
+
+    def encoder(fold):
+        weights = torch.load(join(fold_folder(env, trainer, fold), "checkpoint_sacl_encoder.pth"),
+                             weights_only=False)["network_weights"]
+        return {k: v for k, v in weights.items() if k.startswith("encoder.")}
+
+    two_ranks, one_process = encoder(0), encoder(1)
+    assert two_ranks.keys() == one_process.keys() and len(two_ranks) > 10
+    for key, value in one_process.items():
+        torch.testing.assert_close(two_ranks[key], value, rtol=0, atol=1e-5, msg=key)
+    log = training_log(fold_folder(env, trainer, 1))
+    assert "SACL pretraining epoch 0" in log and sum(v.abs().sum() for v in one_process.values()) > 0
+
+
+def test_two_node_rendezvous_on_one_machine(nnunet_env, preprocessed, tmp_path):
+    """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1), one rank each, each with its own
+    nnUNet_results: the folder of the rank that is not 0 shows what it wrote."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    results = {node: tmp_path / f"node{node}_results" for node in (0, 1)}
+    procs = []
+    for node in (0, 1):
+        env = torchrun_env(nnunet_env, results[node])
+        procs.append(start(torchrun("--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+                                    "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "twonode",
+                                    "--rdzv_conf", f"is_host={int(node == 0)}", "--local_addr", "127.0.0.1",
+                                    "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0)), env))
+    outs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-4000:] for o in outs)
+    rank0 = [n for n in (0, 1) if "nnunet-sacl train: 2 rank(s)" in outs[n]]
+    assert len(rank0) == 1, outs
+    folder = fold_folder({"nnUNet_results": str(results[rank0[0]])}, "SACLTrainer_tiny", 0)
+    assert isfile(join(folder, "checkpoint_final.pth")) and isfile(join(folder, "checkpoint_sacl_encoder.pth"))
+    assert files_under(results[1 - rank0[0]]) == []   # the rank that is not 0 wrote nothing
+
+
+def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_env, preprocessed, tmp_path):
+    env = torchrun_env(nnunet_env, tmp_path, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    folder = fold_folder(env, "SACLTrainer_tiny", 0)
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "--monitor-interval",
+                          "0.5", "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0)), env)
+    kill_rank_when(proc, 1, lambda: "SACL pretraining epoch 0" in training_log(folder))
+    out = finish(proc)
+    assert proc.returncode == 0, out[-6000:]
+    log = training_log(folder)
+    assert "torchrun restart 1 of at most 1: resumed from the latest checkpoint" in log, log[-3000:]
+    epochs = [int(e) for e in re.findall(r"SACL pretraining epoch (\d+):", log)]
+    assert sorted(set(epochs)) == [0, 1, 2] and len(epochs) - 3 <= 1, epochs
+    assert "Training done." in log and isfile(join(folder, "checkpoint_final.pth"))
+
+
+def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_on_one_process(
+        nnunet_env, preprocessed, tmp_path):
+    """No restarts: every process is gone within 120 s and torchrun names the lost rank. The run then continues
+    with --c in one process: another world size, the batch split anew."""
+    env = torchrun_env(nnunet_env, tmp_path)
+    folder = fold_folder(env, "SACLTrainer_tiny", 0)
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--monitor-interval", "0.5",
+                          "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--collective-timeout", "60"),
+                 env)
+    workers = kill_rank_when(proc, 1, lambda: "SACL pretraining epoch 0" in training_log(folder))
+    killed_at = time.time()
+    out = finish(proc, timeout=120)
+    assert proc.returncode != 0
+    for pid in workers.values():
+        while os.path.exists(f"/proc/{pid}") and time.time() - killed_at < 120:
+            time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", out) and "SIGKILL" in out, out[-4000:]
+    saved = torch.load(join(folder, "checkpoint_latest.pth"), weights_only=False, map_location="cpu")["sacl"]
+    assert saved["phase"] == "pretrain" and saved["pretrain_epoch"] >= 1
+
+    run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--c"], env,
+        timeout=RUN_TIMEOUT)
+    log = training_log(folder)
+    after = log[log.index("Resumed from"):]
+    assert sorted(pretraining_losses(after)) == list(range(saved["pretrain_epoch"], 3))
+    assert "Training done." in after
+
+
+def test_stock_baseline_on_two_ranks(nnunet_env, preprocessed, tmp_path):
+    env = torchrun_env(nnunet_env, tmp_path)
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train",
+                          *train_args("nnUNetTrainer_smoke", 0)), env)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-6000:]
+    folder = fold_folder(env, "nnUNetTrainer_smoke", 0)
+    log = training_log(folder)
+    assert "Training done." in log and len(re.findall(r"train_loss", log)) == 2
+    assert torch.load(join(folder, "checkpoint_final.pth"), weights_only=False)["trainer_name"] == "nnUNetTrainer_smoke"
+
+
+@pytest.mark.parametrize("extra_env, args, message", [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, [], "RANK is set (0) but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not"),
+    ({"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, [],
+     "but WORLD_SIZE is not"),
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, [],
+     "batch size 2 is smaller than the world size 3"),
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+     ["--dist-backend", "nccl"], "--dist-backend nccl needs -device cuda (got -device cpu)"),
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+      "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}, [],
+     "torchrun --max-restarts 1 needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"),
+], ids=["no-master-addr", "no-world-size", "batch-below-world", "cpu-with-nccl", "restarts-with-shared-store"])
+def test_bad_settings_refused_before_training(nnunet_env, preprocessed, tmp_path, extra_env, args, message):
+    env = torchrun_env(nnunet_env, tmp_path, **extra_env)
+    result = subprocess.run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_smoke", 0), *args],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-3000:]
+
+
+def test_help_shows_torchrun_lines_and_imports_no_torch(capsys):
+    from nnunet_sacl.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "nnunet-sacl train" in out and "torchrun --standalone" in out
+    probe = subprocess.run([sys.executable, "-c", "import sys, nnunet_sacl.train; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "False", probe.stderr

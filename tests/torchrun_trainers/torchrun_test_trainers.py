@@ -1,0 +1,86 @@
+"""Trainers for tests/test_torchrun.py, found through nnUNet_extTrainer (the test adds this folder to it)."""
+from collections import Counter
+from contextlib import contextmanager
+
+import torch
+
+from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_smoke
+
+
+class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
+    """One pretraining step on a fixed, seeded global batch: rank r of W gets its slice of it (nnU-Net's split),
+    one process gets all of it. Rank r seeds its initial weights with r: a 2-rank run ends equal to a 1-process run
+    only when rank 0's network and projection head reach every rank."""
+    pretrain_epochs = 1
+    run_iterations = 1
+
+    def initialize(self):
+        torch.manual_seed(torch.distributed.get_rank() if torch.distributed.is_initialized() else 0)
+        super().initialize()
+
+    def get_dataloaders(self):
+        world = torch.distributed.get_world_size() if self.is_ddp else 1
+        rank = torch.distributed.get_rank() if self.is_ddp else 0
+        total = self.configuration_manager.batch_size
+        low = rank * (total // world) + min(rank, total % world)
+        assert self.batch_size == total // world + (rank < total % world)
+        g = torch.Generator().manual_seed(1)
+        shape = (total, self.num_input_channels, *self.configuration_manager.patch_size)
+        data = torch.randn(shape, generator=g)
+        seg = torch.randint(0, len(self.label_manager.all_labels), (total, 1, *shape[2:]), generator=g).float()
+        part = slice(low, low + self.batch_size)
+        batch = {"data": data[part], "target": seg[part], "keys": [f"case{i}" for i in range(total)][part]}
+        return _Repeat(batch), _Repeat(batch)
+
+    def pretrain_step(self, batch: dict) -> dict:
+        if not self.is_ddp:
+            return super().pretrain_step(batch)
+        with counted_collectives() as counts:
+            outputs = super().pretrain_step(batch)
+        self.print_to_log_file("collective payload of one pretraining step on this rank (bytes): "
+                               + ", ".join(f"{op} {n}" for op, n in sorted(counts.items())))
+        return outputs
+
+
+@contextmanager
+def counted_collectives():
+    """Bytes each collective call takes from this rank (all_gather: its input; all_reduce: the tensor)."""
+    counts, dist = Counter(), torch.distributed
+    originals = {op: getattr(dist, op) for op in ("all_gather", "all_reduce", "broadcast")}
+
+    def counting(op):
+        def call(*args, **kwargs):
+            tensor = args[1] if op == "all_gather" else args[0]
+            counts[op] += tensor.numel() * tensor.element_size()
+            counts[op + " calls"] += 1
+            counts[op + " largest call"] = max(counts[op + " largest call"], tensor.numel() * tensor.element_size())
+            return originals[op](*args, **kwargs)
+        return call
+
+    for op in originals:
+        setattr(dist, op, counting(op))
+    try:
+        yield counts
+    finally:
+        for op, original in originals.items():
+            setattr(dist, op, original)
+
+
+class _Repeat:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batch
+
+
+class SACLTrainer_tiny(SACLTrainer_smoke):
+    """SACLTrainer_smoke, shorter: 3 pretraining epochs of 2 iterations, 1 segmentation epoch of 2 iterations, no
+    final validation (SACLTrainer_smoke's run in test_torchrun.py covers it under torchrun)."""
+    run_epochs, run_iterations, run_val_iterations = 1, 2, 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
