@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     from nnunet_sacl import converters, demo_data, embeddings, evaluation, submission, weights
     for module in (converters, demo_data, submission, evaluation, embeddings, weights):
         module.add_cli(sub)
+    from nnunet_sacl.study import add_cli as add_study_cli
+    add_study_cli(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "device", "unset") is None:
