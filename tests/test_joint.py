@@ -101,6 +101,15 @@ def test_weight_zero_is_exactly_nnunets_step(in_process_env):
     assert all(torch.equal(p, q) for p, q in zip(joint.head.parameters(), head_before))
 
 
+def test_intensity_weighted_negatives_apply_to_the_joint_term(in_process_env):
+    trainer = make_trainer(JOINT)
+    trainer.intensity_weighted_negatives = True        # DCC, as SACLTrainer_DCC sets it for pretraining
+    trainer.initialize()
+    assert type(trainer.contrastive_loss).__name__ == "IntensityWeightedSupConLoss"
+    out = trainer.train_step(first_batch(trainer))
+    assert float(out["contrastive"]) > 0 and float(out["loss"]) > float(out["segmentation"])
+
+
 def test_checkpoint_keeps_the_head_and_its_optimizer_state(in_process_env, tmp_path):
     trainer = joint_trainer()
     trainer.train_step(first_batch(trainer))
@@ -138,9 +147,10 @@ def test_pretrained_weights_load_into_the_joint_network(in_process_env, tmp_path
 
 def test_joint_run_killed_mid_way_resumes_with_c_and_finishes(nnunet_env, preprocessed):
     env = train_env(nnunet_env)
-    folder = fold_folder(nnunet_env, JOINT, 0)
-    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "0", "-tr", JOINT, "-device", "cpu"]
-    kill_when(cmd, env, lambda: has_epoch_line(training_log(folder), 1))
+    # fold 3: the in-process tests above write their logs (and a "Resumed from" line) into fold 0's folder
+    folder = fold_folder(nnunet_env, JOINT, 3)
+    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "3", "-tr", JOINT, "-device", "cpu"]
+    kill_when(cmd, env, lambda: has_epoch_line(training_log(folder), 1), timeout=1800)
     log = training_log(folder)
     assert "Training done." not in log, "the run finished before it could be killed"
     assert "SACL joint epoch 0: segmentation loss" in log

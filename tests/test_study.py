@@ -47,7 +47,7 @@ def study(nnunet_env, preprocessed, tmp_path_factory):
     env = dict(nnunet_env, nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="0")
     stopped = run_folder(env["nnUNet_results"], BASELINE, 0)
     kill_when([nnunet_bin("nnUNetv2_train"), D, CONFIG, "0", "-tr", BASELINE, "-device", "cpu"], env,
-              lambda: any(has_epoch_line(open(f).read(), 1) for f in logs_of(stopped)))
+              lambda: any(has_epoch_line(open(f).read(), 1) for f in logs_of(stopped)), timeout=1800)
     assert (stopped / "checkpoint_latest.pth").is_file() and not (stopped / "checkpoint_final.pth").is_file()
     cmd = [nnunet_bin("nnunet-sacl"), "study", "-d", D, "-c", CONFIG, "-tr", BASELINE, SACL, "-f", "0", "1",
            "-device", "cpu", "-o", str(root / "out")]

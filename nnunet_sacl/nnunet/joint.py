@@ -72,7 +72,7 @@ class SACLTrainer_joint(SACLTrainer):
             features, self._encoder_features = self._encoder_features, None
             if self.joint_contrastive_weight > 0:
                 z, organs, samples = self.embed_features(features, full_resolution)
-                contrastive = self.contrastive_loss(z, self.contrastive_labels(organs, samples, batch.get('keys')))
+                contrastive = self.contrastive_term(z, organs, samples, data, full_resolution, batch.get('keys'))
                 loss = segmentation_loss + self.joint_contrastive_weight * contrastive
             else:
                 contrastive, loss = None, segmentation_loss

@@ -221,6 +221,16 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         embeddings, labels, samples = torch.cat([p[0] for p in pooled], 1), pooled[0][1], pooled[0][2]
         return self.head(embeddings), labels, samples
 
+    def contrastive_term(self, z, organs, samples, data, seg, keys) -> torch.Tensor:
+        """SupCon (or its intensity-weighted form) of one batch's projected organ embeddings."""
+        with record_function("sacl.loss"):
+            labels = self.contrastive_labels(organs, samples, keys)
+            if self.intensity_weighted_negatives:   # intensities of the batch the encoder saw (augmented)
+                intensities = organ_mean_intensity(data, seg, self.label_manager.num_segmentation_heads,
+                                                   self.label_manager.ignore_label)[samples, organs]
+                return self.contrastive_loss(z, labels, intensities)
+            return self.contrastive_loss(z, labels)
+
     def contrastive_labels(self, organ_labels, sample_index, keys):
         """Organ identity, or organ x phase when use_phase_labels is on."""
         if self.case_phase is None:
@@ -238,14 +248,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             z, organs, samples = self.embed(data, seg)
-            with record_function("sacl.loss"):
-                labels = self.contrastive_labels(organs, samples, batch.get('keys'))
-                if self.intensity_weighted_negatives:   # intensities of the batch the encoder saw (augmented)
-                    intensities = organ_mean_intensity(data, seg, self.label_manager.num_segmentation_heads,
-                                                       self.label_manager.ignore_label)[samples, organs]
-                    loss = self.contrastive_loss(z, labels, intensities)
-                else:
-                    loss = self.contrastive_loss(z, labels)
+            loss = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         # the encoder runs outside nnU-Net's DDP wrapper in phase 1: average its (and the head's) gradients here
