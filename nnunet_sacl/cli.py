@@ -65,8 +65,9 @@ def main(argv=None) -> int:
     from nnunet_sacl import converters, demo_data, embeddings, evaluation, submission, weights
     for module in (converters, demo_data, submission, evaluation, embeddings, weights):
         module.add_cli(sub)
-    from nnunet_sacl import train
-    train.add_cli(sub)
+    from nnunet_sacl import study, train
+    for module in (train, study):
+        module.add_cli(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "device", "unset") is None:

@@ -205,10 +205,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         if self.embedding == "mask_pool":
             with record_function("sacl.encoder"):
                 features = self.pretrain_encoder(data)
-            with record_function("sacl.mask_pool"):
-                pooled = [mask_pool(features[s], seg, num_classes, ignore, self.min_organ_voxels)
-                          for s in self.pool_stages]
-            embeddings, labels, samples = torch.cat([p[0] for p in pooled], 1), pooled[0][1], pooled[0][2]
+            return self.embed_features(features, seg)
         elif self.embedding == "paper_style":
             inputs, labels, samples = organ_masked_inputs(data, seg, num_classes, ignore, self.min_organ_voxels)
             features = self.pretrain_encoder(inputs)
@@ -217,6 +214,24 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             raise RuntimeError(f"{self.__class__.__name__}.embedding = {self.embedding!r}: "
                                f"use 'mask_pool' or 'paper_style'")
         return self.head(embeddings), labels, samples
+
+    def embed_features(self, features: list, seg: torch.Tensor):
+        """``embed`` for encoder outputs already computed (one feature map per stage): mask-pooled, projected."""
+        with record_function("sacl.mask_pool"):
+            pooled = [mask_pool(features[s], seg, self.label_manager.num_segmentation_heads,
+                                self.label_manager.ignore_label, self.min_organ_voxels) for s in self.pool_stages]
+        embeddings, labels, samples = torch.cat([p[0] for p in pooled], 1), pooled[0][1], pooled[0][2]
+        return self.head(embeddings), labels, samples
+
+    def contrastive_term(self, z, organs, samples, data, seg, keys) -> torch.Tensor:
+        """SupCon (or its intensity-weighted form) of one batch's projected organ embeddings."""
+        with record_function("sacl.loss"):
+            labels = self.contrastive_labels(organs, samples, keys)
+            if self.intensity_weighted_negatives:   # intensities of the batch the encoder saw (augmented)
+                intensities = organ_mean_intensity(data, seg, self.label_manager.num_segmentation_heads,
+                                                   self.label_manager.ignore_label)[samples, organs]
+                return self.contrastive_loss(z, labels, intensities)
+            return self.contrastive_loss(z, labels)
 
     def contrastive_labels(self, organ_labels, sample_index, keys):
         """Organ identity, or organ x phase when use_phase_labels is on."""
@@ -235,14 +250,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             z, organs, samples = self.embed(data, seg)
-            with record_function("sacl.loss"):
-                labels = self.contrastive_labels(organs, samples, batch.get('keys'))
-                if self.intensity_weighted_negatives:   # intensities of the batch the encoder saw (augmented)
-                    intensities = organ_mean_intensity(data, seg, self.label_manager.num_segmentation_heads,
-                                                       self.label_manager.ignore_label)[samples, organs]
-                    loss = self.contrastive_loss(z, labels, intensities)
-                else:
-                    loss = self.contrastive_loss(z, labels)
+            loss = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
             return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
         # the encoder runs outside nnU-Net's DDP wrapper in phase 1: average its (and the head's) gradients here
@@ -267,8 +275,10 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.backward_and_step(loss, self.network.parameters())
         return {'loss': loss.detach().cpu().numpy()}
 
-    def backward_and_step(self, loss: torch.Tensor, params, average_over_ranks: bool = False) -> None:
-        """nnU-Net's update (GradScaler on CUDA, gradient norm clipped at 12), for both phases."""
+    def backward_and_step(self, loss: torch.Tensor, params, average_over_ranks: bool = False,
+                          outside_ddp=()) -> None:
+        """nnU-Net's update (GradScaler on CUDA, gradient norm clipped at 12), for both phases. Under DDP the
+        gradients of ``params`` (all of them) or of ``outside_ddp`` (modules DDP does not wrap) are averaged here."""
         params = list(params)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -276,6 +286,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             loss.backward()
         if average_over_ranks:
             average_gradients(params)
+        elif outside_ddp and is_distributed():
+            average_gradients(outside_ddp)
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(params, 12)
@@ -375,9 +387,13 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             'trainer_name': self.__class__.__name__,
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
             'sacl': {'phase': self.phase, 'pretrain_epoch': self.pretrain_epoch, 'pretrain_log': self.pretrain_log,
-                     'head': self.head.state_dict() if in_pretraining else None},
+                     'head': self.head.state_dict() if self.head_in_checkpoint() else None},
         }
         save_atomically(checkpoint, filename)
+
+    def head_in_checkpoint(self) -> bool:
+        """Whether the projection head is still trained (phase 1 here), so checkpoints keep its state for --c."""
+        return self.phase == PRETRAIN
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
@@ -396,9 +412,10 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         try:
             if self.phase == PRETRAIN:
                 self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
-                self.head.load_state_dict(sacl['head'])
             else:
                 self.optimizer, self.lr_scheduler = self.configure_optimizers()
+            if self.head_in_checkpoint():
+                self.head.load_state_dict(sacl['head'])
             super().load_checkpoint(filename_or_checkpoint)
         except (RuntimeError, ValueError, KeyError) as e:
             # never start over silently with a re-initialised head or optimizer

@@ -5,6 +5,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
+from nnunet_sacl.nnunet.joint import SACLTrainer_joint
 from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer
 
 
@@ -49,6 +50,10 @@ class SACLTrainer_demo(_ShortRun, SACLTrainer):
 class nnUNetTrainer_demo(_ShortRun, nnUNetTrainer):
     """Stock nnU-Net with SACLTrainer_demo's segmentation length, for the demo's comparison."""
     run_epochs, run_iterations, run_val_iterations = 12, 12, 4
+
+
+class SACLTrainer_joint_smoke(_ShortRun, SACLTrainer_joint):
+    """CPU smoke test of the joint trainer: 2 epochs of 4 iterations (2 validation iterations)."""
 
 
 class SACLTrainer_PaperStyle(SACLTrainer):
@@ -97,4 +102,5 @@ class nnUNetTrainer_torchaug(OnDeviceAugmentationMixin, nnUNetTrainer):
 
 __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
-           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
+           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke",
+           "SACLTrainer_joint", "SACLTrainer_joint_smoke"]

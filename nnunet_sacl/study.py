@@ -1,0 +1,328 @@
+"""``nnunet-sacl study``: trainers x folds through nnU-Net's own commands, then a case-paired comparison with the
+first trainer (the baseline) and each run's cost. Finished runs are skipped, stopped runs resume with ``--c``, so
+calling it again (or after a cluster ran the printed commands) only evaluates. See docs/study.md."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer SACLTrainer_joint -f 0 1 2 3 4 "
+           "-o study_btcv\n"
+           "nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer -f 0 1 2 3 4 --slurm-array runs.sbatch")
+DEFAULT_FOLDS = 5          # nnU-Net's split when the dataset has no splits_final.json
+
+
+class StudyError(Exception):
+    """A bad input, named; raised before anything is trained."""
+
+
+@dataclass(frozen=True)
+class Run:
+    trainer: str
+    fold: int
+    folder: Path           # nnU-Net's fold_X output folder
+
+    def state(self) -> str:
+        """'finished' (final checkpoint and validation summary), 'stopped' (a checkpoint to resume) or 'new'."""
+        if (self.folder / "checkpoint_final.pth").is_file() and (self.folder / "validation" / "summary.json").is_file():
+            return "finished"
+        if (self.folder / "checkpoint_latest.pth").is_file() or (self.folder / "checkpoint_final.pth").is_file():
+            return "stopped"
+        return "new"
+
+
+@dataclass
+class Study:
+    dataset: str           # DatasetXXX_Name
+    configuration: str
+    plans: str
+    trainers: list
+    folds: list
+    device: str
+    out_dir: Path
+    preprocessed: Path     # nnUNet_preprocessed/DatasetXXX_Name
+    file_ending: str
+    labels: dict
+    test_images: Path = None
+    test_labels: Path = None
+    tolerance: float = 2.0
+
+    @property
+    def runs(self) -> list:
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+        return [Run(t, f, Path(get_output_folder(self.dataset, t, self.plans, self.configuration, f)))
+                for t in self.trainers for f in self.folds]
+
+    def train_command(self, run: Run, executable: str = "nnUNetv2_train") -> list:
+        cmd = [executable, self.dataset, self.configuration, str(run.fold), "-tr", run.trainer, "-p", self.plans,
+               "-device", self.device]
+        return cmd + (["--c"] if run.state() == "stopped" else [])
+
+    def predict_command(self, run: Run, out: Path, executable: str = "nnUNetv2_predict") -> list:
+        return [executable, "-i", str(self.test_images), "-o", str(out), "-d", self.dataset, "-c", self.configuration,
+                "-f", str(run.fold), "-tr", run.trainer, "-p", self.plans, "-device", self.device]
+
+
+# ---------------------------------------------------------------- checks before anything runs
+
+def _env_folder(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise StudyError(f"{name} is not set: export it as for nnUNetv2_train")
+    return value
+
+
+def _dataset_name(dataset: str) -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as e:
+        raise StudyError(f"dataset {dataset!r}: {e}") from None
+
+
+def _check_trainers(trainers: list) -> None:
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    if len(trainers) < 2 or len(set(trainers)) != len(trainers):
+        raise StudyError(f"-tr {' '.join(trainers)}: give at least two different trainers (the first is the baseline)")
+    for name in trainers:
+        try:
+            with redirect_stdout(StringIO()):   # nnU-Net narrates its search
+                recursive_find_trainer_class_by_name(name)
+        except (RuntimeError, ImportError) as e:
+            raise StudyError(f"trainer {name!r} not found by nnU-Net (nnUNet_extTrainer="
+                             f"{os.environ.get('nnUNet_extTrainer', '<not set>')}): {str(e).splitlines()[0]}") from None
+
+
+def _available_folds(preprocessed: Path) -> list:
+    splits = preprocessed / "splits_final.json"
+    if not splits.is_file():
+        return list(range(DEFAULT_FOLDS))
+    try:
+        return list(range(len(json.loads(splits.read_text()))))
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise StudyError(f"{splits}: cannot read the splits ({e})") from None
+
+
+def _test_cases(images: Path, labels: Path, file_ending: str) -> list:
+    """Case names of the test images; each needs a label file of the same case name."""
+    if labels is None:
+        raise StudyError(f"--test-images {images} needs --test-labels: the study compares trainers on labelled cases")
+    for folder, option in ((images, "--test-images"), (labels, "--test-labels")):
+        if not folder.is_dir():
+            raise StudyError(f"{option} {folder} is not a folder")
+    cases = sorted({p.name[:-len(file_ending)].rsplit("_", 1)[0] for p in images.iterdir()
+                    if p.name.endswith(file_ending)})
+    if not cases:
+        raise StudyError(f"--test-images {images} holds no image (*_0000{file_ending})")
+    missing = [c for c in cases if not (labels / (c + file_ending)).is_file()]
+    if missing:
+        raise StudyError(f"--test-labels {labels}: no label for test case(s) {', '.join(missing[:10])} "
+                         f"(expected {labels / (missing[0] + file_ending)})")
+    return cases
+
+
+def make_study(args) -> Study:
+    """Every check on the command line and the nnU-Net folders, before anything is trained."""
+    from nnunet_sacl.evaluation import labels_from_dataset_json
+    _env_folder("nnUNet_results")
+    dataset = _dataset_name(args.d)
+    preprocessed = Path(_env_folder("nnUNet_preprocessed")) / dataset
+    plans_file = preprocessed / f"{args.p}.json"
+    if not plans_file.is_file():
+        raise StudyError(f"plans {args.p!r} of {dataset}: {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
+    configurations = json.loads(plans_file.read_text()).get("configurations", {})
+    if args.c not in configurations:
+        raise StudyError(f"configuration {args.c!r} is not in {plans_file} (it has {', '.join(configurations)})")
+    _check_trainers(args.tr)
+    available = _available_folds(preprocessed)
+    bad = [f for f in args.f if f not in available]
+    if bad or len(set(args.f)) != len(args.f):
+        raise StudyError(f"fold(s) {' '.join(map(str, bad or args.f))}: {dataset} has folds "
+                         f"{available[0]}..{available[-1]} ({'splits_final.json' if (preprocessed / 'splits_final.json').is_file() else 'nnU-Net default 5-fold split'}), each once")
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    file_ending = dataset_json.get("file_ending", ".nii.gz")
+    test_images = Path(args.test_images) if args.test_images else None
+    test_labels = Path(args.test_labels) if args.test_labels else None
+    if test_labels is not None and test_images is None:
+        raise StudyError("--test-labels needs --test-images")
+    if test_images is not None:
+        _test_cases(test_images, test_labels, file_ending)
+    if args.device not in ("cuda", "cpu", "mps"):
+        raise StudyError(f"-device {args.device}: use cuda, cpu or mps (as nnUNetv2_train)")
+    return Study(dataset, args.c, args.p, list(args.tr), list(args.f), args.device, Path(args.o), preprocessed,
+                 file_ending, labels_from_dataset_json(preprocessed / "dataset.json"), test_images, test_labels,
+                 args.tolerance)
+
+
+# ---------------------------------------------------------------- running nnU-Net
+
+def _bin(name: str) -> str:
+    """nnU-Net's command of the running Python's environment (a venv need not be activated)."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.is_file() else name
+
+
+def pending_commands(study: Study) -> list:
+    """One ``nnUNetv2_train`` command line per run that is not finished (with ``--c`` where it stopped)."""
+    return [shlex.join(study.train_command(r)) for r in study.runs if r.state() != "finished"]
+
+
+def slurm_array_script(study: Study, commands: list) -> str:
+    lines = ["#!/bin/bash",
+             f"#SBATCH --job-name=sacl-study-{study.dataset}",
+             f"#SBATCH --array=0-{len(commands) - 1}",
+             "#SBATCH --gres=gpu:1",
+             "# One nnU-Net training run per array task. Add your site's --time/--partition/--mem lines.",
+             "# Needs nnUNet_raw, nnUNet_preprocessed, nnUNet_results and nnUNet_extTrainer (nnunet-sacl env) set.",
+             "# When every task has finished, run the same nnunet-sacl study command again to evaluate.",
+             'case "$SLURM_ARRAY_TASK_ID" in']
+    lines += [f"  {i}) {cmd} ;;" for i, cmd in enumerate(commands)]
+    lines += ['  *) echo "no run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac"]
+    return "\n".join(lines) + "\n"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)   # before the subprocess's own output
+
+
+def train(study: Study, log=_say) -> None:
+    for run in study.runs:
+        state = run.state()
+        if state == "finished":
+            log(f"{run.trainer} fold {run.fold}: finished, skipped ({run.folder})")
+            continue
+        cmd = study.train_command(run, _bin("nnUNetv2_train"))
+        log(f"{run.trainer} fold {run.fold}: {'resuming with --c' if state == 'stopped' else 'training'}: "
+            f"{shlex.join(cmd)}")
+        if subprocess.run(cmd).returncode != 0 or run.state() != "finished":
+            raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_train did not finish; see the training log "
+                               f"in {run.folder} (calling study again resumes it)")
+
+
+def predict_test_set(study: Study, log=_say) -> None:
+    """nnU-Net's prediction of the test images by each run's own fold model (skipped where all cases exist)."""
+    cases = _test_cases(study.test_images, study.test_labels, study.file_ending)
+    for run in study.runs:
+        out = prediction_folder(study, run)
+        if all((out / (c + study.file_ending)).is_file() for c in cases):
+            continue
+        cmd = study.predict_command(run, out, _bin("nnUNetv2_predict"))
+        log(f"{run.trainer} fold {run.fold}: predicting the test set: {shlex.join(cmd)}")
+        if subprocess.run(cmd).returncode != 0:
+            raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_predict failed ({shlex.join(cmd)})")
+
+
+def prediction_folder(study: Study, run: Run) -> Path:
+    if study.test_images is None:
+        return run.folder / "validation"
+    return study.out_dir / "predictions" / run.trainer / f"fold_{run.fold}"
+
+
+# ---------------------------------------------------------------- evaluation (the one call site)
+
+def evaluated_cases(study: Study, run: Run) -> list:
+    if study.test_images is not None:
+        return _test_cases(study.test_images, study.test_labels, study.file_ending)
+    splits = json.loads((study.preprocessed / "splits_final.json").read_text())
+    return sorted(splits[run.fold]["val"])
+
+
+def reference_folder(study: Study) -> Path:
+    if study.test_labels is not None:
+        return study.test_labels
+    gt = study.preprocessed / "gt_segmentations"
+    return gt if gt.is_dir() else Path(_env_folder("nnUNet_raw")) / study.dataset / "labelsTr"
+
+
+def evaluate(study: Study) -> list:
+    """Rows (trainer, fold, case, organ, dice, nsd) for every run, case and organ."""
+    from nnunet_sacl.evaluation import _check_predictions_present, evaluate_case
+    reference, rows = reference_folder(study), []
+    for run in study.runs:
+        predictions, cases = prediction_folder(study, run), evaluated_cases(study, run)
+        _check_predictions_present(predictions, cases, study.file_ending)
+        for case in cases:
+            for r in evaluate_case(predictions / (case + study.file_ending), reference / (case + study.file_ending),
+                                   study.labels, study.tolerance):
+                rows.append({"trainer": run.trainer, "fold": run.fold, "case": case, "organ": r["organ"],
+                             "dice": r["dice"], "nsd": r["nsd"]})
+    return rows
+
+
+def run_study(study: Study, command: str = None, log=_say) -> Path:
+    from nnunet_sacl.study_report import write_report
+    from nnunet_sacl.training_cost import run_cost
+    train(study, log)
+    if study.test_images is not None:
+        predict_test_set(study, log)
+    rows = evaluate(study)
+    costs = [{"trainer": r.trainer, "fold": r.fold, **run_cost(r.folder)} for r in study.runs]
+    return write_report(study, rows, costs, command)
+
+
+# ---------------------------------------------------------------- command line
+
+def command_line(args) -> str:
+    """The study's own command, for the report (reproducible as written)."""
+    cmd = ["nnunet-sacl", "study", "-d", args.d, "-c", args.c, "-tr", *args.tr, "-f", *map(str, args.f), "-p", args.p,
+           "-device", args.device, "-o", args.o, "--tolerance", f"{args.tolerance:g}"]
+    if args.test_images:
+        cmd += ["--test-images", args.test_images, "--test-labels", args.test_labels]
+    return shlex.join(cmd)
+
+
+def _run(args) -> int:
+    try:
+        study = make_study(args)
+        if args.print_commands or args.slurm_array:
+            commands = pending_commands(study)
+            if args.print_commands:
+                print("\n".join(commands))
+            if args.slurm_array:
+                if not commands:
+                    raise StudyError("every run has finished: no array script to write; run study without "
+                                     "--slurm-array to evaluate")
+                Path(args.slurm_array).write_text(slurm_array_script(study, commands))
+                print(f"{len(commands)} run(s) written to {args.slurm_array} (sbatch {args.slurm_array})",
+                      file=sys.stderr)
+            return 0
+        report = run_study(study, command_line(args))
+    except StudyError as e:
+        print(f"nnunet-sacl study: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"nnunet-sacl study: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    import argparse
+    p = sub.add_parser("study", help="train trainers x folds with nnU-Net, compare them with the first (paired "
+                                     "statistics) and report cost", epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration (2d, 3d_fullres, ...)")
+    p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER",
+                   help="trainers; the first is the baseline every other one is compared with")
+    p.add_argument("-f", nargs="+", type=int, default=list(range(DEFAULT_FOLDS)), metavar="FOLD",
+                   help="folds (default 0 1 2 3 4)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-device", "--device", dest="device", default=None,
+                   help="cuda, cpu or mps, as nnUNetv2_train's -device (default: cuda if available)")
+    p.add_argument("--test-images", help="evaluate on these images (nnU-Net's imagesTs layout) instead of the "
+                                         "validation folds; each fold's model predicts them")
+    p.add_argument("--test-labels", help="labels of --test-images (one per case)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("-o", default="study", metavar="STUDY_DIR", help="output folder (default ./study)")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one nnUNetv2_train line per unfinished run and stop (for a cluster)")
+    p.add_argument("--slurm-array", metavar="FILE", help="write an sbatch array script of the unfinished runs and stop")
+    p.set_defaults(func=_run)

@@ -1,0 +1,59 @@
+"""What a finished nnU-Net run cost, read from its own files: ``training_log_*.txt`` (epoch lines and times, SACL
+pretraining lines) and ``debug.json`` (the trainer's settings as nnU-Net dumps them at the start of training).
+
+Lines that do not match are ignored; an epoch that a killed run started and ``--c`` ran again counts once (its last
+time), while the lost time stays in the wall time, which spans every log file from its first to its last line.
+"""
+import json
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?): ", re.M)
+_EPOCH = re.compile(r": Epoch (\d+) ?$")
+_EPOCH_TIME = re.compile(r": Epoch time: ([0-9.eE+-]+) s")
+_PRETRAIN_EPOCH = re.compile(r"SACL pretraining epoch (\d+): .*epoch time ([0-9.eE+-]+) s")
+
+COST_COLUMNS = ("pretrain_epochs", "pretrain_seconds", "epochs", "epoch_seconds", "iterations_per_epoch",
+                "iterations", "wall_seconds")
+
+
+def _wall_seconds(text: str) -> float:
+    stamps = [datetime.fromisoformat(s) for s in _TIMESTAMP.findall(text)]
+    return (max(stamps) - min(stamps)).total_seconds() if len(stamps) > 1 else 0.0
+
+
+def _iterations_per_epoch(folder: Path) -> float:
+    try:
+        return float(int(json.loads((folder / "debug.json").read_text())["num_iterations_per_epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return math.nan
+
+
+def run_cost(folder) -> dict:
+    """Cost of the run in ``folder`` (an nnU-Net ``fold_X``): epochs and summed epoch times of SACL pretraining and
+    of segmentation training, iterations per epoch (the same in both phases), total iterations, and wall time."""
+    folder = Path(folder)
+    pretrain, segmentation, wall = {}, {}, 0.0
+    for log in sorted(folder.glob("training_log_*.txt")):
+        text = log.read_text(errors="replace")
+        wall += _wall_seconds(text)
+        epoch = None
+        for line in text.splitlines():
+            match = _PRETRAIN_EPOCH.search(line)
+            if match:
+                pretrain[int(match.group(1))] = float(match.group(2))
+                continue
+            match = _EPOCH.search(line)
+            if match:
+                epoch = int(match.group(1))
+                continue
+            match = _EPOCH_TIME.search(line)
+            if match and epoch is not None:
+                segmentation[epoch] = float(match.group(1))
+    per_epoch = _iterations_per_epoch(folder)
+    return {"pretrain_epochs": len(pretrain), "pretrain_seconds": sum(pretrain.values()),
+            "epochs": len(segmentation), "epoch_seconds": sum(segmentation.values()),
+            "iterations_per_epoch": per_epoch, "iterations": per_epoch * (len(pretrain) + len(segmentation)),
+            "wall_seconds": wall}
