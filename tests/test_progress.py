@@ -1,0 +1,73 @@
+"""progress.png: the pretraining panel is drawn in nnU-Net's panel style, and nnU-Net's pseudo-Dice axis says that
+it is the mean over organs. The figures are inspected as they are saved (``Figure.savefig`` spied on)."""
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from PIL import Image
+
+from nnunet_sacl.nnunet.progress import PSEUDO_DICE_LABEL, SACLLocalLogger, new_pretrain_log, plot_pretraining
+
+
+def fill_logs(logger: SACLLocalLogger, pretrain_epochs=4, epochs=3):
+    for e in range(pretrain_epochs):
+        for key, value in zip(("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds"),
+                              (3.0 - 0.3 * e, 0.01 * (1 - e / pretrain_epochs), 5.0, 0, 1.0)):
+            logger.pretrain_log[key].append(value)
+    for e in range(epochs):
+        for key, value in (("mean_fg_dice", 0.05 * e), ("ema_fg_dice", 0.04 * e), ("dice_per_class_or_region", [0.1]),
+                           ("train_losses", -0.1 * e), ("val_losses", -0.05 * e), ("lrs", 0.01),
+                           ("epoch_start_timestamps", 10.0 * e), ("epoch_end_timestamps", 10.0 * e + 9)):
+            logger.log(key, value, e)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Per saved figure: its size in inches and, per axes, facecolor, y label, label font size, line widths."""
+    saved = []
+    original = Figure.savefig
+
+    def spy(fig, fname, *args, **kwargs):
+        saved.append({"file": str(fname), "size": tuple(fig.get_size_inches()),
+                      "axes": [{"facecolor": ax.get_facecolor(), "ylabel": ax.get_ylabel(),
+                                "fontsize": ax.yaxis.label.get_fontsize(), "grid": ax.yaxis._major_tick_kw.get("gridOn"),
+                                "linewidths": [line.get_linewidth() for line in ax.get_lines()]}
+                               for ax in fig.axes]})
+        return original(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
+
+
+def test_pretraining_panel_has_nnunet_panel_style(tmp_path, saved_figures):
+    logger = SACLLocalLogger(new_pretrain_log())
+    fill_logs(logger)
+    logger.plot_progress_png(str(tmp_path))               # nnU-Net's panels, then ours on top
+    nnunet_fig = next(f for f in saved_figures if f["file"].endswith("progress.png"))
+    ours = next(f for f in saved_figures if f["file"].endswith("progress_pretraining.png"))
+    theirs = nnunet_fig["axes"][0]                          # nnU-Net's loss / pseudo-Dice panel
+    mine = ours["axes"][0]
+    assert mine["facecolor"] == theirs["facecolor"] and mine["fontsize"] == theirs["fontsize"]
+    assert mine["grid"] == theirs["grid"]
+    assert ours["size"][0] == nnunet_fig["size"][0] and ours["size"][1] == pytest.approx(nnunet_fig["size"][1] / 3)
+    assert max(mine["linewidths"]) == max(theirs["linewidths"])
+    stacked = Image.open(tmp_path / "progress.png")
+    assert stacked.size == (3000, 1800 + 5400)             # our panel above nnU-Net's three, same width
+
+
+def test_pseudo_dice_axis_says_mean_over_organs(tmp_path, saved_figures):
+    original = Axes.set_ylabel
+    logger = SACLLocalLogger(new_pretrain_log())
+    fill_logs(logger)
+    logger.plot_progress_png(str(tmp_path))
+    nnunet_fig = next(f for f in saved_figures if f["file"].endswith("progress.png"))
+    labels = [a["ylabel"] for a in nnunet_fig["axes"]]
+    assert PSEUDO_DICE_LABEL in labels and "pseudo dice" not in labels
+    assert Axes.set_ylabel is original                     # restored after drawing
+
+
+def test_pretraining_panel_alone(tmp_path, saved_figures):
+    log = new_pretrain_log()
+    log["loss"], log["lr"] = [2.0, 1.5, 1.2], [0.01, 0.007, 0.004]
+    plot_pretraining(log, str(tmp_path / "p.png"))
+    assert Image.open(tmp_path / "p.png").size == (3000, 1800)
+    assert [a["ylabel"] for a in saved_figures[0]["axes"]] == ["contrastive loss", "learning rate"]
