@@ -10,6 +10,8 @@ NSD comes in two methods (``nsd_method``): "voxel" (one point per boundary voxel
 (DeepMind's surface elements on the voxel corners, area-weighted, as the FLARE and MSD challenges score, computed
 by MONAI). numpy/scipy/SimpleITK/matplotlib; MONAI (and torch) only for the surface method. See docs/evaluation.md.
 """
+from __future__ import annotations
+
 import argparse
 import csv
 import json
@@ -18,11 +20,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage, stats
-
 from nnunet_sacl.converters import geometry_mismatch, grid_of
+from nnunet_sacl.lazy import lazy_import
+
+np = lazy_import("numpy")
+sitk = lazy_import("SimpleITK")
 
 SKIPPED_LABEL_NAMES = ("background", "ignore")
 METRICS = ("dice", "nsd")
@@ -30,13 +32,11 @@ ALL_ORGANS = "all organs (per-case mean)"
 DEFAULT_TOLERANCE_MM = 2.0
 NSD_METHODS = ("voxel", "surface")
 EXAMPLES = {
-    "evaluate": "examples:\n"
-                "  nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 \\\n"
+    "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 \\\n"
                 "      -o sacl.csv\n"
-                "  nnunet-sacl evaluate -p cv_sacl -r labelsTr -d dataset.json --tolerance 1 \\\n"
+                "nnunet-sacl evaluate -p cv_sacl -r labelsTr -d dataset.json --tolerance 1 \\\n"
                 "      --nsd-method surface         # as the FLARE challenges score",
-    "compare": "example:\n"
-               "  nnunet-sacl compare -a pred_sacl -b pred_nnunet -r labelsTs -d dataset.json \\\n"
+    "compare": "nnunet-sacl compare -a pred_sacl -b pred_nnunet -r labelsTs -d dataset.json \\\n"
                "      --tolerance 2 --names SACL nnU-Net -o comparison",
 }
 
@@ -62,6 +62,7 @@ def dice(pred_mask, ref_mask) -> float:
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one face neighbour outside it; outside the array counts as outside, so an
     organ cut by the field of view has a surface there too."""
+    from scipy import ndimage
     face_neighbours = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure=face_neighbours, border_value=0)
 
@@ -69,6 +70,7 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
 def _union_bounding_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
     """Crop that holds every voxel of both masks; distances between their surfaces do not change inside it, and the
     distance transform runs on the organ's box instead of the whole CT."""
+    from scipy import ndimage
     box = ndimage.find_objects((a | b).astype(np.uint8))[0]
     return tuple(box)
 
@@ -81,6 +83,7 @@ def surface_distances(pred_mask, ref_mask, spacing) -> tuple[np.ndarray, np.ndar
     spacing = _check_spacing(spacing, pred_mask.ndim)
     if not pred_mask.any() or not ref_mask.any():
         raise ValueError("surface distances need two non-empty masks")
+    from scipy import ndimage
     box = _union_bounding_box(pred_mask, ref_mask)
     pred_surface, ref_surface = surface_voxels(pred_mask[box]), surface_voxels(ref_mask[box])
     to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
@@ -290,6 +293,7 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided p of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults: zero differences
     dropped; exact for small samples, with ties or zeros too in scipy >= 1.9, see docs/evaluation.md). 1.0 when every
     difference is zero, NaN without pairs."""
+    from scipy import stats
     if a.size == 0:
         return math.nan
     if np.all(a == b):
