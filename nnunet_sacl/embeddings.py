@@ -141,6 +141,9 @@ def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tu
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:  # nnU-Net's message lists the folders it searched
         raise FileNotFoundError(f"dataset {dataset}: {' '.join(str(e).split())}") from e
+    from nnunetv2.paths import nnUNet_results
+    if nnUNet_results is None:
+        raise FileNotFoundError("nnUNet_results is not set: export it (the folder nnUNetv2_train wrote the model to)")
     folder = get_output_folder(dataset_name, trainer, plans, configuration)
     if not isdir(folder):
         raise FileNotFoundError(f"no trained model {folder} (trainer {trainer}, plans {plans}, configuration "

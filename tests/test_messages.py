@@ -77,18 +77,21 @@ def test_evaluate_names_a_missing_prediction_folder(tmp_path, capsys):
     assert f"prediction folder {missing} does not exist" in err and "no prediction for case" not in err
 
 
-def test_embeddings_with_an_unknown_dataset_is_one_line(tmp_path):
+@pytest.mark.parametrize("dataset, expected", [
+    ("12345", "nnunet-sacl embeddings: dataset 12345: Could not find a dataset with the ID 12345"),
+    ("123", "nnunet-sacl embeddings: no trained model {res}/Dataset123_Planned/SACLTrainer__nnUNetPlans__3d_fullres "
+            "(trainer SACLTrainer, plans nnUNetPlans, configuration 3d_fullres); check -tr, -p and -c")])
+def test_embeddings_without_dataset_or_model_is_one_line(tmp_path, dataset, expected):
     env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
                nnUNet_results=str(tmp_path / "res"))
     for key in ("raw", "pre", "res"):
         (tmp_path / key).mkdir()
-    r = subprocess.run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", "12345"], env=env, capture_output=True,
+    (tmp_path / "pre" / "Dataset123_Planned").mkdir()
+    r = subprocess.run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", dataset], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 1, r.stderr
-    assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nnunet-sacl embeddings: dataset 12345:"), r.stderr
-    assert "Could not find a dataset with the ID 12345" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(expected.format(res=tmp_path / "res")), r.stderr
 
 
 def test_check_weights_says_a_text_file_is_not_a_checkpoint(tmp_path, capsys):

@@ -29,7 +29,8 @@ def saved_figures(monkeypatch):
     def spy(fig, fname, *args, **kwargs):
         saved.append({"file": str(fname), "size": tuple(fig.get_size_inches()),
                       "axes": [{"facecolor": ax.get_facecolor(), "ylabel": ax.get_ylabel(),
-                                "fontsize": ax.yaxis.label.get_fontsize(), "grid": ax.yaxis._major_tick_kw.get("gridOn"),
+                                "fontsize": ax.yaxis.label.get_fontsize(),
+                                "grid": ax.yaxis._major_tick_kw.get("gridOn"),
                                 "linewidths": [line.get_linewidth() for line in ax.get_lines()]}
                                for ax in fig.axes]})
         return original(fig, fname, *args, **kwargs)
