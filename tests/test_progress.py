@@ -20,10 +20,9 @@ def fill_logs(logger: SACLLocalLogger, pretrain_epochs=4, epochs=3):
             logger.log(key, value, e)
 
 
-@pytest.fixture
-def saved_figures(monkeypatch):
-    """Per saved figure: its size in inches and, per axes, facecolor, y label, label font size, line widths."""
-    saved = []
+def spy_on_savefig(saved: list):
+    """Records, per saved figure: file, size in inches and, per axes, facecolor, y label, label font size, grid,
+    line widths. Returns the original ``Figure.savefig`` (to restore)."""
     original = Figure.savefig
 
     def spy(fig, fname, *args, **kwargs):
@@ -35,40 +34,60 @@ def saved_figures(monkeypatch):
                                for ax in fig.axes]})
         return original(fig, fname, *args, **kwargs)
 
-    monkeypatch.setattr(Figure, "savefig", spy)
-    return saved
+    Figure.savefig = spy
+    return original
 
 
-def test_pretraining_panel_has_nnunet_panel_style(tmp_path, saved_figures):
-    logger = SACLLocalLogger(new_pretrain_log())
-    fill_logs(logger)
-    logger.plot_progress_png(str(tmp_path))               # nnU-Net's panels, then ours on top
-    nnunet_fig = next(f for f in saved_figures if f["file"].endswith("progress.png"))
-    ours = next(f for f in saved_figures if f["file"].endswith("progress_pretraining.png"))
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """SACLLocalLogger.plot_progress_png once (nnU-Net's panels, then ours on top): the folder and saved figures."""
+    folder = tmp_path_factory.mktemp("progress")
+    saved = []
+    original_set_ylabel = Axes.set_ylabel
+    original = spy_on_savefig(saved)
+    try:
+        logger = SACLLocalLogger(new_pretrain_log())
+        fill_logs(logger)
+        logger.plot_progress_png(str(folder))
+    finally:
+        Figure.savefig = original
+    assert Axes.set_ylabel is original_set_ylabel          # restored after drawing
+    nnunet_fig = next(f for f in saved if f["file"].endswith("progress.png"))
+    ours = next(f for f in saved if f["file"].endswith("progress_pretraining.png"))
+    return folder, nnunet_fig, ours
+
+
+def test_pretraining_panel_has_nnunet_panel_style(drawn):
+    folder, nnunet_fig, ours = drawn
     theirs = nnunet_fig["axes"][0]                          # nnU-Net's loss / pseudo-Dice panel
     mine = ours["axes"][0]
     assert mine["facecolor"] == theirs["facecolor"] and mine["fontsize"] == theirs["fontsize"]
     assert mine["grid"] == theirs["grid"]
     assert ours["size"][0] == nnunet_fig["size"][0] and ours["size"][1] == pytest.approx(nnunet_fig["size"][1] / 3)
     assert max(mine["linewidths"]) == max(theirs["linewidths"])
-    stacked = Image.open(tmp_path / "progress.png")
+    stacked = Image.open(folder / "progress.png")
     assert stacked.size == (3000, 1800 + 5400)             # our panel above nnU-Net's three, same width
 
 
-def test_pseudo_dice_axis_says_mean_over_organs(tmp_path, saved_figures):
-    original = Axes.set_ylabel
-    logger = SACLLocalLogger(new_pretrain_log())
-    fill_logs(logger)
-    logger.plot_progress_png(str(tmp_path))
-    nnunet_fig = next(f for f in saved_figures if f["file"].endswith("progress.png"))
-    labels = [a["ylabel"] for a in nnunet_fig["axes"]]
+def test_pseudo_dice_axis_says_mean_over_organs(drawn):
+    labels = [a["ylabel"] for a in drawn[1]["axes"]]
     assert PSEUDO_DICE_LABEL in labels and "pseudo dice" not in labels
-    assert Axes.set_ylabel is original                     # restored after drawing
 
 
-def test_pretraining_panel_alone(tmp_path, saved_figures):
-    log = new_pretrain_log()
-    log["loss"], log["lr"] = [2.0, 1.5, 1.2], [0.01, 0.007, 0.004]
-    plot_pretraining(log, str(tmp_path / "p.png"))
+def test_pretraining_panel_alone_in_a_fresh_process_style(tmp_path, drawn):
+    """During pretraining nnU-Net has drawn nothing yet: the panel must set nnU-Net's style itself."""
+    import matplotlib
+    matplotlib.rcdefaults()
+    saved = []
+    original = spy_on_savefig(saved)
+    try:
+        log = new_pretrain_log()
+        log["loss"], log["lr"] = [2.0, 1.5, 1.2], [0.01, 0.007, 0.004]
+        plot_pretraining(log, str(tmp_path / "p.png"))
+    finally:
+        Figure.savefig = original
     assert Image.open(tmp_path / "p.png").size == (3000, 1800)
-    assert [a["ylabel"] for a in saved_figures[0]["axes"]] == ["contrastive loss", "learning rate"]
+    assert [a["ylabel"] for a in saved[0]["axes"]] == ["contrastive loss", "learning rate"]
+    theirs = drawn[1]["axes"][0]
+    assert saved[0]["axes"][0]["facecolor"] == theirs["facecolor"]
+    assert saved[0]["axes"][0]["fontsize"] == theirs["fontsize"]
