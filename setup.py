@@ -10,8 +10,9 @@ setup(
     packages=["nnunet_sacl", "nnunet_sacl.nnunet", "nnunet_sacl.ext_trainers"],
     # a regular (non-editable) install ships trainers/ inside the package; see nnunet_sacl.trainers_folder()
     package_dir={"nnunet_sacl.ext_trainers": "trainers"},
+    # monai: the surface-element NSD (evaluate/compare --nsd-method surface); it needs only torch and numpy
     install_requires=["torch>=2.1", "nnunetv2>=2.8.1,<2.9", "numpy", "SimpleITK", "batchgenerators", "scipy",
-                      "matplotlib"],
+                      "matplotlib", "monai>=1.3"],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["nnunet-sacl=nnunet_sacl.cli:main"]},
 )

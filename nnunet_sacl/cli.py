@@ -3,11 +3,13 @@ import argparse
 import sys
 
 EXAMPLES = {
-    "env": "nnunet-sacl env            # prints the export line; exit code 1 if nnUNet_extTrainer is not right",
+    "env": "nnunet-sacl env\n"
+           "# prints the export line; exit code 1 if nnUNet_extTrainer is not right",
     "synthetic-data": "nnunet-sacl synthetic-data -d 991    # into $nnUNet_raw/Dataset991_SACLSynthetic",
-    "demo": "nnunet-sacl demo --workdir sacl_demo --device cpu    # real CT (TotalSegmentator's example)\n"
-            "nnunet-sacl demo --synthetic                         # generated shapes, no download",
+    "demo": "nnunet-sacl demo --workdir sacl_demo --device cpu    # real CT\n"
+            "nnunet-sacl demo --synthetic                         # generated shapes",
 }
+RAW = argparse.RawDescriptionHelpFormatter  # examples keep their lines (argparse would re-wrap them mid-argument)
 
 
 def _env(args) -> int:
@@ -41,19 +43,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnunet-sacl", description="SACL pretraining for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("env", help="check that nnU-Net can find the SACL trainers", epilog=EXAMPLES["env"])
+    p = sub.add_parser("env", help="check that nnU-Net can find the SACL trainers", epilog=EXAMPLES["env"],
+                       formatter_class=RAW)
     p.set_defaults(func=_env)
 
     p = sub.add_parser("synthetic-data", help="write the small generated dataset used by tests and the demo",
-                       epilog=EXAMPLES["synthetic-data"])
+                       epilog=EXAMPLES["synthetic-data"], formatter_class=RAW)
     p.add_argument("-d", type=int, required=True, help="dataset id")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
-    p.add_argument("--num-training", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-training", type=int, default=10, help="number of training cases (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the shapes (default 0)")
     p.set_defaults(func=_synthetic)
 
     p = sub.add_parser("demo", help="plan, pretrain, fine-tune, predict and evaluate on a small dataset",
-                       epilog=EXAMPLES["demo"], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXAMPLES["demo"], formatter_class=RAW)
     p.add_argument("--workdir", default="sacl_demo", help="holds nnUNet_raw/preprocessed/results of the demo")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("-d", type=int, default=990, help="dataset id (default 990)")

@@ -12,6 +12,8 @@ Images and labels are copied byte for byte (geometry and label values unchanged)
 a hidden temporary folder next to the target and renamed into place at the end, so a refused or failed
 conversion leaves nothing in ``nnUNet_raw``.
 """
+from __future__ import annotations
+
 import os
 import re
 import shutil
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-import SimpleITK as sitk
+from nnunet_sacl.lazy import lazy_import
+
+np = lazy_import("numpy")
+sitk = lazy_import("SimpleITK")
 
 BTCV_LABELS = {"background": 0, "spleen": 1, "right kidney": 2, "left kidney": 3, "gallbladder": 4,
                "esophagus": 5, "liver": 6, "stomach": 7, "aorta": 8, "inferior vena cava": 9,
@@ -254,8 +258,10 @@ def convert_flare21(src, dataset_id: int, raw_folder=None, name: str = "FLARE21"
 # ------------------------------------------------------------------------------------------------------- CLI
 
 EXAMPLES = {
-    "convert-btcv": "nnunet-sacl convert-btcv ~/Downloads/RawData -d 17    # -> $nnUNet_raw/Dataset017_BTCV",
-    "convert-flare21": "nnunet-sacl convert-flare21 ~/Downloads/FLARE21 -d 21    # -> $nnUNet_raw/Dataset021_FLARE21",
+    "convert-btcv": "nnunet-sacl convert-btcv ~/Downloads/RawData -d 17\n"
+                    "# -> $nnUNet_raw/Dataset017_BTCV",
+    "convert-flare21": "nnunet-sacl convert-flare21 ~/Downloads/FLARE21 -d 21\n"
+                       "# -> $nnUNet_raw/Dataset021_FLARE21",
 }
 
 
@@ -270,11 +276,12 @@ def _run(convert: Callable[..., Path], args) -> int:
 
 def add_cli(subparsers) -> None:
     """Registers ``convert-btcv`` and ``convert-flare21`` on the ``nnunet-sacl`` subparsers."""
+    import argparse
     for command, convert, layout in (("convert-btcv", convert_btcv, BTCV),
                                      ("convert-flare21", convert_flare21, FLARE21)):
         p = subparsers.add_parser(command, help=f"convert the {layout.title} download into an nnU-Net raw dataset",
                                   description=f"Expected layout: {layout.example_tree}.",
-                                  epilog=EXAMPLES[command])
+                                  epilog=EXAMPLES[command], formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("src", metavar="SRC", help=f"the downloaded {layout.title} folder")
         p.add_argument("-d", type=int, required=True, metavar="ID", help="nnU-Net dataset id (1..999)")
         p.add_argument("--raw", metavar="FOLDER", help="nnUNet_raw folder (default: $nnUNet_raw)")

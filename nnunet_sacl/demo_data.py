@@ -1,6 +1,8 @@
 """A small real-CT demo dataset in BTCV's 13-organ label scheme, derived from the abdomen CTs and segmentations
 that TotalSegmentator 2.18.0 ships in its source distribution (Apache-2.0), so the demo runs on real anatomy
 without a registration-gated download. See docs/demo-data.md for provenance and every derivation step."""
+from __future__ import annotations
+
 import ast
 import hashlib
 import json
@@ -12,10 +14,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
 from nnunet_sacl.converters import BTCV_LABELS
+from nnunet_sacl.lazy import lazy_import
+
+np = lazy_import("numpy")
+sitk = lazy_import("SimpleITK")
 
 SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"
 SDIST_REQUIREMENT = "totalsegmentator==2.18.0"
@@ -402,7 +405,8 @@ def build_demo_dataset(dataset_id: int, raw_folder=None, sdist=None, num_trainin
 # ----------------------------------------------------------------------------------------------------- CLI
 
 EXAMPLE = ("nnunet-sacl demo-data -d 992    # into $nnUNet_raw/Dataset992_SACLDemoCT\n"
-           "nnunet-sacl demo-data -d 992 --sdist totalsegmentator-2.18.0.tar.gz --raw nnUNet_raw    # offline")
+           "nnunet-sacl demo-data -d 992 --sdist totalsegmentator-2.18.0.tar.gz \\\n"
+           "      --raw nnUNet_raw            # offline")
 
 
 def _demo_data(args) -> int:
@@ -424,7 +428,8 @@ def add_cli(subparsers):
     p.add_argument("-d", type=int, required=True, help="dataset id")
     p.add_argument("--sdist", help=f"a local {SDIST_NAME} (default: the cache folder, else download from PyPI)")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
-    p.add_argument("--num-training", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-training", type=int, default=10,
+                   help="number of training cases, seeded perturbations of the one CT (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the perturbations (default 0)")
     p.set_defaults(func=_demo_data)
     return p

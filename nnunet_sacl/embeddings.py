@@ -1,22 +1,28 @@
 """Do organs form clusters? Mask-pooled organ embeddings of an encoder before and after SACL pretraining, a t-SNE
-picture coloured by organ and the silhouette score (cosine) as one number for cluster quality."""
-from os.path import join
+picture coloured by organ and the silhouette score (cosine) as one number for cluster quality.
+
+torch, nnU-Net and the rest are imported inside the functions, so that ``nnunet-sacl --help`` does not load them.
+"""
+from __future__ import annotations
+
+import sys
+from os.path import isdir, join
 from typing import Dict, Iterator, Optional, Tuple
 
-import numpy as np
-import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from torch.nn import functional as F
+from nnunet_sacl.lazy import lazy_import
 
-from nnunet_sacl.nnunet.checkpoints import read_checkpoint
-from nnunet_sacl.nnunet.network import build_nnunet_network, encoder_of
-from nnunet_sacl.pooling import mask_pool
+np = lazy_import("numpy")
 
 
 def build_network(model_folder: str, configuration: str, weights_file: Optional[str] = None, seed: int = 0):
     """The trained model's network as nnU-Net builds it (seeded initialisation), optionally with saved weights.
     Returns (network, plans_manager, configuration_manager, label_manager)."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_sacl.nnunet.checkpoints import read_checkpoint
+    from nnunet_sacl.nnunet.network import build_nnunet_network
     plans_manager = PlansManager(load_json(join(model_folder, "plans.json")))
     dataset_json = load_json(join(model_folder, "dataset.json"))
     cm = plans_manager.get_configuration(configuration)
@@ -40,8 +46,9 @@ def preprocessed_cases(folder: str, max_cases: Optional[int] = None) -> Iterator
         yield key, np.asarray(data, dtype=np.float32), seg
 
 
-def patches(data: np.ndarray, seg: np.ndarray, patch_size) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def patches(data: np.ndarray, seg: np.ndarray, patch_size) -> Iterator[tuple]:
     """Non-overlapping patch_size tiles covering the case (zero-padded at the far end), as [1, C, *patch] tensors."""
+    import torch
     shape = data.shape[1:]
     padded = [int(np.ceil(s / p) * p) for s, p in zip(shape, patch_size)]
     pad = [(0, 0)] + [(0, p - s) for s, p in zip(shape, padded)]
@@ -51,17 +58,22 @@ def patches(data: np.ndarray, seg: np.ndarray, patch_size) -> Iterator[Tuple[tor
         yield torch.from_numpy(data[window][None]), torch.from_numpy(seg[window][None].astype(np.int64))
 
 
-@torch.no_grad()
 def organ_embeddings(network, cases, patch_size, num_classes: int, ignore_label=None, stage: int = -1,
                      device: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
     """One L2-normalised embedding per (patch, organ present): the encoder stage's features mask-pooled."""
+    import torch
+    from torch.nn import functional as F
+
+    from nnunet_sacl.nnunet.network import encoder_of
+    from nnunet_sacl.pooling import mask_pool
     encoder = encoder_of(network).to(device)
     rows, labels = [], []
-    for _, data, seg in cases:
-        for x, s in patches(data, seg, patch_size):
-            e, k, _ = mask_pool(encoder(x.to(device))[stage], s.to(device), num_classes, ignore_label)
-            rows.append(F.normalize(e.float(), dim=1).cpu())
-            labels.append(k.cpu())
+    with torch.no_grad():
+        for _, data, seg in cases:
+            for x, s in patches(data, seg, patch_size):
+                e, k, _ = mask_pool(encoder(x.to(device))[stage], s.to(device), num_classes, ignore_label)
+                rows.append(F.normalize(e.float(), dim=1).cpu())
+                labels.append(k.cpu())
     return torch.cat(rows).numpy(), torch.cat(labels).numpy()
 
 
@@ -104,6 +116,7 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
                             device: str = "cpu", seed: int = 0) -> Dict[str, float]:
     """Silhouette of the freshly initialised encoder ('before') and of the pretrained one ('after', by default the
     fold's checkpoint_sacl_encoder.pth); writes the t-SNE picture when out_png is given."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
     weights_file = weights_file or join(model_folder, f"fold_{fold}", "checkpoint_sacl_encoder.pth")
     groups = {}
     for title, weights in (("before pretraining", None), ("after pretraining", weights_file)):
@@ -119,12 +132,32 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
     return scores
 
 
-def _run(args) -> int:
-    from nnunetv2.paths import nnUNet_preprocessed
+def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tuple[str, str]:
+    """(dataset name, nnU-Net's output folder of TRAINER__PLANS__CONFIGURATION) with errors that say what is
+    missing: an unknown dataset id or name, or a model that was not trained."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    dataset = maybe_convert_to_dataset_name(args.d)
-    model_folder = get_output_folder(dataset, args.tr, args.p, args.c)
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as e:  # nnU-Net's message lists the folders it searched
+        raise FileNotFoundError(f"dataset {dataset}: {' '.join(str(e).split())}") from e
+    from nnunetv2.paths import nnUNet_results
+    if nnUNet_results is None:
+        raise FileNotFoundError("nnUNet_results is not set: export it (the folder nnUNetv2_train wrote the model to)")
+    folder = get_output_folder(dataset_name, trainer, plans, configuration)
+    if not isdir(folder):
+        raise FileNotFoundError(f"no trained model {folder} (trainer {trainer}, plans {plans}, configuration "
+                                f"{configuration}); check -tr, -p and -c")
+    return dataset_name, folder
+
+
+def _run(args) -> int:
+    from nnunetv2.paths import nnUNet_preprocessed
+    try:
+        dataset, model_folder = model_folder_of(args.d, args.tr, args.p, args.c)
+    except FileNotFoundError as e:
+        print(f"nnunet-sacl embeddings: {e}", file=sys.stderr)
+        return 1
     scores = embeddings_before_after(model_folder, args.f, args.c, join(str(nnUNet_preprocessed), dataset),
                                      args.weights, args.max_cases, args.o, args.device)
     for title, score in scores.items():
@@ -134,16 +167,20 @@ def _run(args) -> int:
 
 
 def add_cli(subparsers) -> None:
+    """Registers ``embeddings`` on the ``nnunet-sacl`` subparsers."""
+    import argparse
     p = subparsers.add_parser(
         "embeddings", help="t-SNE of organ embeddings before vs after SACL pretraining, with silhouette score",
-        epilog="nnunet-sacl embeddings -d 17 -c 3d_fullres -f 0 -tr SACLTrainer -o embeddings.png")
+        epilog="nnunet-sacl embeddings -d 17 -c 3d_fullres -f 0 -tr SACLTrainer \\\n    -o embeddings.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", required=True, help="dataset name or id")
     p.add_argument("-c", default="3d_fullres", help="configuration")
     p.add_argument("-f", default="0", help="fold")
     p.add_argument("-tr", default="SACLTrainer", help="trainer that wrote the model")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
     p.add_argument("--weights", help="pretrained weights (default: fold_F/checkpoint_sacl_encoder.pth)")
-    p.add_argument("--max-cases", type=int, default=20)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-cases", type=int, default=20,
+                   help="preprocessed training cases whose patches give the embeddings (default 20)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("-o", default="embeddings_tsne.png", help="output PNG")
     p.set_defaults(func=_run)

@@ -6,8 +6,12 @@ Conventions (the same as nnU-Net's evaluation and Metrics Reloaded):
 - exactly one mask empty: Dice and NSD are 0;
 - spacing is in the array's axis order (for an array from ``sitk.GetArrayFromImage`` that is the reverse of
   ``image.GetSpacing()``).
-Pure numpy/scipy/SimpleITK/matplotlib; see docs/evaluation.md.
+NSD comes in two methods (``nsd_method``): "voxel" (one point per boundary voxel, Metrics Reloaded) and "surface"
+(DeepMind's surface elements on the voxel corners, area-weighted, as the FLARE and MSD challenges score, computed
+by MONAI). numpy/scipy/SimpleITK/matplotlib; MONAI (and torch) only for the surface method. See docs/evaluation.md.
 """
+from __future__ import annotations
+
 import argparse
 import csv
 import json
@@ -16,20 +20,24 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage, stats
-
 from nnunet_sacl.converters import geometry_mismatch, grid_of
+from nnunet_sacl.lazy import lazy_import
+
+np = lazy_import("numpy")
+sitk = lazy_import("SimpleITK")
 
 SKIPPED_LABEL_NAMES = ("background", "ignore")
 METRICS = ("dice", "nsd")
 ALL_ORGANS = "all organs (per-case mean)"
 DEFAULT_TOLERANCE_MM = 2.0
+NSD_METHODS = ("voxel", "surface")
 EXAMPLES = {
-    "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 -o sacl.csv",
-    "compare": "nnunet-sacl compare -a pred_sacl -b pred_nnunet -r labelsTs -d dataset.json --tolerance 2 "
-               "--names SACL nnU-Net -o comparison",
+    "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 \\\n"
+                "      -o sacl.csv\n"
+                "nnunet-sacl evaluate -p cv_sacl -r labelsTr -d dataset.json --tolerance 1 \\\n"
+                "      --nsd-method surface         # as the FLARE challenges score",
+    "compare": "nnunet-sacl compare -a pred_sacl -b pred_nnunet -r labelsTs -d dataset.json \\\n"
+               "      --tolerance 2 --names SACL nnU-Net -o comparison",
 }
 
 
@@ -54,6 +62,7 @@ def dice(pred_mask, ref_mask) -> float:
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one face neighbour outside it; outside the array counts as outside, so an
     organ cut by the field of view has a surface there too."""
+    from scipy import ndimage
     face_neighbours = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure=face_neighbours, border_value=0)
 
@@ -61,6 +70,7 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
 def _union_bounding_box(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
     """Crop that holds every voxel of both masks; distances between their surfaces do not change inside it, and the
     distance transform runs on the organ's box instead of the whole CT."""
+    from scipy import ndimage
     box = ndimage.find_objects((a | b).astype(np.uint8))[0]
     return tuple(box)
 
@@ -73,6 +83,7 @@ def surface_distances(pred_mask, ref_mask, spacing) -> tuple[np.ndarray, np.ndar
     spacing = _check_spacing(spacing, pred_mask.ndim)
     if not pred_mask.any() or not ref_mask.any():
         raise ValueError("surface distances need two non-empty masks")
+    from scipy import ndimage
     box = _union_bounding_box(pred_mask, ref_mask)
     pred_surface, ref_surface = surface_voxels(pred_mask[box]), surface_voxels(ref_mask[box])
     to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
@@ -87,14 +98,23 @@ def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm: float) -> float:
-    """Share of both surfaces that lies within ``tolerance_mm`` of the other surface (Nikolov et al. 2021):
-    NSD = (|{p in S_P : d(p, S_R) <= tau}| + |{r in S_R : d(r, S_P) <= tau}|) / (|S_P| + |S_R|),
-    with S_X the surface voxels of X. It forgives boundary errors up to tau mm, which Dice does not.
-    NaN when both masks are empty, 0 when exactly one is."""
+def _tolerance_limit(tolerance_mm: float) -> float:
+    """A distance equal to the tolerance up to float rounding (3 voxels * 0.7 mm vs 2.1 mm) counts as inside."""
+    return tolerance_mm * (1 + 1e-9) + 1e-12
+
+
+def normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm: float, method: str = "voxel") -> float:
+    """Share of both surfaces that lies within ``tolerance_mm`` of the other surface (Nikolov et al. 2021). It
+    forgives boundary errors up to tau mm, which Dice does not. NaN when both masks are empty, 0 when exactly one is.
+
+    method "voxel": NSD = (|{p in S_P : d(p, S_R) <= tau}| + |{r in S_R : d(r, S_P) <= tau}|) / (|S_P| + |S_R|),
+    with S_X the surface voxels of X. method "surface": DeepMind's surface elements, see
+    ``surface_element_nsd``; this is what the FLARE and MSD challenges report."""
     pred_mask, ref_mask = _check_masks(pred_mask, ref_mask)
     if tolerance_mm < 0:
         raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
+    if method not in NSD_METHODS:
+        raise ValueError(f"NSD method {method!r} is not one of {', '.join(NSD_METHODS)}")
     has_pred, has_ref = bool(pred_mask.any()), bool(ref_mask.any())
     if not has_pred and not has_ref:
         _check_spacing(spacing, pred_mask.ndim)
@@ -102,11 +122,38 @@ def normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm: float) -
     if not (has_pred and has_ref):
         _check_spacing(spacing, pred_mask.ndim)
         return 0.0
+    if method == "surface":
+        return surface_element_nsd(pred_mask, ref_mask, spacing, tolerance_mm)
     pred_to_ref, ref_to_pred = surface_distances(pred_mask, ref_mask, spacing)
-    # a distance equal to the tolerance up to float rounding (3 voxels * 0.7 mm vs 2.1 mm) counts as inside
-    limit = tolerance_mm * (1 + 1e-9) + 1e-12
+    limit = _tolerance_limit(tolerance_mm)
     inside = int((pred_to_ref <= limit).sum()) + int((ref_to_pred <= limit).sum())
     return inside / (pred_to_ref.size + ref_to_pred.size)
+
+
+def surface_element_nsd(pred_mask, ref_mask, spacing, tolerance_mm: float) -> float:
+    """NSD with DeepMind's surface elements (Nikolov et al. 2021, github.com/google-deepmind/surface-distance):
+    the surface is made of elements on the voxel corners (marching cubes in 3D, contour segments in 2D), each
+    weighted by its area in mm^2 (length in 2D), and NSD is the area within tolerance over the total area. Computed
+    by MONAI's ``compute_surface_dice(..., use_subvoxels=True)``, which reproduces DeepMind's reference; the masks
+    are cropped to their union's box plus one empty voxel on each side first (the image's outside counts as
+    outside, as in DeepMind's code). Both masks must be non-empty; 2D or 3D."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    pred_mask, ref_mask = _check_masks(pred_mask, ref_mask)
+    spacing = _check_spacing(spacing, pred_mask.ndim)
+    if pred_mask.ndim not in (2, 3):
+        raise ValueError(f"the surface NSD needs 2D or 3D masks, got {pred_mask.ndim}D")
+    if not pred_mask.any() or not ref_mask.any():
+        raise ValueError("the surface NSD needs two non-empty masks")
+    box = _union_bounding_box(pred_mask, ref_mask)
+    crops = [np.pad(m[box], 1) for m in (pred_mask, ref_mask)]
+    pred_t, ref_t = (torch.from_numpy(np.ascontiguousarray(c))[None, None] for c in crops)
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own code passes internally
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        value = compute_surface_dice(pred_t, ref_t, class_thresholds=[_tolerance_limit(tolerance_mm)],
+                                     include_background=True, spacing=list(spacing), use_subvoxels=True)
+    return float(value.reshape(-1)[0])
 
 
 # ---------------------------------------------------------------- labels
@@ -176,7 +223,7 @@ def _check_predictions_present(pred_folder: Path, cases: list[str], file_ending:
         raise FileNotFoundError(f"{pred_folder}: no prediction for case {shown} (expected {missing[0]}{file_ending})")
 
 
-def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float) -> list[dict]:
+def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float, nsd_method: str = "voxel") -> list[dict]:
     """Dice and NSD of every organ of one case; spacing from the reference, whose grid the prediction must share."""
     pred_path, ref_path = Path(pred_path), Path(ref_path)
     pred_img, ref_img = _read(pred_path), _read(ref_path)
@@ -190,7 +237,7 @@ def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float) -> lis
         values = _label_values(value)
         pred_mask, ref_mask = np.isin(pred, values), np.isin(ref, values)
         rows.append({"organ": organ, "label": _label_text(value), "dice": dice(pred_mask, ref_mask),
-                     "nsd": normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm)})
+                     "nsd": normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm, nsd_method)})
     return rows
 
 
@@ -205,18 +252,23 @@ def write_csv(rows: list[dict], path) -> Path:
 
 
 def evaluate_folder(pred_folder, ref_folder, labels: dict, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-                    out_csv=None, file_ending: str = ".nii.gz") -> list[dict]:
+                    out_csv=None, file_ending: str = ".nii.gz", nsd_method: str = "voxel") -> list[dict]:
     """One row (case, organ, label, dice, nsd) per reference case and organ; every reference case needs a
-    prediction of the same name on the same grid. Checks all predictions exist before computing anything."""
+    prediction of the same name on the same grid. Checks all predictions exist before computing anything.
+    ``nsd_method``: "voxel" or "surface" (see ``normalized_surface_dice``)."""
     pred_folder = Path(pred_folder)
     if not labels:
         raise ValueError("no organ labels given")
+    if nsd_method not in NSD_METHODS:
+        raise ValueError(f"NSD method {nsd_method!r} is not one of {', '.join(NSD_METHODS)}")
+    if not pred_folder.is_dir():
+        raise FileNotFoundError(f"prediction folder {pred_folder} does not exist")
     cases = reference_cases(ref_folder, file_ending)
     _check_predictions_present(pred_folder, cases, file_ending)
     rows = []
     for case in cases:
         for row in evaluate_case(pred_folder / (case + file_ending), Path(ref_folder) / (case + file_ending),
-                                 labels, tolerance_mm):
+                                 labels, tolerance_mm, nsd_method):
             rows.append({"case": case, **row})
     if out_csv is not None:
         write_csv(rows, out_csv)
@@ -239,8 +291,9 @@ def _mean_sd(values: np.ndarray) -> tuple[float, float]:
 
 def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided p of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults: zero differences
-    dropped, exact distribution for small samples without ties). 1.0 when every difference is zero, NaN without
-    pairs."""
+    dropped; exact for small samples, with ties or zeros too in scipy >= 1.9, see docs/evaluation.md). 1.0 when every
+    difference is zero, NaN without pairs."""
+    from scipy import stats
     if a.size == 0:
         return math.nan
     if np.all(a == b):
@@ -293,20 +346,26 @@ def _fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
 
-def markdown_table(table: list[dict], tolerance_mm: float) -> str:
+def nsd_name(tolerance_mm: float, nsd_method: str = "voxel", spaced: bool = False) -> str:
+    """How tables and plots name the NSD: 'NSD@2mm' (voxel method), 'NSD@1mm surface' (surface elements)."""
+    name = f"NSD @ {tolerance_mm:g} mm" if spaced else f"NSD@{tolerance_mm:g}mm"
+    return name + (" surface" if nsd_method == "surface" else "")
+
+
+def markdown_table(table: list[dict], tolerance_mm: float, nsd_method: str = "voxel") -> str:
     """The comparison as a Markdown table: mean ± sd per method, p of the paired Wilcoxon signed-rank test."""
     a, b = table[0]["method_a"], table[0]["method_b"]
     lines = [f"| organ | metric | n | {a} | {b} | {a} - {b} | p (Wilcoxon) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
-        metric = "Dice" if r["metric"] == "dice" else f"NSD@{tolerance_mm:g}mm"
+        metric = "Dice" if r["metric"] == "dice" else nsd_name(tolerance_mm, nsd_method)
         lines.append(f"| {r['organ']} | {metric} | {r['n']} | {_fmt(r['mean_a'])} ± {_fmt(r['sd_a'])} | "
                      f"{_fmt(r['mean_b'])} ± {_fmt(r['sd_b'])} | {_fmt(r['mean_diff'])} | {_fmt_p(r['p_value'])} |")
     return "\n".join(lines) + "\n"
 
 
 def box_plot(rows_a: list[dict], rows_b: list[dict], organs: list[str], names: tuple[str, str],
-             tolerance_mm: float, path) -> Path:
+             tolerance_mm: float, path, nsd_method: str = "voxel") -> Path:
     """One panel per metric, per organ the two methods' per-case values side by side (NaN cases left out)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with agg
 
@@ -323,7 +382,7 @@ def box_plot(rows_a: list[dict], rows_b: list[dict], organs: list[str], names: t
                 patch.set_facecolor(colours[k])
             boxes["boxes"][0].set_label(name)
         ax.set_xticks([i * 3 + 0.5 for i in range(len(organs))], organs, rotation=30, ha="right")
-        ax.set_ylabel("Dice" if metric == "dice" else f"NSD @ {tolerance_mm:g} mm")
+        ax.set_ylabel("Dice" if metric == "dice" else nsd_name(tolerance_mm, nsd_method, spaced=True))
         ax.set_ylim(-0.02, 1.02)
         ax.legend(loc="lower left")
     path = Path(path)
@@ -333,23 +392,24 @@ def box_plot(rows_a: list[dict], rows_b: list[dict], organs: list[str], names: t
 
 
 def compare(folder_a, folder_b, ref_folder, labels: dict, names=("SACL", "nnU-Net"), out_dir="comparison",
-            tolerance_mm: float = DEFAULT_TOLERANCE_MM, file_ending: str = ".nii.gz") -> list[dict]:
+            tolerance_mm: float = DEFAULT_TOLERANCE_MM, file_ending: str = ".nii.gz",
+            nsd_method: str = "voxel") -> list[dict]:
     """Evaluates both prediction folders against ``ref_folder`` and compares them per organ with the paired Wilcoxon
     signed-rank test. Writes into ``out_dir``: per_case_<name>.csv (both), comparison.csv, comparison.md,
     comparison_boxplot.png. Returns the comparison table."""
     names = tuple(names)
     if len(names) != 2 or names[0] == names[1]:
         raise ValueError(f"names must be two different method names, got {names}")
-    rows_a = evaluate_folder(folder_a, ref_folder, labels, tolerance_mm, file_ending=file_ending)
-    rows_b = evaluate_folder(folder_b, ref_folder, labels, tolerance_mm, file_ending=file_ending)
+    rows_a = evaluate_folder(folder_a, ref_folder, labels, tolerance_mm, file_ending=file_ending, nsd_method=nsd_method)
+    rows_b = evaluate_folder(folder_b, ref_folder, labels, tolerance_mm, file_ending=file_ending, nsd_method=nsd_method)
     organs = list(labels)
     table = comparison_table(rows_a, rows_b, organs, names)
     out_dir = Path(out_dir)
     for rows, name in zip((rows_a, rows_b), names):
         write_csv(rows, out_dir / f"per_case_{_file_safe(name)}.csv")
     write_csv(table, out_dir / "comparison.csv")
-    (out_dir / "comparison.md").write_text(markdown_table(table, tolerance_mm))
-    box_plot(rows_a, rows_b, organs, names, tolerance_mm, out_dir / "comparison_boxplot.png")
+    (out_dir / "comparison.md").write_text(markdown_table(table, tolerance_mm, nsd_method))
+    box_plot(rows_a, rows_b, organs, names, tolerance_mm, out_dir / "comparison_boxplot.png", nsd_method)
     return table
 
 
@@ -374,7 +434,8 @@ def _run_evaluate(args) -> int:
     try:
         labels = parse_labels(args.d)
         out = args.o or str(Path(args.p) / "evaluation.csv")
-        rows = evaluate_folder(args.p, args.r, labels, args.tolerance, out_csv=out, file_ending=args.file_ending)
+        rows = evaluate_folder(args.p, args.r, labels, args.tolerance, out_csv=out, file_ending=args.file_ending,
+                               nsd_method=args.nsd_method)
     except (ValueError, FileNotFoundError) as e:
         print(f"nnunet-sacl evaluate: {e}", file=sys.stderr)
         return 1
@@ -386,11 +447,12 @@ def _run_evaluate(args) -> int:
 def _run_compare(args) -> int:
     try:
         labels = parse_labels(args.d)
-        table = compare(args.a, args.b, args.r, labels, tuple(args.names), args.o, args.tolerance, args.file_ending)
+        table = compare(args.a, args.b, args.r, labels, tuple(args.names), args.o, args.tolerance, args.file_ending,
+                        args.nsd_method)
     except (ValueError, FileNotFoundError) as e:
         print(f"nnunet-sacl compare: {e}", file=sys.stderr)
         return 1
-    print(markdown_table(table, args.tolerance), end="")
+    print(markdown_table(table, args.tolerance, args.nsd_method), end="")
     print(f"written to {args.o}: comparison.csv, comparison.md, comparison_boxplot.png, per_case_*.csv")
     return 0
 
@@ -401,20 +463,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="dataset.json (its 'labels', without background/ignore) or 'liver=1,spleen=2,kidneys=3+4'")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM,
                    help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM:g})")
+    p.add_argument("--nsd-method", choices=NSD_METHODS, default="voxel",
+                   help="voxel: one point per boundary voxel (default); surface: DeepMind's area-weighted surface "
+                        "elements, as the FLARE and MSD challenges score (use with --tolerance 1 for FLARE)")
     p.add_argument("--file-ending", default=".nii.gz", help="segmentation file ending (default .nii.gz)")
 
 
 def add_cli(subparsers) -> None:
     """Registers the ``evaluate`` and ``compare`` subcommands on an argparse subparsers object."""
     p = subparsers.add_parser("evaluate", help="per-case, per-organ Dice and NSD of a prediction folder",
-                              epilog=EXAMPLES["evaluate"])
+                              epilog=EXAMPLES["evaluate"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-p", required=True, metavar="PRED", help="folder of predicted segmentations")
     _add_common(p)
     p.add_argument("-o", metavar="CSV", help="CSV to write (default PRED/evaluation.csv)")
     p.set_defaults(func=_run_evaluate)
 
     p = subparsers.add_parser("compare", help="compare two prediction folders per organ (Wilcoxon signed-rank)",
-                              epilog=EXAMPLES["compare"])
+                              epilog=EXAMPLES["compare"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-a", required=True, metavar="FOLDER", help="predictions of the first method (e.g. SACL)")
     p.add_argument("-b", required=True, metavar="FOLDER", help="predictions of the second method (e.g. nnU-Net)")
     _add_common(p)

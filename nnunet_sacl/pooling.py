@@ -33,13 +33,15 @@ def _sample_class_keys(seg: torch.Tensor, num_classes: int, ignore_label: Option
 def _cell_of_each_voxel(label_shape, feature_shape, device) -> torch.Tensor:
     """Flat index of the feature cell that holds each label voxel's centre (the 'nearest-exact' rule).
 
-    Along each axis, label voxel i (of S) lies in feature cell floor((i + 0.5) * F / S), clamped to F - 1. For
-    integer ratios S / F this is plain block pooling; it also covers non-integer ratios and labels coarser than
-    the features. Returns an int64 tensor of ``label_shape``.
+    Along each axis, label voxel i (of S) lies in feature cell floor((i + 0.5) * F / S) = ((2i + 1) * F) // (2S),
+    which is at most F - 1. Integer arithmetic: in floating point, a centre lying exactly on a cell border
+    (S=11, F=30, i=5: 165/11 = 15) can round down into the lower cell. For integer ratios S / F this is plain block
+    pooling; it also covers non-integer ratios and labels coarser than the features. Returns an int64 tensor of
+    ``label_shape``.
     """
     cell = torch.zeros((), dtype=torch.long, device=device)
     for axis, (s, f) in enumerate(zip(label_shape, feature_shape)):
-        idx = ((torch.arange(s, device=device, dtype=torch.float64) + 0.5) * (f / s)).floor().long().clamp_max(f - 1)
+        idx = ((2 * torch.arange(s, device=device, dtype=torch.long) + 1) * f) // (2 * s)
         view = [1] * len(label_shape)
         view[axis] = s
         cell = cell * f + idx.view(view)

@@ -12,16 +12,19 @@ Sources and the caveats on them are in docs/btcv.md and docs/flare21.md. A missi
 unknown case, a grid mismatch or a foreign label value stops the export, naming the case; the output folder is
 staged and only appears when every case passed.
 """
+from __future__ import annotations
+
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import numpy as np
-import SimpleITK as sitk
-
 from nnunet_sacl.converters import BTCV_LABELS, FLARE21_LABELS, geometry, geometry_mismatch, staged_folder
+from nnunet_sacl.lazy import lazy_import
+
+np = lazy_import("numpy")
+sitk = lazy_import("SimpleITK")
 
 TEST_IMAGE_SUFFIX = "_0000.nii.gz"
 
@@ -121,8 +124,8 @@ def export_submission(prediction_folder, out_folder, challenge: str, test_images
     return out_folder
 
 
-EXAMPLE = ("nnunet-sacl export-submission -i pred_btcv -o submission_btcv --challenge btcv "
-           "--images $nnUNet_raw/Dataset017_BTCV/imagesTs")
+EXAMPLE = ("nnunet-sacl export-submission -i pred_btcv -o submission_btcv --challenge btcv \\\n"
+           "      --images $nnUNet_raw/Dataset017_BTCV/imagesTs")
 
 
 def _run(args) -> int:
@@ -137,8 +140,10 @@ def _run(args) -> int:
 
 def add_cli(subparsers) -> None:
     """Registers ``export-submission`` on the ``nnunet-sacl`` subparsers."""
+    import argparse
     p = subparsers.add_parser("export-submission", help="rename and check nnUNetv2_predict output for a "
-                                                        "challenge submission", epilog=EXAMPLE)
+                                                        "challenge submission", epilog=EXAMPLE,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", required=True, metavar="PRED", help="nnUNetv2_predict output folder")
     p.add_argument("-o", required=True, metavar="OUT",
                    help="new folder for the submission files (must not exist, or be empty)")

@@ -11,16 +11,14 @@ from dataclasses import dataclass, field
 from os.path import basename, dirname, isfile, join
 from typing import Optional
 
-import torch
-
 # nnU-Net's loader does not transfer (and does not check) keys containing these
 SKIPPED_BY_NNUNET = ('.seg_layers.',)
 FILE_PREFIXES = ('module.', '_orig_mod.')     # DDP / torch.compile wrappers, which nnU-Net's loader does not strip
 
-EXAMPLE = ("nnunet-sacl check-weights \\\n"
-           "    $nnUNet_results/Dataset017_A/SACLPretrainer__nnUNetPlans__3d_fullres/fold_0/"
-           "checkpoint_sacl_encoder.pth \\\n"
-           "    -d 18 -c 3d_fullres -p nnUNetPlans_from17    # exit code 0: the weights fit; 1: they do not (see why)")
+EXAMPLE = ("A=$nnUNet_results/Dataset017_A/SACLPretrainer__nnUNetPlans__3d_fullres\n"
+           "nnunet-sacl check-weights $A/fold_0/checkpoint_sacl_encoder.pth \\\n"
+           "    -d 18 -c 3d_fullres -p nnUNetPlans_from17\n"
+           "# exit code 0: the weights fit; 1: they do not (the output says why)")
 
 
 @dataclass
@@ -143,6 +141,7 @@ def load_target_plans(dataset, configuration: str, plans_identifier: str):
 def target_state_dict(dataset, configuration: str, plans_identifier: str) -> tuple:
     """Architecture and key shapes of the network nnU-Net builds for B (nnUNetTrainer.build_network_architecture).
     Built on the meta device: only shapes are needed, no memory or init time."""
+    import torch
     from nnunet_sacl.nnunet.network import build_nnunet_network
     plans_manager, config, dataset_json = load_target_plans(dataset, configuration, plans_identifier)
     with torch.device("meta"):
@@ -153,10 +152,18 @@ def target_state_dict(dataset, configuration: str, plans_identifier: str) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ the file's side
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")   # torch.save's zip archive; the legacy format's pickle protocol
+
+
 def read_weights_file(weights_file: str) -> dict:
     from nnunet_sacl.nnunet.checkpoints import read_checkpoint
     if not isfile(weights_file):
         raise FileNotFoundError(f"Weights file {weights_file} does not exist")
+    with open(weights_file, "rb") as f:
+        start = f.read(4)
+    if not start.startswith(TORCH_FILE_STARTS):
+        raise ValueError(f"{weights_file} is not a torch checkpoint (torch.save writes a zip archive; this file "
+                         f"starts with {start!r}); pass checkpoint_sacl_encoder.pth or an nnU-Net checkpoint_*.pth")
     return read_checkpoint(weights_file)
 
 

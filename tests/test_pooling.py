@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnunet_sacl.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
+from nnunet_sacl.pooling import _cell_of_each_voxel, mask_pool, organ_masked_inputs, organ_mean_intensity
 
 
 def reference_mask_pool(features, seg, num_classes, ignore_label=None, min_voxels=1):
@@ -55,6 +55,24 @@ def test_mask_pool_equals_loop_reference(feature_shape, label_shape, ignore_labe
     assert labels.tolist() == ref_labels.tolist() and samples.tolist() == ref_samples.tolist()
     assert (0, 2) not in list(zip(samples.tolist(), labels.tolist()))  # absent organ gives no row
     torch.testing.assert_close(emb.double(), ref_emb, rtol=1e-5, atol=1e-6)
+
+
+def test_cell_rule_is_nearest_exact_for_every_size_pair_up_to_64():
+    """Every (label size S, feature size F) up to 64: the cell of each label voxel is the source index that torch's
+    'nearest-exact' upsampling reads, and the rule floor((i + 0.5) * F / S) in exact rational arithmetic (a voxel
+    centre on a cell border, e.g. S=11, F=30, i=5, belongs to the upper cell)."""
+    from fractions import Fraction
+    wrong = []
+    for s in range(1, 65):
+        for f in range(1, 65):
+            cells = _cell_of_each_voxel((s,), (f,), "cpu").tolist()
+            source = torch.arange(f, dtype=torch.float64).view(1, 1, f)
+            nearest_exact = F.interpolate(source, size=s, mode="nearest-exact").view(-1).long().tolist()
+            rational = [min(int((i + Fraction(1, 2)) * f / s), f - 1) for i in range(s)]
+            if cells != nearest_exact or cells != rational:
+                wrong.append((s, f))
+    assert not wrong, f"{len(wrong)} (S, F) pairs differ, first: {wrong[:5]}"
+    assert _cell_of_each_voxel((11,), (30,), "cpu")[5] == 15
 
 
 def test_min_voxels_drops_small_organs():

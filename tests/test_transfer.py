@@ -187,9 +187,12 @@ def test_other_architecture_class_is_named(in_process, encoder_file, tmp_path):
 def test_errors_name_the_file_and_the_choices(in_process, encoder_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="Weights file .*nope.pth does not exist"):
         check_weights(str(tmp_path / "nope.pth"), A_ID, "3d_fullres")
-    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 a zip archive cut short")
     with pytest.raises(RuntimeError, match="Cannot read checkpoint .*broken.pth"):
         check_weights(str(tmp_path / "broken.pth"), A_ID, "3d_fullres")
+    (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pth is not a torch checkpoint"):
+        check_weights(str(tmp_path / "notes.pth"), A_ID, "3d_fullres")
     with pytest.raises(FileNotFoundError, match=r"No plans file .*nnUNetPlans_x\.json\. Plans of "
                                                 rf"{A_NAME}: nnUNetPlans"):
         check_weights(encoder_file, A_ID, "3d_fullres", "nnUNetPlans_x")

@@ -1,13 +1,17 @@
 """The pretraining phase's curves: kept per epoch, saved in checkpoints, drawn on top of nnU-Net's progress.png."""
+from contextlib import contextmanager
 from os.path import isfile, join
 
 import matplotlib
 
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
 PRETRAIN_KEYS = ("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds")
+NNUNET_PSEUDO_DICE_LABEL = "pseudo dice"
+PSEUDO_DICE_LABEL = "pseudo dice (mean over organs)"
 
 
 def new_pretrain_log() -> dict:
@@ -15,25 +19,41 @@ def new_pretrain_log() -> dict:
 
 
 def plot_pretraining(log: dict, filename: str, width_inches: float = 30) -> None:
-    """One panel: contrastive loss (left axis) and learning rate (right axis) per pretraining epoch."""
-    with plt.rc_context({"font.size": 25}):  # the size nnU-Net's own panels use (seaborn font_scale 2.5)
-        _plot_pretraining(log, filename, width_inches)
-
-
-def _plot_pretraining(log: dict, filename: str, width_inches: float) -> None:
-    fig, ax = plt.subplots(1, 1, figsize=(width_inches, 12))
+    """One panel in the style of nnU-Net's progress.png panels (seaborn darkgrid, font scale 2.5, 30 x 18 inches,
+    thick lines, legends above): contrastive loss (left axis) and learning rate (right axis) per pretraining epoch."""
+    sns.set(font_scale=2.5)  # what nnU-Net's LocalLogger.plot_progress_png sets before drawing its panels
+    fig, ax = plt.subplots(1, 1, figsize=(width_inches, 18))
     epochs = list(range(len(log["loss"])))
-    ax.plot(epochs, log["loss"], color="b", linewidth=4, label="SACL contrastive loss")
+    ax.plot(epochs, log["loss"], color="b", ls="-", linewidth=4, label="SACL contrastive loss")
     ax.set_xlabel("pretraining epoch")
     ax.set_ylabel("contrastive loss")
     ax.legend(loc=(0, 1))
     ax2 = ax.twinx()
-    ax2.plot(epochs, log["lr"], color="g", ls="--", linewidth=3, label="learning rate")
+    ax2.plot(epochs, log["lr"], color="g", ls="dotted", linewidth=3, label="learning rate")
     ax2.set_ylabel("learning rate")
-    ax2.legend(loc=(0.3, 1))
-    fig.tight_layout()
+    ax2.legend(loc=(0.2, 1))
+    plt.tight_layout()
     fig.savefig(filename)
     plt.close(fig)
+
+
+@contextmanager
+def pseudo_dice_axis_named_as_mean():
+    """While nnU-Net draws its panels, its right axis label 'pseudo dice' becomes 'pseudo dice (mean over organs)':
+    the curve is the mean over the foreground classes, which the bare name does not say. nnU-Net's plot has no
+    option for its labels, so ``Axes.set_ylabel`` is wrapped for the duration of the call (copying nnU-Net's plot
+    function for one label would fork it)."""
+    from matplotlib.axes import Axes
+    original = Axes.set_ylabel
+
+    def set_ylabel(self, label, *args, **kwargs):
+        return original(self, PSEUDO_DICE_LABEL if label == NNUNET_PSEUDO_DICE_LABEL else label, *args, **kwargs)
+
+    Axes.set_ylabel = set_ylabel
+    try:
+        yield
+    finally:
+        Axes.set_ylabel = original
 
 
 def stack_png_on_top(top_png: str, bottom_png: str, out_png: str) -> None:
@@ -58,7 +78,8 @@ class SACLLocalLogger(LocalLogger):
         self.pretrain_log = pretrain_log
 
     def plot_progress_png(self, output_folder):
-        super().plot_progress_png(output_folder)
+        with pseudo_dice_axis_named_as_mean():
+            super().plot_progress_png(output_folder)
         if self.pretrain_log["loss"]:
             pre = join(output_folder, "progress_pretraining.png")
             if not isfile(pre):

@@ -1,0 +1,103 @@
+"""What a user sees when something is wrong or when asking for help: one-line errors that say what is wrong, help
+text for every option, examples that keep their lines, and a start-up that does not load torch, scipy or numpy."""
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import nnunet_bin
+
+
+def subcommand_parsers():
+    """name -> parser of every registered ``nnunet-sacl`` subcommand (as ``main`` builds them)."""
+    from nnunet_sacl import cli
+    captured = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(parser, args=None, namespace=None):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        captured.update(sub.choices)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            cli.main([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    return captured
+
+
+def test_every_option_has_help_text():
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, parser in subcommand_parsers().items() for action in parser._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert not missing, f"options without help: {missing}"
+
+
+def test_examples_keep_their_lines_in_help():
+    """argparse re-wraps an epilog unless the parser keeps raw text; then an example breaks mid-argument."""
+    for name, parser in subcommand_parsers().items():
+        assert parser.epilog, f"{name} has no example"
+        os.environ["COLUMNS"] = "80"
+        try:
+            shown = parser.format_help().splitlines()
+        finally:
+            del os.environ["COLUMNS"]
+        for line in parser.epilog.splitlines():
+            assert len(line) <= 80, f"{name}: example line longer than 80 characters: {line!r}"
+            assert line in shown, f"{name}: example line re-wrapped in --help: {line!r}"
+
+
+def test_start_up_loads_no_heavy_module():
+    """``nnunet-sacl --help`` and ``env`` must not import torch, scipy, SimpleITK or numpy (together seconds)."""
+    code = ("import sys\n"
+            "from nnunet_sacl.cli import main\n"
+            "for argv in (['--help'], ['env']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = ('torch', 'scipy.stats', 'scipy.ndimage', 'SimpleITK.SimpleITK', 'numpy._core', 'nnunetv2',\n"
+            "         'matplotlib', 'monai')\n"
+            "print('LOADED', [m for m in heavy if m in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "LOADED []" in r.stdout, r.stdout + r.stderr
+
+
+def test_evaluate_names_a_missing_prediction_folder(tmp_path, capsys):
+    from nnunet_sacl.cli import main
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "case_0.nii.gz").write_bytes(b"")
+    missing = tmp_path / "pred_missing"
+    assert main(["evaluate", "-p", str(missing), "-r", str(tmp_path / "ref"), "-d", "liver=1"]) == 1
+    err = capsys.readouterr().err
+    assert f"prediction folder {missing} does not exist" in err and "no prediction for case" not in err
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("12345", "nnunet-sacl embeddings: dataset 12345: Could not find a dataset with the ID 12345"),
+    ("123", "nnunet-sacl embeddings: no trained model {res}/Dataset123_Planned/SACLTrainer__nnUNetPlans__3d_fullres "
+            "(trainer SACLTrainer, plans nnUNetPlans, configuration 3d_fullres); check -tr, -p and -c")])
+def test_embeddings_without_dataset_or_model_is_one_line(tmp_path, dataset, expected):
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
+               nnUNet_results=str(tmp_path / "res"))
+    for key in ("raw", "pre", "res"):
+        (tmp_path / key).mkdir()
+    (tmp_path / "pre" / "Dataset123_Planned").mkdir()
+    r = subprocess.run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", dataset], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected.format(res=tmp_path / "res")), r.stderr
+
+
+def test_check_weights_says_a_text_file_is_not_a_checkpoint(tmp_path, capsys):
+    from nnunet_sacl.cli import main
+    text = tmp_path / "weights.pth"
+    text.write_text("not weights\n")
+    assert main(["check-weights", str(text), "-d", "1", "-c", "3d_fullres"]) == 1
+    err = capsys.readouterr().err
+    assert f"{text} is not a torch checkpoint" in err and "killed" not in err

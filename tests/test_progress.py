@@ -1,0 +1,93 @@
+"""progress.png: the pretraining panel is drawn in nnU-Net's panel style, and nnU-Net's pseudo-Dice axis says that
+it is the mean over organs. The figures are inspected as they are saved (``Figure.savefig`` spied on)."""
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from PIL import Image
+
+from nnunet_sacl.nnunet.progress import PSEUDO_DICE_LABEL, SACLLocalLogger, new_pretrain_log, plot_pretraining
+
+
+def fill_logs(logger: SACLLocalLogger, pretrain_epochs=4, epochs=3):
+    for e in range(pretrain_epochs):
+        for key, value in zip(("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds"),
+                              (3.0 - 0.3 * e, 0.01 * (1 - e / pretrain_epochs), 5.0, 0, 1.0)):
+            logger.pretrain_log[key].append(value)
+    for e in range(epochs):
+        for key, value in (("mean_fg_dice", 0.05 * e), ("ema_fg_dice", 0.04 * e), ("dice_per_class_or_region", [0.1]),
+                           ("train_losses", -0.1 * e), ("val_losses", -0.05 * e), ("lrs", 0.01),
+                           ("epoch_start_timestamps", 10.0 * e), ("epoch_end_timestamps", 10.0 * e + 9)):
+            logger.log(key, value, e)
+
+
+def spy_on_savefig(saved: list):
+    """Records, per saved figure: file, size in inches and, per axes, facecolor, y label, label font size, grid,
+    line widths. Returns the original ``Figure.savefig`` (to restore)."""
+    original = Figure.savefig
+
+    def spy(fig, fname, *args, **kwargs):
+        saved.append({"file": str(fname), "size": tuple(fig.get_size_inches()),
+                      "axes": [{"facecolor": ax.get_facecolor(), "ylabel": ax.get_ylabel(),
+                                "fontsize": ax.yaxis.label.get_fontsize(),
+                                "grid": ax.yaxis._major_tick_kw.get("gridOn"),
+                                "linewidths": [line.get_linewidth() for line in ax.get_lines()]}
+                               for ax in fig.axes]})
+        return original(fig, fname, *args, **kwargs)
+
+    Figure.savefig = spy
+    return original
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """SACLLocalLogger.plot_progress_png once (nnU-Net's panels, then ours on top): the folder and saved figures."""
+    folder = tmp_path_factory.mktemp("progress")
+    saved = []
+    original_set_ylabel = Axes.set_ylabel
+    original = spy_on_savefig(saved)
+    try:
+        logger = SACLLocalLogger(new_pretrain_log())
+        fill_logs(logger)
+        logger.plot_progress_png(str(folder))
+    finally:
+        Figure.savefig = original
+    assert Axes.set_ylabel is original_set_ylabel          # restored after drawing
+    nnunet_fig = next(f for f in saved if f["file"].endswith("progress.png"))
+    ours = next(f for f in saved if f["file"].endswith("progress_pretraining.png"))
+    return folder, nnunet_fig, ours
+
+
+def test_pretraining_panel_has_nnunet_panel_style(drawn):
+    folder, nnunet_fig, ours = drawn
+    theirs = nnunet_fig["axes"][0]                          # nnU-Net's loss / pseudo-Dice panel
+    mine = ours["axes"][0]
+    assert mine["facecolor"] == theirs["facecolor"] and mine["fontsize"] == theirs["fontsize"]
+    assert mine["grid"] == theirs["grid"]
+    assert ours["size"][0] == nnunet_fig["size"][0] and ours["size"][1] == pytest.approx(nnunet_fig["size"][1] / 3)
+    assert max(mine["linewidths"]) == max(theirs["linewidths"])
+    stacked = Image.open(folder / "progress.png")
+    assert stacked.size == (3000, 1800 + 5400)             # our panel above nnU-Net's three, same width
+
+
+def test_pseudo_dice_axis_says_mean_over_organs(drawn):
+    labels = [a["ylabel"] for a in drawn[1]["axes"]]
+    assert PSEUDO_DICE_LABEL in labels and "pseudo dice" not in labels
+
+
+def test_pretraining_panel_alone_in_a_fresh_process_style(tmp_path, drawn):
+    """During pretraining nnU-Net has drawn nothing yet: the panel must set nnU-Net's style itself."""
+    import matplotlib
+    matplotlib.rcdefaults()
+    saved = []
+    original = spy_on_savefig(saved)
+    try:
+        log = new_pretrain_log()
+        log["loss"], log["lr"] = [2.0, 1.5, 1.2], [0.01, 0.007, 0.004]
+        plot_pretraining(log, str(tmp_path / "p.png"))
+    finally:
+        Figure.savefig = original
+    assert Image.open(tmp_path / "p.png").size == (3000, 1800)
+    assert [a["ylabel"] for a in saved[0]["axes"]] == ["contrastive loss", "learning rate"]
+    theirs = drawn[1]["axes"][0]
+    assert saved[0]["axes"][0]["facecolor"] == theirs["facecolor"]
+    assert saved[0]["axes"][0]["fontsize"] == theirs["fontsize"]
