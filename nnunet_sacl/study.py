@@ -9,9 +9,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer SACLTrainer_joint -f 0 1 2 3 4 "
-           "-o study_btcv\n"
-           "nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer -f 0 1 2 3 4 --slurm-array runs.sbatch")
+EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
+           "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
+           "nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
+           "    --slurm-array runs.sbatch")
 DEFAULT_FOLDS = 5          # nnU-Net's split when the dataset has no splits_final.json
 
 
@@ -49,6 +50,7 @@ class Study:
     test_images: Path = None
     test_labels: Path = None
     tolerance: float = 2.0
+    nsd_method: str = "voxel"
 
     @property
     def runs(self) -> list:
@@ -157,7 +159,7 @@ def make_study(args) -> Study:
         raise StudyError(f"-device {args.device}: use cuda, cpu or mps (as nnUNetv2_train)")
     return Study(dataset, args.c, args.p, list(args.tr), list(args.f), args.device, Path(args.o), preprocessed,
                  file_ending, labels_from_dataset_json(preprocessed / "dataset.json"), test_images, test_labels,
-                 args.tolerance)
+                 args.tolerance, args.nsd_method)
 
 
 # ---------------------------------------------------------------- running nnU-Net
@@ -249,7 +251,7 @@ def evaluate(study: Study) -> list:
         _check_predictions_present(predictions, cases, study.file_ending)
         for case in cases:
             for r in evaluate_case(predictions / (case + study.file_ending), reference / (case + study.file_ending),
-                                   study.labels, study.tolerance):
+                                   study.labels, study.tolerance, study.nsd_method):
                 rows.append({"trainer": run.trainer, "fold": run.fold, "case": case, "organ": r["organ"],
                              "dice": r["dice"], "nsd": r["nsd"]})
     return rows
@@ -271,7 +273,7 @@ def run_study(study: Study, command: str = None, log=_say) -> Path:
 def command_line(args) -> str:
     """The study's own command, for the report (reproducible as written)."""
     cmd = ["nnunet-sacl", "study", "-d", args.d, "-c", args.c, "-tr", *args.tr, "-f", *map(str, args.f), "-p", args.p,
-           "-device", args.device, "-o", args.o, "--tolerance", f"{args.tolerance:g}"]
+           "-device", args.device, "-o", args.o, "--tolerance", f"{args.tolerance:g}", "--nsd-method", args.nsd_method]
     if args.test_images:
         cmd += ["--test-images", args.test_images, "--test-labels", args.test_labels]
     return shlex.join(cmd)
@@ -321,6 +323,9 @@ def add_cli(sub) -> None:
                                          "validation folds; each fold's model predicts them")
     p.add_argument("--test-labels", help="labels of --test-images (one per case)")
     p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--nsd-method", choices=("voxel", "surface"), default="voxel",
+                   help="NSD by boundary voxels (default) or by area-weighted surface elements, as FLARE scores it "
+                        "(see docs/evaluation.md)")
     p.add_argument("-o", default="study", metavar="STUDY_DIR", help="output folder (default ./study)")
     p.add_argument("--print-commands", action="store_true",
                    help="print one nnUNetv2_train line per unfinished run and stop (for a cluster)")

@@ -15,12 +15,14 @@ from os.path import isfile, join
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800
 
-EXAMPLE = ("torchrun --standalone --nproc_per_node 8 -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 --node_rank $SLURM_NODEID --nproc_per_node 8 \\\n"
-           "    --rdzv_backend c10d"
-           " --rdzv_endpoint $HEAD_NODE:29500 --max-restarts 3 --no-python nnunet-sacl train 17 3d_fullres 0 "
-           "-tr SACLTrainer\n"
-           "nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer       # no torchrun: one process, as nnUNetv2_train\n"
+EXAMPLE = ("torchrun --standalone --nproc_per_node 8 \\\n"
+           "    -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 \\\n"
+           "    --node_rank $SLURM_NODEID --nproc_per_node 8 --rdzv_backend c10d \\\n"
+           "    --rdzv_endpoint $HEAD_NODE:29500 --max-restarts 3 \\\n"
+           "    --no-python nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer\n"
+           "# no torchrun: one process, as nnUNetv2_train\n"
+           "nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer\n"
            "(docs/distributed.md: SLURM script, batch and negatives per world size, faults)")
 
 
