@@ -211,8 +211,6 @@ def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration:
 
 
 EXAMPLE = ("nnunet-sacl demo                                   # real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d\n"
-           "nnunet-sacl demo -tr nnUNetTrainer_demo SACLTrainer_demo SACLTrainer_joint_demo   # three arms\n"
-           "nnunet-sacl demo -tr SACLTrainer_demo -c 3d_fullres  # SACL alone, 3d\n"
            "nnunet-sacl demo --synthetic                       # generated shapes, no download")
 
 

@@ -43,7 +43,7 @@ class nnUNetTrainer_smoke(_ShortRun, nnUNetTrainer):
 class _DemoRun(_ShortRun):
     """The demo's run length, and batch 10 instead of the 40 nnU-Net plans for the demo data in 2d: four times the
     updates for the same CPU time."""
-    run_epochs, run_iterations, run_val_iterations, run_batch_size = 30, 25, 2, 10
+    run_epochs, run_iterations, run_val_iterations, run_batch_size = 24, 25, 2, 10
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
@@ -52,14 +52,24 @@ class _DemoRun(_ShortRun):
 
 
 class SACLTrainer_demo(_DemoRun, SACLTrainer):
-    """The README demo on CPU: 10 pretraining + 20 segmentation epochs of 25 iterations, batch 10."""
-    pretrain_epochs = 10
-    run_epochs = 20
+    """The README demo on CPU: 8 pretraining + 16 segmentation epochs of 25 iterations, batch 10."""
+    pretrain_epochs = 8
+    run_epochs = 16
 
 
 class nnUNetTrainer_demo(_DemoRun, nnUNetTrainer):
-    """Stock nnU-Net for the demo's comparison: 30 epochs of 25 iterations, batch 10, as many iterations as
+    """Stock nnU-Net for the demo's comparison: 24 epochs of 25 iterations, batch 10, as many iterations as
     SACLTrainer_demo's two phases together."""
+
+
+class SACLTrainer_demo_smoke(SACLTrainer_demo):
+    """CPU test of the demo: 3 pretraining + 2 segmentation epochs of 4 iterations, batch 4."""
+    pretrain_epochs, run_epochs, run_iterations, run_batch_size = 3, 2, 4, 4
+
+
+class nnUNetTrainer_demo_smoke(nnUNetTrainer_demo):
+    """CPU test of the demo's baseline: 5 epochs of 4 iterations, batch 4 (SACLTrainer_demo_smoke's total)."""
+    run_epochs, run_iterations, run_batch_size = 5, 4, 4
 
 
 class SACLTrainer_PaperStyle(SACLTrainer):
@@ -108,4 +118,5 @@ class nnUNetTrainer_torchaug(OnDeviceAugmentationMixin, nnUNetTrainer):
 
 __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
-           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
+           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_demo_smoke", "nnUNetTrainer_demo_smoke",
+           "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke"]
