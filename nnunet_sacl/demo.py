@@ -13,7 +13,7 @@ from pathlib import Path
 DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "SACLTrainer_demo")
 DEFAULT_CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
-EMBEDDING_CASES = 4  # preprocessed training cases whose organ embeddings give the silhouettes (and t-SNE)
+EMBEDDING_CASES = 2  # preprocessed training cases whose organ embeddings give the silhouettes (and t-SNE)
 
 
 def nnunet_command(name: str) -> str:
@@ -126,16 +126,17 @@ def dice_table(dice: dict, present: set) -> str:
     paired by organ; the means are over the organs present in the held-out labels."""
     arms = list(dice)
     base = arms[0]
-    head = f"  {'organ':30s}" + "".join(f"{a:>22s}" for a in arms) + "".join(f"{'diff ' + str(i + 1):>10s}"
-                                                                            for i in range(1, len(arms)))
+    w = max(len(a) for a in arms) + 2
+    head = f"  {'organ':30s}" + "".join(f"{a:>{w}s}" for a in arms) + "".join(f"{'diff ' + str(i + 1):>10s}"
+                                                                           for i in range(1, len(arms)))
     lines = [head]
     for organ in dice[base]:
         row = f"  {organ + ('' if organ in present else ' (absent)'):30s}"
-        row += "".join(f"{fmt(dice[a][organ]):>22s}" for a in arms)
+        row += "".join(f"{fmt(dice[a][organ]):>{w}s}" for a in arms)
         row += "".join(f"{signed(dice[a][organ] - dice[base][organ]):>10s}" for a in arms[1:])
         lines.append(row)
     means = {a: sum(dice[a][o] for o in present) / len(present) for a in arms}
-    row = f"  {'mean (organs present)':30s}" + "".join(f"{fmt(means[a]):>22s}" for a in arms)
+    row = f"  {'mean (organs present)':30s}" + "".join(f"{fmt(means[a]):>{w}s}" for a in arms)
     lines.append(row + "".join(f"{signed(means[a] - means[base]):>10s}" for a in arms[1:]))
     for i, a in enumerate(arms[1:], 2):
         diffs = [dice[a][o] - dice[base][o] for o in present]
