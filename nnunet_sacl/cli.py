@@ -6,8 +6,6 @@ EXAMPLES = {
     "env": "nnunet-sacl env\n"
            "# prints the export line; exit code 1 if nnUNet_extTrainer is not right",
     "synthetic-data": "nnunet-sacl synthetic-data -d 991    # into $nnUNet_raw/Dataset991_SACLSynthetic",
-    "demo": "nnunet-sacl demo --workdir sacl_demo --device cpu    # real CT\n"
-            "nnunet-sacl demo --synthetic                         # generated shapes",
 }
 RAW = argparse.RawDescriptionHelpFormatter  # examples keep their lines (argparse would re-wrap them mid-argument)
 
@@ -33,12 +31,6 @@ def _synthetic(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
-    from nnunet_sacl.demo import run_demo
-    run_demo(args.workdir, args.device, args.d, args.tr, synthetic=args.synthetic, sdist=args.sdist)
-    return 0
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnunet-sacl", description="SACL pretraining for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,18 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed of the shapes (default 0)")
     p.set_defaults(func=_synthetic)
 
-    p = sub.add_parser("demo", help="plan, pretrain, fine-tune, predict and evaluate on a small dataset",
-                       epilog=EXAMPLES["demo"], formatter_class=RAW)
-    p.add_argument("--workdir", default="sacl_demo", help="holds nnUNet_raw/preprocessed/results of the demo")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
-    p.add_argument("-tr", default="SACLTrainer_demo", help="trainer (default SACLTrainer_demo)")
-    p.add_argument("--synthetic", action="store_true", help="use the generated shapes instead of the real CT")
-    p.add_argument("--sdist", help="a local totalsegmentator-2.18.0.tar.gz (offline; see docs/demo-data.md)")
-    p.set_defaults(func=_demo)
-
-    from nnunet_sacl import converters, demo_data, embeddings, evaluation, submission, weights
-    for module in (converters, demo_data, submission, evaluation, embeddings, weights):
+    from nnunet_sacl import converters, demo, demo_data, embeddings, evaluation, submission, weights
+    for module in (converters, demo, demo_data, submission, evaluation, embeddings, weights):
         module.add_cli(sub)
     from nnunet_sacl import study, train
     for module in (train, study):

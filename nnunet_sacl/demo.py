@@ -1,15 +1,19 @@
-"""The README demo: build the real-CT demo dataset (or the synthetic one), plan and preprocess it, pretrain +
-fine-tune with SACL, predict the held-out case and evaluate it, each step with nnU-Net's own commands."""
+"""The README demo: build the real-CT demo dataset (or the synthetic one), plan and preprocess it, train a stock
+nnU-Net baseline and SACL at equal total iterations, predict the held-out scan with each and print their Dice side
+by side with the paired difference and the silhouette before/after pretraining; each step is nnU-Net's own command.
+Finished steps of an earlier run in the same work folder are reused (and said so), stopped trainings resume."""
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
-
-from nnunet_sacl.environment import planning_env, with_ext_trainer
-from nnunet_sacl.evaluation import labels_from_dataset_json
+DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "SACLTrainer_demo")
+DEFAULT_CONFIGURATION = "2d"
+PLANS = "nnUNetPlans"
+EMBEDDING_CASES = 2  # preprocessed training cases whose organ embeddings give the silhouettes (and t-SNE)
 
 
 def nnunet_command(name: str) -> str:
@@ -23,6 +27,27 @@ def run(cmd, env):
     subprocess.run(cmd, env=env, check=True)
 
 
+class StepTimer:
+    """Wall time of each demo step, printed as a table at the end (the demo's cost on this machine)."""
+
+    def __init__(self):
+        self.start, self.steps = time.monotonic(), []
+
+    def __call__(self, name, fn, *args, **kwargs):
+        t = time.monotonic()
+        result = fn(*args, **kwargs)
+        self.steps.append((name, time.monotonic() - t))
+        return result
+
+    def report(self) -> str:
+        rows = [f"  {name:52s} {minutes(s)}" for name, s in self.steps]
+        return "\n".join(["Wall time per step:", *rows, f"  {'total':52s} {minutes(time.monotonic() - self.start)}"])
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
+
+
 def demo_dataset(raw_folder: Path, dataset_id: int, synthetic: bool, sdist=None) -> Path:
     """The demo's raw dataset folder, built if it is not there yet."""
     if synthetic:
@@ -31,52 +56,187 @@ def demo_dataset(raw_folder: Path, dataset_id: int, synthetic: bool, sdist=None)
         return folder if folder.is_dir() else make_synthetic_dataset(raw_folder, dataset_id)
     from nnunet_sacl.demo_data import DATASET_NAME, build_demo_dataset
     folder = raw_folder / f"Dataset{dataset_id:03d}_{DATASET_NAME}"
-    return folder if folder.is_dir() else build_demo_dataset(dataset_id, raw_folder, sdist=sdist)
+    if folder.is_dir():
+        print(f"Reusing the dataset {folder} (delete it to build it again)")
+        return folder
+    return build_demo_dataset(dataset_id, raw_folder, sdist=sdist)
 
 
-def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainer="SACLTrainer_demo", fold=0,
-             synthetic=False, sdist=None) -> dict:
-    """Runs the whole pipeline in ``workdir`` (nnUNet_raw/preprocessed/results live there); returns nnU-Net's
-    evaluation summary (summary.json) of the held-out case(s)."""
+def preprocessed(preprocessed_folder: Path, configuration: str, num_training: int) -> bool:
+    """Whether nnU-Net's plans and every training case of the configuration are there already."""
+    plans = preprocessed_folder / f"{PLANS}.json"
+    if not plans.is_file():
+        return False
+    data_identifier = json.loads(plans.read_text())["configurations"].get(configuration, {}).get("data_identifier")
+    folder = preprocessed_folder / str(data_identifier)
+    return data_identifier is not None and folder.is_dir() and len(list(folder.glob("*.pkl"))) == num_training
+
+
+def plan_and_preprocess(dataset_id: int, raw: Path, preprocessed_folder: Path, configuration: str, env: dict):
+    from nnunet_sacl.environment import planning_env
+    num_training = json.loads((raw / "dataset.json").read_text())["numTraining"]
+    if preprocessed(preprocessed_folder, configuration, num_training):
+        print(f"Reusing the plans and preprocessed {configuration} data in {preprocessed_folder}")
+        return
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration, "-np", "2",
+         "--verify_dataset_integrity"], planning_env(env))
+
+
+def train(dataset_id: int, configuration: str, fold: int, trainer: str, model: Path, device: str, env: dict):
+    """nnUNetv2_train, unless the fold finished already (reused, said so); a stopped run resumes with --c."""
+    fold_folder = model / f"fold_{fold}"
+    if (fold_folder / "checkpoint_final.pth").is_file():
+        print(f"\nReusing the finished training of {trainer} in {fold_folder} (delete that folder to train again)")
+        return
+    resume = ["--c"] if (fold_folder / "checkpoint_latest.pth").is_file() else []
+    if resume:
+        print(f"\n{trainer} stopped before it finished: resuming it from {fold_folder / 'checkpoint_latest.pth'}")
+    run([nnunet_command("nnUNetv2_train"), str(dataset_id), configuration, str(fold), "-tr", trainer,
+         "-device", device, *resume], dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "2")))
+
+
+def predict_and_evaluate(raw: Path, dataset_id: int, configuration: str, fold: int, trainer: str, model: Path,
+                         pred: Path, labels: dict, device: str, env: dict) -> dict:
+    """Predicts imagesTs and evaluates it against labelsTs; returns nnU-Net's summary.json. Predictions newer
+    than the model are reused."""
+    summary_file = pred / "summary.json"
+    checkpoint = model / f"fold_{fold}" / "checkpoint_final.pth"
+    if summary_file.is_file() and summary_file.stat().st_mtime > checkpoint.stat().st_mtime:
+        print(f"\nReusing the predictions and evaluation of {trainer} in {pred}")
+    else:
+        run([nnunet_command("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id),
+             "-c", configuration, "-f", str(fold), "-tr", trainer, "-device", device], env)
+        run([nnunet_command("nnUNetv2_evaluate_simple"), str(raw / "labelsTs"), str(pred),
+             "-l", *[str(v) for v in labels.values()]], env)
+    return json.loads(summary_file.read_text())
+
+
+def organs_in_test_labels(raw: Path, labels: dict) -> set:
+    """Names of the organs that occur in at least one held-out label file."""
+    import numpy as np
+    import SimpleITK as sitk
+    present = set()
+    for f in sorted((raw / "labelsTs").glob("*.nii.gz")):
+        present |= {int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f))))}
+    return {name for name, label in labels.items() if label in present}
+
+
+def dice_table(dice: dict, present: set) -> str:
+    """Every arm's Dice per organ side by side; every further arm's difference to the first (the baseline),
+    paired by organ; the means are over the organs present in the held-out labels."""
+    arms = list(dice)
+    base = arms[0]
+    w = max(len(a) for a in arms) + 2
+    head = f"  {'organ':30s}" + "".join(f"{a:>{w}s}" for a in arms) + "".join(f"{'diff ' + str(i + 1):>10s}"
+                                                                           for i in range(1, len(arms)))
+    lines = [head]
+    for organ in dice[base]:
+        row = f"  {organ + ('' if organ in present else ' (absent)'):30s}"
+        row += "".join(f"{fmt(dice[a][organ]):>{w}s}" for a in arms)
+        row += "".join(f"{signed(dice[a][organ] - dice[base][organ]):>10s}" for a in arms[1:])
+        lines.append(row)
+    means = {a: sum(dice[a][o] for o in present) / len(present) for a in arms}
+    row = f"  {'mean (organs present)':30s}" + "".join(f"{fmt(means[a]):>{w}s}" for a in arms)
+    lines.append(row + "".join(f"{signed(means[a] - means[base]):>10s}" for a in arms[1:]))
+    for i, a in enumerate(arms[1:], 2):
+        diffs = [dice[a][o] - dice[base][o] for o in present]
+        wins = sum(d > 0 for d in diffs)
+        lines.append(f"  diff {i}: {a} - {base}; better on {wins}, worse on {sum(d < 0 for d in diffs)} "
+                     f"of the {len(diffs)} organs present")
+    return "\n".join(lines)
+
+
+def fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3f}"
+
+
+def signed(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:+.3f}"
+
+
+def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT_TRAINERS,
+             configuration=DEFAULT_CONFIGURATION, fold=0, synthetic=False, sdist=None) -> dict:
+    """Runs the whole pipeline in ``workdir`` (nnUNet_raw/preprocessed/results live there); returns
+    {trainer: {organ: held-out Dice}} (nan: organ in neither label nor prediction)."""
+    from nnunet_sacl.environment import with_ext_trainer
+    from nnunet_sacl.evaluation import labels_from_dataset_json
+    timer = StepTimer()
     work = Path(workdir).resolve()
     env = with_ext_trainer(os.environ)
     env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(work / "nnUNet_results"))
-    raw = demo_dataset(work / "nnUNet_raw", dataset_id, synthetic, sdist)
+    raw = timer("build the dataset", demo_dataset, work / "nnUNet_raw", dataset_id, synthetic, sdist)
     print(f"dataset: {raw}")
     labels = labels_from_dataset_json(raw / "dataset.json")
-    d = str(dataset_id)
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2",
-         "--verify_dataset_integrity"], planning_env(env))
-    train_env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "2"))
-    run([nnunet_command("nnUNetv2_train"), d, "3d_fullres", str(fold), "-tr", trainer, "-device", device], train_env)
-    pred = work / "predictions" / trainer
-    run([nnunet_command("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", d,
-         "-c", "3d_fullres", "-f", str(fold), "-tr", trainer, "-device", device], env)
-    run([nnunet_command("nnUNetv2_evaluate_simple"), str(raw / "labelsTs"), str(pred),
-         "-l", *[str(v) for v in labels.values()]], env)
-    summary = json.loads((pred / "summary.json").read_text())
-    model = work / "nnUNet_results" / raw.name / f"{trainer}__nnUNetPlans__3d_fullres"
-    print(f"\nDice on the held-out case(s) ({trainer}; nan: organ in neither label nor prediction):")
-    dice = {name: summary["mean"][str(label)]["Dice"] for name, label in labels.items()}
-    for name, value in dice.items():
-        print(f"  {name:32s} {value:.3f}")
-    print(f"  {'mean':32s} {np.nanmean(list(dice.values())):.3f}")
-    print_cluster_quality(model, fold, work / "nnUNet_preprocessed" / raw.name, device)
-    print(f"\nEverything is under {work}; the trained model: {model}")
+    preprocessed_folder = work / "nnUNet_preprocessed" / raw.name
+    timer(f"plan and preprocess ({configuration})", plan_and_preprocess, dataset_id, raw, preprocessed_folder,
+          configuration, env)
+    models = {t: work / "nnUNet_results" / raw.name / f"{t}__{PLANS}__{configuration}" for t in trainers}
+    for t in trainers:
+        timer(f"train {t}", train, dataset_id, configuration, fold, t, models[t], device, env)
+    dice = {}
+    for t in trainers:
+        summary = timer(f"predict + evaluate {t}", predict_and_evaluate, raw, dataset_id, configuration, fold, t,
+                        models[t], work / "predictions" / t, labels, device, env)
+        dice[t] = {name: float(summary["mean"][str(label)]["Dice"]) for name, label in labels.items()}
+    present = organs_in_test_labels(raw, labels)
+    print(f"\nDice on the held-out scan ({configuration}, fold {fold}; absent: organ not in the held-out label, "
+          f"nan: in neither label nor prediction):")
+    print(dice_table(dice, present))
+    silhouettes = {}
+    for t in trainers:
+        if (models[t] / f"fold_{fold}" / "checkpoint_sacl_encoder.pth").is_file():
+            silhouettes[t] = timer(f"silhouettes {t}", print_cluster_quality, t, models[t], fold, configuration,
+                                   preprocessed_folder, device)
+    print()
+    print(timer.report())
+    print(f"\nEverything is under {work}; the trained models: {', '.join(str(m) for m in models.values())}")
     if device == "cpu":
-        print("A CPU demo trains for a few hundred iterations only: it shows the pipeline, not the accuracy that "
-              "nnU-Net's 250,000 iterations reach. The silhouette above shows what SACL pretraining did.")
-    return summary
+        print("A CPU demo trains for a few hundred iterations only: it shows the pipeline and a first comparison, "
+              "not the accuracy that nnU-Net's 250,000 iterations reach.")
+    return {"dice": dice, "present": sorted(present), "silhouettes": silhouettes}
 
 
-def print_cluster_quality(model_folder: Path, fold, preprocessed_folder: Path, device: str) -> None:
+def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration: str, preprocessed_folder: Path,
+                          device: str) -> dict:
     """The pretraining's visible effect: organ embeddings cluster (silhouette before vs after, t-SNE PNG)."""
     from nnunet_sacl.embeddings import embeddings_before_after
     png = model_folder / f"fold_{fold}" / "embeddings_tsne.png"
-    scores = embeddings_before_after(str(model_folder), fold, "3d_fullres", str(preprocessed_folder),
-                                     out_png=str(png), device=device)
-    print("\nOrgan embeddings of the encoder (silhouette, cosine; higher = organs form tighter clusters):")
+    scores = embeddings_before_after(str(model_folder), fold, configuration, str(preprocessed_folder),
+                                     max_cases=EMBEDDING_CASES, out_png=str(png), device=device)
+    print(f"\nOrgan embeddings of {trainer}'s encoder (silhouette, cosine; higher = organs form tighter clusters):")
     for title, score in scores.items():
         print(f"  {title:20s} {score:.3f}")
     print(f"  t-SNE picture: {png}")
+    return scores
+
+
+EXAMPLE = ("nnunet-sacl demo                                   # real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d\n"
+           "nnunet-sacl demo --synthetic                       # generated shapes, no download")
+
+
+def _demo(args) -> int:
+    device = args.device
+    if device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_demo(args.workdir, device, args.d, args.tr, args.c, args.f, synthetic=args.synthetic, sdist=args.sdist)
+    return 0
+
+
+def add_cli(subparsers):
+    """Registers ``demo`` on the ``nnunet-sacl`` sub-command parser."""
+    import argparse
+    p = subparsers.add_parser("demo", help="baseline vs SACL on a small real CT dataset: plan, train both, "
+                              "predict, compare", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="sacl_demo", help="holds nnUNet_raw/preprocessed/results of the demo")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
+    p.add_argument("-tr", nargs="+", default=list(DEFAULT_TRAINERS),
+                   help="trainers to compare, the first is the baseline (default: %(default)s)")
+    p.add_argument("-c", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration (default: %(default)s)")
+    p.add_argument("-f", type=int, default=0, help="fold (default 0)")
+    p.add_argument("--synthetic", action="store_true", help="use the generated shapes instead of the real CT")
+    p.add_argument("--sdist", help="a local totalsegmentator-2.18.0.tar.gz (offline; see docs/demo-data.md)")
+    p.set_defaults(func=_demo)
+    return p

@@ -60,6 +60,10 @@ GAMMA_WINDOW_HU = (-160.0, 240.0)
 CONTRAST_RANGE = (0.9, 1.1)  # about 40 HU (soft tissue)
 BRIGHTNESS_HU = 20.0
 NOISE_SIGMA_HU = (0.0, 20.0)
+# contrast agent raises soft tissue (the held-out scan is contrast-enhanced, the training scan native): every
+# voxel above ENHANCED_FROM_HU[1] gains the drawn offset, fading to none at ENHANCED_FROM_HU[0] (fat, air stay)
+ENHANCEMENT_HU = (0.0, 60.0)
+ENHANCED_FROM_HU = (-60.0, 0.0)
 
 OFFLINE_HELP = (f"On a machine with network access download {SDIST_NAME} from PyPI "
                 f"(https://pypi.org/project/totalsegmentator/2.18.0/#files, or "
@@ -278,11 +282,13 @@ def draw_perturbation(rng: np.random.Generator) -> dict:
         "brightness_hu": float(rng.uniform(-BRIGHTNESS_HU, BRIGHTNESS_HU)),
         "noise_sigma_hu": float(rng.uniform(*NOISE_SIGMA_HU)),
         "noise_seed": int(rng.integers(2 ** 31)),
+        "enhancement_hu": float(rng.uniform(*ENHANCEMENT_HU)),
     }
 
 
 IDENTITY = {"rotation_deg_xyz": [0.0, 0.0, 0.0], "scale": 1.0, "shift_mm_xyz": [0.0, 0.0, 0.0], "gamma": 1.0,
-            "contrast": 1.0, "brightness_hu": 0.0, "noise_sigma_hu": 0.0, "noise_seed": 0}
+            "contrast": 1.0, "brightness_hu": 0.0, "noise_sigma_hu": 0.0, "noise_seed": 0,
+            "enhancement_hu": 0.0}
 
 
 def spatial_transform(p: dict, reference: sitk.Image) -> sitk.Transform:
@@ -299,10 +305,12 @@ def spatial_transform(p: dict, reference: sitk.Image) -> sitk.Transform:
 
 
 def perturb_intensity(hu: np.ndarray, p: dict) -> np.ndarray:
-    """Gamma inside the abdomen window (monotone, the window's ends stay put), then contrast/brightness about
-    soft tissue (40 HU), then Gaussian noise."""
+    """Enhancement of soft tissue (contrast agent), gamma inside the abdomen window (monotone, the window's ends
+    stay put), then contrast/brightness about soft tissue (40 HU), then Gaussian noise."""
     lo, hi = GAMMA_WINDOW_HU
     out = hu.astype(np.float64)
+    fade_lo, fade_hi = ENHANCED_FROM_HU
+    out += p["enhancement_hu"] * np.clip((out - fade_lo) / (fade_hi - fade_lo), 0.0, 1.0)
     inside = (out > lo) & (out < hi)
     out[inside] = lo + (hi - lo) * ((out[inside] - lo) / (hi - lo)) ** p["gamma"]
     out = (out - 40.0) * p["contrast"] + 40.0 + p["brightness_hu"]
@@ -381,7 +389,7 @@ def write_dataset(out: Path, sources: dict, num_training: int, seed: int):
     (out / "dataset.json").write_text(json.dumps(dataset_json(mapping, num_training, seed, perturbations), indent=2))
 
 
-def build_demo_dataset(dataset_id: int, raw_folder=None, sdist=None, num_training: int = 10, seed: int = 0) -> Path:
+def build_demo_dataset(dataset_id: int, raw_folder=None, sdist=None, num_training: int = 20, seed: int = 0) -> Path:
     """Writes ``raw_folder/DatasetXXX_SACLDemoCT`` (default raw folder: $nnUNet_raw) and returns it. Built in a
     temporary folder next to it and moved into place at the end, so a failure leaves no half dataset."""
     if num_training < 2:
@@ -428,8 +436,8 @@ def add_cli(subparsers):
     p.add_argument("-d", type=int, required=True, help="dataset id")
     p.add_argument("--sdist", help=f"a local {SDIST_NAME} (default: the cache folder, else download from PyPI)")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
-    p.add_argument("--num-training", type=int, default=10,
-                   help="number of training cases, seeded perturbations of the one CT (default 10)")
+    p.add_argument("--num-training", type=int, default=20,
+                   help="number of training cases, seeded perturbations of the one CT (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the perturbations (default 0)")
     p.set_defaults(func=_demo_data)
     return p

@@ -47,8 +47,13 @@ def preprocessed_cases(folder: str, max_cases: Optional[int] = None) -> Iterator
 
 
 def patches(data: np.ndarray, seg: np.ndarray, patch_size) -> Iterator[tuple]:
-    """Non-overlapping patch_size tiles covering the case (zero-padded at the far end), as [1, C, *patch] tensors."""
+    """Non-overlapping patch_size tiles covering the case (zero-padded at the far end), as [1, C, *patch] tensors;
+    a 2d patch size tiles every slice of a 3d case (nnU-Net's 2d configuration keeps cases as volumes)."""
     import torch
+    if len(patch_size) == data.ndim - 2:
+        for z in range(data.shape[1]):
+            yield from patches(data[:, z], seg[:, z], patch_size)
+        return
     shape = data.shape[1:]
     padded = [int(np.ceil(s / p) * p) for s, p in zip(shape, patch_size)]
     pad = [(0, 0)] + [(0, p - s) for s, p in zip(shape, padded)]

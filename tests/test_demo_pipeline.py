@@ -1,25 +1,87 @@
-"""The README demo on the real-CT dataset, on CPU, with the smoke trainer: nnunet-sacl demo runs nnU-Net's
-plan/preprocess, train (both SACL phases), predict and evaluate, and reports a Dice per organ."""
+"""The README demo on the real-CT dataset, on CPU, at the demo trainers' smoke length: nnunet-sacl demo runs
+nnU-Net's plan/preprocess, trains a stock baseline and SACL, predicts and evaluates the held-out scan with each,
+and prints their Dice side by side with the paired difference and the silhouettes; a second call reuses
+everything."""
 import json
+import math
 import re
 
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_sacl.nnunet import variants
 from tests.conftest import nnunet_bin, run
 
+ARMS = ["nnUNetTrainer_demo_smoke", "SACLTrainer_demo_smoke"]
+NUMBER = r"(nan|-?\d\.\d{3})"
+SIGNED = r"(nan|[+-]\d\.\d{3})"
 
-def test_demo_pipeline_on_real_ct(nnunet_env, sdist, tmp_path):
+
+@pytest.mark.parametrize("arms", [("nnUNetTrainer_demo", "SACLTrainer_demo"), ARMS])
+def test_demo_arms_train_equal_total_iterations(arms):
+    baseline, sacl = (getattr(variants, a) for a in arms)
+    assert baseline.run_epochs * baseline.run_iterations == \
+        (sacl.pretrain_epochs + sacl.run_epochs) * sacl.run_iterations
+    assert sacl.pretrain_epochs > 0 and baseline.run_batch_size == sacl.run_batch_size
+
+
+def printed_table(stdout: str) -> dict:
+    """organ -> (values of both arms, difference) from the demo's side-by-side table."""
+    block = stdout[stdout.index("Dice on the held-out"):stdout.index("diff 2:")]
+    rows = re.findall(rf"^  (\S.*?)\s+{NUMBER}\s+{NUMBER}\s+{SIGNED}$", block, re.M)
+    return {name.replace(" (absent)", ""): (float(a), float(b), float(d)) for name, a, b, d in rows}
+
+
+def test_demo_compares_baseline_and_sacl_on_real_ct(nnunet_env, sdist, tmp_path):
     env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_extTrainer"}  # the demo sets it itself
     env["nnUNet_n_proc_DA"] = "0"
-    result = run([nnunet_bin("nnunet-sacl"), "demo", "--workdir", str(tmp_path), "-d", "995", "--device", "cpu",
-                  "-tr", "SACLTrainer_smoke", "--sdist", str(sdist)], env, timeout=900)
-    summary_file = tmp_path / "predictions" / "SACLTrainer_smoke" / "summary.json"
-    summary = json.loads(summary_file.read_text())
-    dataset_json = json.loads((tmp_path / "nnUNet_raw" / "Dataset995_SACLDemoCT" / "dataset.json").read_text())
-    organs = [k for k in dataset_json["labels"] if k != "background"]
-    assert len(organs) == 12 and set(summary["mean"]) == {str(dataset_json["labels"][o]) for o in organs}
-    dice_block = result.stdout[result.stdout.index("Dice on the held-out"):result.stdout.index("Organ embeddings")]
-    printed = re.findall(r"^  (\S.*?)\s+(nan|\d\.\d{3})$", dice_block, re.M)
-    assert [name for name, _ in printed] == organs + ["mean"]
-    assert re.search(r"after pretraining\s+-?\d\.\d{3}", result.stdout)
-    assert (tmp_path / "nnUNet_results" / "Dataset995_SACLDemoCT" / "SACLTrainer_smoke__nnUNetPlans__3d_fullres"
-            / "fold_0" / "embeddings_tsne.png").stat().st_size > 10_000
-    assert "SACL pretraining done" in "".join(p.read_text() for p in tmp_path.rglob("training_log_*.txt"))
+    cmd = [nnunet_bin("nnunet-sacl"), "demo", "--workdir", str(tmp_path), "-d", "995", "--device", "cpu",
+           "-tr", *ARMS, "--sdist", str(sdist)]
+    first = run(cmd, env, timeout=900).stdout
+    table = check_first_run(tmp_path, first)
+
+    logs = sorted(tmp_path.rglob("training_log_*.txt"))
+    second = run(cmd, env, timeout=300).stdout
+    check_second_run(tmp_path, second, logs, table)
+
+
+def check_first_run(workdir, first: str) -> dict:
+    """Both arms' Dice, the differences and the means as printed equal nnU-Net's summary.json; silhouettes."""
+    raw = workdir / "nnUNet_raw" / "Dataset995_SACLDemoCT"
+    labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "background"}
+    in_test_label = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" /
+                                                                               "sacldemoct_100.nii.gz")))))
+    present = {o for o, v in labels.items() if v in in_test_label}
+    assert {"liver", "spleen"} <= present
+
+    table = printed_table(first)
+    assert list(table) == list(labels) + ["mean (organs present)"]
+    summaries = {a: json.loads((workdir / "predictions" / a / "summary.json").read_text())["mean"] for a in ARMS}
+    for organ, label in labels.items():
+        dice = [summaries[a][str(label)]["Dice"] for a in ARMS]
+        if organ in present:  # an organ in the label has a Dice, whatever was predicted
+            assert all(math.isfinite(d) for d in dice), (organ, dice)
+            assert all(abs(shown - d) < 6e-4 for shown, d in zip(table[organ][:2], dice))
+            assert abs(table[organ][2] - (dice[1] - dice[0])) < 6e-4
+    means = [np.mean([summaries[a][str(labels[o])]["Dice"] for o in present]) for a in ARMS]
+    assert abs(table["mean (organs present)"][0] - means[0]) < 6e-4
+    assert abs(table["mean (organs present)"][1] - means[1]) < 6e-4
+
+    before = float(re.search(rf"before pretraining\s+{NUMBER}", first).group(1))
+    after = float(re.search(rf"after pretraining\s+{NUMBER}", first).group(1))
+    assert after > before, (before, after)
+    model = workdir / "nnUNet_results" / raw.name / "SACLTrainer_demo_smoke__nnUNetPlans__2d" / "fold_0"
+    assert (model / "embeddings_tsne.png").stat().st_size > 10_000
+    assert "SACL pretraining done" in "".join(p.read_text() for p in model.glob("training_log_*.txt"))
+    assert re.search(r"^  total\s+\d+ min \d+\.\d s$", first, re.M)
+    return table
+
+
+def check_second_run(workdir, second: str, logs_before: list, table: dict):
+    """Nothing trained again (no new training log), the same table printed."""
+    assert second.count("Reusing the finished training") == 2 and "nnUNetv2_train" not in second
+    assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
+    again = printed_table(second)
+    assert list(again) == list(table)
+    assert np.array_equal(np.array(list(again.values())), np.array(list(table.values())), equal_nan=True)
