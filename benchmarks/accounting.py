@@ -33,7 +33,6 @@ benchmarks/README.md and docs/performance.md.
 """
 import argparse
 import contextlib
-import json
 import os
 import shlex
 import sys
@@ -61,8 +60,8 @@ from nnunet_sacl.nnunet import variants
 from nnunet_sacl.nnunet.network import encoder_of
 
 from label_values import AssumeFinite, LabelValues
-from step_benchmark import (DEFAULT_DATASET_JSON, DEFAULT_PLANS, REPO, load_json_file, nnunet_workspace,
-                            organ_block_labels, plans_for_benchmark, shown_path)
+from step_benchmark import (DEFAULT_DATASET_JSON, DEFAULT_PLANS, REPO, format_targets, load_json_file,
+                            nnunet_workspace, organ_block_labels, plans_for_benchmark, shown_path, write_results)
 
 CPU = torch.device("cpu")
 
@@ -324,15 +323,6 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_targets(checks: dict) -> str:
-    lines = ["targets:"]
-    for name, c in checks.items():
-        verdict = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
-        value = "n/a" if c["ratio"] is None else f"{c['ratio']:.3f}"
-        lines.append(f"  {name:<28} {value:>8}  {'<=' if c['at_most'] else '>='} {c['limit']:<5} {verdict}")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -402,10 +392,9 @@ def main(argv=None) -> int:
     print()
     print(format_table(results["rows"]))
     print()
-    print(format_targets(results["targets"]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"accounting_{results['plans_name']}_{results['configuration']}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_targets(results["targets"], "targets:"))
+    path = write_results(results, args.out, f"accounting_{results['plans_name']}_{results['configuration']}",
+                         stamped=False)
     print(f"\nwritten: {path}")
     return 0
 

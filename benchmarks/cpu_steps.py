@@ -21,7 +21,6 @@ the process CPU time of each step is recorded too, and the machine's load averag
 """
 import argparse
 import gc
-import json
 import os
 import shlex
 import statistics
@@ -30,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -43,7 +42,8 @@ from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 import accounting
 from step_benchmark import (DEFAULT_DATASET_JSON, DEFAULT_PLANS, LOSS_RANGE, POOL_RANGE, REPO, STEP_RANGE,
                             _node_owners, _range_time_us, _ranged, _total_time_us, build_trainer, device_name,
-                            load_json_file, nnunet_workspace, plans_for_benchmark, shown_path, synthetic_batch)
+                            load_json_file, nnunet_workspace, plans_for_benchmark, shown_path, synthetic_batch,
+                            write_results)
 
 HEAD_RANGE = "sacl.head"
 CPU = torch.device("cpu")
@@ -244,11 +244,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     os.environ["nnUNet_compile"] = "false"
     results = run_ratios(args) if args.what == "ratios" else run_scaling(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"{results['kind']}_cpu_{stamp}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written: {path}")
+    print(f"written: {write_results(results, args.out, results['kind'] + '_cpu')}")
     return 0
 
 

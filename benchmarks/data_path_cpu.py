@@ -19,7 +19,6 @@ nnU-Net's transforms are random (a rotation or scaling costs far more than a cro
     python benchmarks/data_path_cpu.py --root /tmp/dp --batches 60
 """
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -37,7 +36,7 @@ from nnunet_sacl.environment import with_ext_trainer
 
 from data_path_benchmark import CPU_AUG, GPU_AUG, RUNS, STOCK, build_trainer, start_loaders, stop_loaders
 from make_btcv_sized_dataset import use_root
-from step_benchmark import REPO, device_name
+from step_benchmark import REPO, device_name, write_results
 
 CPU = torch.device("cpu")
 
@@ -134,11 +133,7 @@ def main(argv=None) -> int:
         print(f"  {r['pipeline']:<18} mean {r['cpu_s_per_batch']:.3f} s  median {r['cpu_s_median']:.3f} s  "
               f"(min {r['cpu_s_min']:.3f}, max {r['cpu_s_max']:.3f}), wall {r['wall_s_per_batch']:.3f} s")
     print(f"  crop_only / stock = {ratio:.3f} (<= 0.2)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"data_path_cpu_{stamp}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written: {path}")
+    print(f"written: {write_results(results, args.out, 'data_path_cpu')}")
     return 0
 
 

@@ -396,8 +396,8 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def format_targets(checks: dict) -> str:
-    lines = ["targets (ratios from this run):"]
+def format_targets(checks: dict, title: str = "targets (ratios from this run):") -> str:
+    lines = [title]
     for name, c in checks.items():
         verdict = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
         lines.append(f"  {name:<34} {_fmt(c['ratio'], '.3f'):>8}  {'<=' if c['at_most'] else '>='} "
@@ -418,12 +418,15 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def write_results(results: dict, out: Path, stem: str) -> Path:
-    """results as JSON in out/<stem>_<compile|eager>_<UTC time>.json: one file per run."""
+def write_results(results: dict, out: Path, stem: str, stamped: bool = True) -> Path:
+    """results as JSON in out/<stem>[_<compile|eager>][_<UTC time>].json: one file per run when stamped; the mode
+    when the results say whether the network was compiled."""
     out.mkdir(parents=True, exist_ok=True)
-    mode = "compile" if results["compile"] else "eager"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"{stem}_{mode}_{stamp}.json"
+    if "compile" in results:
+        stem += "_compile" if results["compile"] else "_eager"
+    if stamped:
+        stem += "_" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = out / f"{stem}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     return path
 
