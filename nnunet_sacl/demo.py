@@ -211,8 +211,9 @@ def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration:
     return scores
 
 
-EXAMPLE = ("nnunet-sacl demo                                   # real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d\n"
-           "nnunet-sacl demo --synthetic                       # generated shapes, no download")
+EXAMPLE = ("# real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d:\n"
+           "nnunet-sacl demo\n"
+           "nnunet-sacl demo --synthetic      # generated shapes, no download")
 
 
 def _demo(args) -> int:

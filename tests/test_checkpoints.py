@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import time
-from os.path import getmtime, isfile
+from os.path import isfile
 
 import pytest
 import torch
@@ -32,9 +32,15 @@ def test_sigkill_during_save_leaves_a_whole_checkpoint_and_the_next_save_works(t
     save_atomically(previous, str(final))
     assert not isfile(f"{final}.tmp")
 
-    # killed 0.3 s after its first complete save, i.e. while writing a later one
-    kill_when([sys.executable, "-c", SAVE_FOREVER, str(final), str(started)], dict(os.environ),
-              lambda: isfile(started) and time.time() - getmtime(started) > 0.3, timeout=120)
+    # killed 0.3 s after its first complete save was seen, i.e. while writing a later one
+    first_save_seen = []
+
+    def ready():
+        if not first_save_seen and isfile(started):
+            first_save_seen.append(time.time())
+        return bool(first_save_seen) and time.time() - first_save_seen[0] > 0.3
+
+    kill_when([sys.executable, "-c", SAVE_FOREVER, str(final), str(started)], dict(os.environ), ready, timeout=120)
     assert isfile(started), "the saving process never finished a first save"
 
     weights = read_checkpoint(str(final))["network_weights"]    # a whole file: the previous one or a complete new one
