@@ -60,7 +60,7 @@ from nnunet_sacl.nnunet import variants
 from nnunet_sacl.nnunet.network import encoder_of
 
 from label_values import AssumeFinite, LabelValues
-from step_benchmark import (DEFAULT_DATASET_JSON, DEFAULT_PLANS, REPO, format_targets, load_json_file,
+from step_benchmark import (REPO, add_plan_arguments, format_targets, load_json_file,
                             nnunet_workspace, organ_block_labels, plans_for_benchmark, shown_path, write_results)
 
 CPU = torch.device("cpu")
@@ -327,10 +327,7 @@ def format_table(rows: List[dict]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--plans", type=Path, default=DEFAULT_PLANS, help="nnU-Net plans file")
-    p.add_argument("--dataset-json", type=Path, default=DEFAULT_DATASET_JSON,
-                   help="the dataset.json matching the plans (labels, channels)")
-    p.add_argument("-c", "--configuration", default="3d_fullres")
+    add_plan_arguments(p)
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N", help="override the plan's patch size")
     p.add_argument("--batch-size", type=int, help="override the plan's batch size")
     p.add_argument("--organs", type=int, help="organs present in every sample (default: the dataset's labels; "

@@ -40,7 +40,7 @@ from nnunet_sacl.nnunet.trainer import SACLTrainer
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 
 import accounting
-from step_benchmark import (DEFAULT_DATASET_JSON, DEFAULT_PLANS, LOSS_RANGE, POOL_RANGE, REPO, STEP_RANGE,
+from step_benchmark import (LOSS_RANGE, add_plan_arguments, POOL_RANGE, REPO, STEP_RANGE,
                             _node_owners, _range_time_us, _ranged, _total_time_us, build_trainer, device_name,
                             load_json_file, nnunet_workspace, plans_for_benchmark, shown_path, synthetic_batch,
                             write_results)
@@ -220,9 +220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("what", choices=("ratios", "scaling"))
-    p.add_argument("--plans", type=Path, default=DEFAULT_PLANS)
-    p.add_argument("--dataset-json", type=Path, default=DEFAULT_DATASET_JSON)
-    p.add_argument("-c", "--configuration", default="3d_fullres")
+    add_plan_arguments(p)
     p.add_argument("--patch-size", type=int, nargs="+", default=[24, 64, 64])
     p.add_argument("--batch-size", type=int, default=2, help="ratios: the batch size")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8], help="scaling: batch sizes")

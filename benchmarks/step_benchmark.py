@@ -432,13 +432,18 @@ def write_results(results: dict, out: Path, stem: str, stamped: bool = True) -> 
 
 
 # ------------------------------------------------------------------------------------------------ main
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The plans, dataset.json and configuration options every benchmark script takes."""
     p.add_argument("--plans", type=Path, default=DEFAULT_PLANS, help="nnU-Net plans file")
     p.add_argument("--dataset-json", type=Path, default=DEFAULT_DATASET_JSON,
                    help="the dataset.json matching the plans (labels, channels)")
     p.add_argument("-c", "--configuration", default="3d_fullres")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_plan_arguments(p)
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (cudnn autotuning, compilation)")
     p.add_argument("--iters", type=int, default=30, help="timed steps; the median is reported")
