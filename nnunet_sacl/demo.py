@@ -163,6 +163,9 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
     timer = StepTimer()
     work = Path(workdir).resolve()
     env = with_ext_trainer(os.environ)
+    # nnU-Net's validation and prediction export through a pool of nnUNet_def_n_proc processes (default 8); on a
+    # small machine starting eight interpreters costs more than the export itself
+    env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 1)))
     env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(work / "nnUNet_results"))
     raw = timer("build the dataset", demo_dataset, work / "nnUNet_raw", dataset_id, synthetic, sdist)
