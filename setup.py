@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.isfile("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["nnunet_sacl", "nnunet_sacl.nnunet", "nnunet_sacl.ext_trainers"],
+    packages=["nnunet_sacl", "nnunet_sacl.method", "nnunet_sacl.nnunet", "nnunet_sacl.dataset_conversion",
+              "nnunet_sacl.analysis", "nnunet_sacl.ext_trainers"],
     # a regular (non-editable) install ships trainers/ inside the package; see nnunet_sacl.trainers_folder()
     package_dir={"nnunet_sacl.ext_trainers": "trainers"},
     # monai: the surface-element NSD (evaluate/compare --nsd-method surface); it needs only torch and numpy

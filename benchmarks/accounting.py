@@ -55,7 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_sacl.augment import downsample_for_deep_supervision
+from nnunet_sacl.method.augment import downsample_for_deep_supervision
 from nnunet_sacl.nnunet import variants
 from nnunet_sacl.nnunet.network import encoder_of
 

@@ -6,7 +6,7 @@ For each worker count W the real dataloaders run (``on_train_start()`` of traine
 taken, all in milliseconds per iteration:
 
 - ``gpu_aug_wall_ms``: ``SACLTrainer.pretrain_step(next(dataloader_train))`` with ``pretrain_augmentation="torch"``
-  (CPU workers only crop nnU-Net's initial patch, ``nnunet_sacl.augment`` augments the batch on the device);
+  (CPU workers only crop nnU-Net's initial patch, ``nnunet_sacl.method.augment`` augments the batch on the device);
 - ``cpu_aug_wall_ms``: the same with ``pretrain_augmentation="nnunet"`` (nnU-Net's CPU augmentation pipeline);
 - ``compute_only_ms``: the SACL step alone on one batch kept on the device (initial patch size, so the on-device
   augmentation counts as compute), and ``augment_ms``, ``augment_share``: ``augment_batch`` alone on that batch;
@@ -39,7 +39,7 @@ import torch
 
 from nnunetv2.run.run_training import get_trainer_from_args
 
-from nnunet_sacl.augment import augment_batch
+from nnunet_sacl.method.augment import augment_batch
 from nnunet_sacl.environment import with_ext_trainer
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 

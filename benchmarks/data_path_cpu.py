@@ -1,5 +1,5 @@
 """CPU-seconds per batch of one dataloader worker: nnU-Net's stock training transforms against the crop-only
-loader of SACL's phase 1 (augmentation on the device), and ``nnunet_sacl.augment`` on the CPU for reference.
+loader of SACL's phase 1 (augmentation on the device), and ``nnunet_sacl.method.augment`` on the CPU for reference.
 
 On the dataset of benchmarks/make_btcv_sized_dataset.py (nnU-Net-planned, preprocessed, 3d_fullres patch
 48x192x192, batch 2), three things are measured in one process, interleaved batch by batch:
@@ -8,7 +8,7 @@ On the dataset of benchmarks/make_btcv_sized_dataset.py (nnU-Net-planned, prepro
   augmenter: the same ``nnUNetDataLoader`` and transforms a worker runs: load, crop the initial patch, augment);
 - ``crop_only``: the same for ``SACLTrainer`` with ``pretrain_augmentation="torch"`` (phase 1 on CUDA: the loader
   only loads and crops nnU-Net's initial patch);
-- ``torch_augment_cpu``: ``nnunet_sacl.augment.augment_batch`` on the crop-only batch, on the CPU.
+- ``torch_augment_cpu``: ``nnunet_sacl.method.augment.augment_batch`` on the crop-only batch, on the CPU.
 
 Like a worker (batchgenerators' NonDetMultiThreadedAugmenter) the process runs with one torch thread and one BLAS
 thread, so process CPU time per batch is one worker's CPU-seconds. Mean and median over ``--batches`` (the
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from nnunet_sacl.augment import augment_batch
+from nnunet_sacl.method.augment import augment_batch
 from nnunet_sacl.environment import with_ext_trainer
 
 from data_path_benchmark import CPU_AUG, GPU_AUG, RUNS, STOCK, build_trainer, start_loaders, stop_loaders
@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-p", "--plans", default="nnUNetPlans")
     p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
     p.add_argument("--augment-batches", type=int, default=10,
-                   help="time nnunet_sacl.augment on the first this many timed batches only (it is the slowest)")
+                   help="time nnunet_sacl.method.augment on the first this many timed batches only (it is the slowest)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     return p.parse_args(argv)

@@ -48,7 +48,7 @@ def write_raw_dataset(raw: Path, geometry) -> None:
     """dataset.json as nnunet-sacl's BTCV converter writes it, and one 2x2x2 placeholder image + label per case."""
     import SimpleITK as sitk
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-    from nnunet_sacl.converters import BTCV_LABELS
+    from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS
 
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()

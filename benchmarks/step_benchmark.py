@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_sacl.augment import downsample_for_deep_supervision
+from nnunet_sacl.method.augment import downsample_for_deep_supervision
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 

@@ -1,8 +1,9 @@
 """nnunet-sacl: Semantic-Aware Contrastive Learning (SACL) for nnU-Net v2.
 
-The math (``pooling``, ``heads``, ``losses``, ``distributed``) is pure torch and imports nothing from nnU-Net;
-``nnunet_sacl.nnunet`` holds the thin nnU-Net glue (trainers), and ``trainers/`` in the repository is the folder
-that ``nnUNet_extTrainer`` points at.
+One folder per role: ``method`` (the math in pure torch, nothing from nnU-Net), ``nnunet`` (the thin nnU-Net glue:
+trainers), ``dataset_conversion`` (data in and out of nnU-Net's formats), ``analysis`` (evaluation, embeddings,
+studies); the command line at the top level. ``trainers/`` in the repository is the folder that
+``nnUNet_extTrainer`` points at.
 """
 from pathlib import Path
 

@@ -22,7 +22,7 @@ def _env(args) -> int:
 
 def _synthetic(args) -> int:
     import os
-    from nnunet_sacl.synthetic import make_synthetic_dataset
+    from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
     raw = args.raw or os.environ.get("nnUNet_raw")
     if not raw:
         print("nnUNet_raw is not set: export it or pass --raw FOLDER", file=sys.stderr)
@@ -47,10 +47,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed of the shapes (default 0)")
     p.set_defaults(func=_synthetic)
 
-    from nnunet_sacl import converters, demo, demo_data, embeddings, evaluation, submission, weights
+    from nnunet_sacl import demo, train
+    from nnunet_sacl.analysis import embeddings, evaluation, study, weights
+    from nnunet_sacl.dataset_conversion import converters, demo_data, submission
     for module in (converters, demo, demo_data, submission, evaluation, embeddings, weights):
         module.add_cli(sub)
-    from nnunet_sacl import study, train
     for module in (train, study):
         module.add_cli(sub)
 

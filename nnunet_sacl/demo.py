@@ -51,10 +51,10 @@ def minutes(seconds: float) -> str:
 def demo_dataset(raw_folder: Path, dataset_id: int, synthetic: bool, sdist=None) -> Path:
     """The demo's raw dataset folder, built if it is not there yet."""
     if synthetic:
-        from nnunet_sacl.synthetic import make_synthetic_dataset
+        from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
         folder = raw_folder / f"Dataset{dataset_id:03d}_SACLSynthetic"
         return folder if folder.is_dir() else make_synthetic_dataset(raw_folder, dataset_id)
-    from nnunet_sacl.demo_data import DATASET_NAME, build_demo_dataset
+    from nnunet_sacl.dataset_conversion.demo_data import DATASET_NAME, build_demo_dataset
     folder = raw_folder / f"Dataset{dataset_id:03d}_{DATASET_NAME}"
     if folder.is_dir():
         print(f"Reusing the dataset {folder} (delete it to build it again)")
@@ -159,7 +159,7 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
     """Runs the whole pipeline in ``workdir`` (nnUNet_raw/preprocessed/results live there); returns
     {trainer: {organ: held-out Dice}} (nan: organ in neither label nor prediction)."""
     from nnunet_sacl.environment import with_ext_trainer
-    from nnunet_sacl.evaluation import labels_from_dataset_json
+    from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
     timer = StepTimer()
     work = Path(workdir).resolve()
     env = with_ext_trainer(os.environ)
@@ -203,7 +203,7 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
 def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration: str, preprocessed_folder: Path,
                           device: str) -> dict:
     """The pretraining's visible effect: organ embeddings cluster (silhouette before vs after, t-SNE PNG)."""
-    from nnunet_sacl.embeddings import embeddings_before_after
+    from nnunet_sacl.analysis.embeddings import embeddings_before_after
     png = model_folder / f"fold_{fold}" / "embeddings_tsne.png"
     scores = embeddings_before_after(str(model_folder), fold, configuration, str(preprocessed_folder),
                                      max_cases=EMBEDDING_CASES, out_png=str(png), device=device)

@@ -8,7 +8,7 @@ import pytest
 
 from nnunet_sacl import trainers_folder
 from nnunet_sacl.environment import planning_env
-from nnunet_sacl.synthetic import make_synthetic_dataset
+from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 
 DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_SACLSynthetic"
@@ -65,7 +65,7 @@ def in_process_env(nnunet_env, preprocessed, monkeypatch):
 @pytest.fixture(scope="session")
 def sdist():
     """The TotalSegmentator 2.18.0 sdist the real-CT demo dataset is built from (downloaded once, then cached)."""
-    from nnunet_sacl.demo_data import DemoDataUnavailable, fetch_totalsegmentator_sdist
+    from nnunet_sacl.dataset_conversion.demo_data import DemoDataUnavailable, fetch_totalsegmentator_sdist
     try:
         return fetch_totalsegmentator_sdist()
     except DemoDataUnavailable as err:

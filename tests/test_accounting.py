@@ -14,7 +14,7 @@ import accounting  # noqa: E402
 from label_values import LabelValues  # noqa: E402
 from step_benchmark import nnunet_workspace, plans_for_benchmark  # noqa: E402
 
-from nnunet_sacl.pooling import mask_pool  # noqa: E402
+from nnunet_sacl.method.pooling import mask_pool  # noqa: E402
 
 PLANS = REPO / "plans" / "btcv_like_nnUNetPlans.json"
 DATASET_JSON = REPO / "plans" / "btcv_like_dataset.json"

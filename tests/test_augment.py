@@ -1,4 +1,4 @@
-"""nnunet_sacl.augment: geometry against analytic transforms (anisotropic spacing, 2D and 3D), image/label alignment,
+"""nnunet_sacl.method.augment: geometry against analytic transforms (anisotropic spacing, 2D and 3D), image/label alignment,
 equality with batchgeneratorsv2's own transforms for fixed parameters, parameter distributions against nnU-Net's
 settings, settings read from a real nnUNetTrainer, determinism."""
 import json
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnunet_sacl.augment import (AugmentSettings, adjust_contrast, apply_spatial, augment_batch, blur_axis,
+from nnunet_sacl.method.augment import (AugmentSettings, adjust_contrast, apply_spatial, augment_batch, blur_axis,
                                  crop_offset, gamma_correction, input_patch_size, sample_intensity_params,
                                  sample_spatial_params, simulate_low_resolution, spatial_params)
 
@@ -90,7 +90,7 @@ GEOMETRY_CASES = {
 
 def analytic_map(case):
     """out_mm = F A^-1 in_mm with A = R s, where nnU-Net's convention is input = A @ output (scale > 1 = zoom out)
-    and mirroring flips the output. Built here from scratch, not from nnunet_sacl.augment."""
+    and mirroring flips the output. Built here from scratch, not from nnunet_sacl.method.augment."""
     ndim = len(case["in_shape"])
     angle = [a for a in case["angles"] if a != 0][0]
     a = rotation_in_plane(ndim, case["plane"], angle) * case["scale"]
@@ -422,7 +422,7 @@ def test_augment_batch_same_seed_same_output(ndim, dummy_2d):
 
 def test_deep_supervision_targets_equal_nnunet_transform():
     from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
-    from nnunet_sacl.augment import downsample_for_deep_supervision
+    from nnunet_sacl.method.augment import downsample_for_deep_supervision
     scales = [[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25], [0.25, 0.125, 0.125]]
     seg = torch.randint(0, 5, (2, 1, 20, 48, 48), generator=torch.Generator().manual_seed(0)).to(torch.int16)
     ours = downsample_for_deep_supervision(seg, scales)

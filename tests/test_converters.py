@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sacl.converters import (ChallengeLayoutError, add_cli, convert_btcv, convert_flare21,
+from nnunet_sacl.dataset_conversion.converters import (ChallengeLayoutError, add_cli, convert_btcv, convert_flare21,
                                     staged_folder)
 
 SHAPE_ZYX = (8, 16, 16)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sacl import demo_data
-from nnunet_sacl.demo_data import (BTCV_ORGANS, DemoDataUnavailable, build_demo_dataset,
+from nnunet_sacl.dataset_conversion import demo_data
+from nnunet_sacl.dataset_conversion.demo_data import (BTCV_ORGANS, DemoDataUnavailable, build_demo_dataset,
                                    fetch_totalsegmentator_sdist)
 
 NUM_TRAINING = 4

@@ -5,10 +5,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nnunet_sacl.distributed import average_gradients
-from nnunet_sacl.heads import ProjectionHead
-from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
-from nnunet_sacl.pooling import mask_pool, organ_mean_intensity
+from nnunet_sacl.method.distributed import average_gradients
+from nnunet_sacl.method.heads import ProjectionHead
+from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
+from nnunet_sacl.method.pooling import mask_pool, organ_mean_intensity
 
 
 def make_model():

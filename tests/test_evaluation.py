@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import stats
 from scipy.spatial import cKDTree
 
-from nnunet_sacl.evaluation import (ALL_ORGANS, add_cli, compare, comparison_table, dice, evaluate_folder,
+from nnunet_sacl.analysis.evaluation import (ALL_ORGANS, add_cli, compare, comparison_table, dice, evaluate_folder,
                                     normalized_surface_dice, parse_labels)
 
 

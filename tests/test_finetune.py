@@ -5,7 +5,7 @@ import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.variants import SACLTrainer_smoke, _ShortRun, nnUNetTrainer_frozen50
-from nnunet_sacl.schedules import warmup_poly_lr
+from nnunet_sacl.method.schedules import warmup_poly_lr
 from tests.test_trainer import first_batch, make_trainer
 
 

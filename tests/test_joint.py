@@ -219,10 +219,10 @@ def _bare_joint_trainer(network, weight=0.5):
     """A SACLTrainer_joint without nnU-Net's set-up: just what train_step uses, around a small U-Net."""
     from types import SimpleNamespace
 
-    from nnunet_sacl.heads import ProjectionHead
-    from nnunet_sacl.losses import SupConLoss
+    from nnunet_sacl.method.heads import ProjectionHead
+    from nnunet_sacl.method.losses import SupConLoss
     from nnunet_sacl.nnunet.joint import SACLTrainer_joint
-    from nnunet_sacl.nonfinite import NonFiniteLossGuard
+    from nnunet_sacl.method.nonfinite import NonFiniteLossGuard
     t = SACLTrainer_joint.__new__(SACLTrainer_joint)
     torch.manual_seed(2)
     t.device, t.network, t.head, t.grad_scaler = torch.device("cpu"), network, ProjectionHead(16, 32, 8), None

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnunet_sacl.heads import ProjectionHead
-from nnunet_sacl.contrast_correlation import contrast_correlation, normalized_ct_intensity_range
-from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
+from nnunet_sacl.method.heads import ProjectionHead
+from nnunet_sacl.method.contrast_correlation import contrast_correlation, normalized_ct_intensity_range
+from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
 
 
 def reference_supcon(z, labels, t):

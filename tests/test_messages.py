@@ -101,3 +101,14 @@ def test_check_weights_says_a_text_file_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["check-weights", str(text), "-d", "1", "-c", "3d_fullres"]) == 1
     err = capsys.readouterr().err
     assert f"{text} is not a torch checkpoint" in err and "killed" not in err
+
+
+def test_the_method_imports_nothing_from_nnunet():
+    """nnunet_sacl.method is pure torch, for any training loop: importing all of it loads no nnU-Net module."""
+    code = ("import sys, pkgutil, importlib, nnunet_sacl.method as m\n"
+            "for info in pkgutil.iter_modules(m.__path__):\n"
+            "    importlib.import_module('nnunet_sacl.method.' + info.name)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('nnunetv2', 'batchgeneratorsv2', "
+            "'dynamic_network_architectures')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnunet_sacl.pooling import _cell_of_each_voxel, mask_pool, organ_masked_inputs, organ_mean_intensity
+from nnunet_sacl.method.pooling import _cell_of_each_voxel, mask_pool, organ_masked_inputs, organ_mean_intensity
 
 
 def reference_mask_pool(features, seg, num_classes, ignore_label=None, min_voxels=1):

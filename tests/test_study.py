@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from nnunet_sacl.cli import main
-from nnunet_sacl.study_stats import bootstrap_ci
+from nnunet_sacl.analysis.study_stats import bootstrap_ci
 from tests.conftest import DATASET_NAME, nnunet_bin, run
 from tests.test_end_to_end import D, has_epoch_line, kill_when
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sacl.converters import convert_btcv, convert_flare21
-from nnunet_sacl.submission import SubmissionError, add_cli, export_submission
+from nnunet_sacl.dataset_conversion.converters import convert_btcv, convert_flare21
+from nnunet_sacl.dataset_conversion.submission import SubmissionError, add_cli, export_submission
 from tests.test_converters import make_btcv_tree, make_flare21_tree, organ_boxes
 
 

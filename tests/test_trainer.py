@@ -164,7 +164,7 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
 
 def test_organ_x_phase_labels(in_process_env):
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_sacl.phases import PHASES_FILE
+    from nnunet_sacl.method.phases import PHASES_FILE
 
     class Phases(SACLTrainer_smoke):
         use_phase_labels = True
@@ -203,7 +203,7 @@ def test_on_device_augmentation_crops_on_cpu_and_augments_the_batch(in_process_e
     initial = list(trainer.augment_settings.initial_patch_size)
     assert list(batch["data"].shape[2:]) == initial and initial != patch       # CPU workers only cropped
     assert not isinstance(batch["target"], list)                              # no CPU transforms at all
-    from nnunet_sacl.augment import augment_batch
+    from nnunet_sacl.method.augment import augment_batch
     data, seg = augment_batch(batch["data"], batch["target"], trainer.augment_settings, trainer.augment_generator)
     assert list(data.shape[2:]) == patch and set(seg.unique().tolist()) <= {0, 1, 2, 3}
     assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
@@ -230,7 +230,7 @@ def test_intensity_weighted_negatives(in_process_env):
     """SACLTrainer_DCC: the range comes from the CT plans, and a step's loss equals the loop reference computed from
     the batch's organ intensities (found here by boolean masks, independently of the trainer)."""
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunet_sacl.losses import IntensityWeightedSupConLoss
+    from nnunet_sacl.method.losses import IntensityWeightedSupConLoss
     from tests.test_losses import reference_intensity_weighted, reference_supcon
 
     plans = json.load(open(join(str(nnUNet_preprocessed), DATASET_NAME, "nnUNetPlans.json")))

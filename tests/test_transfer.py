@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_sacl.synthetic import make_synthetic_dataset
-from nnunet_sacl.weights import check_weights
+from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
+from nnunet_sacl.analysis.weights import check_weights
 from tests.conftest import make_nnunet_env, nnunet_bin, run
 
 A_ID, B_ID = 993, 994
@@ -110,7 +110,7 @@ def test_report_agrees_with_nnunets_loader(in_process, encoder_file, planned_b):
     """nnU-Net's own load_pretrained_weights refuses B's network on a key that the report lists."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_sacl.weights import load_target_plans
+    from nnunet_sacl.analysis.weights import load_target_plans
     plans_manager, config, dataset_json = load_target_plans(B_ID, "3d_fullres", "nnUNetPlans")
     network = nnUNetTrainer.build_network_architecture(plans_manager, config, 1, 3)
     with pytest.raises(AssertionError) as refused:

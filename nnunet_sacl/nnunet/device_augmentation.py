@@ -1,7 +1,7 @@
 """On-device augmentation for nnU-Net trainers: CPU workers only crop, the training device transforms the batch."""
 import torch
 
-from nnunet_sacl.augment import AugmentSettings, augment_batch, downsample_for_deep_supervision
+from nnunet_sacl.method.augment import AugmentSettings, augment_batch, downsample_for_deep_supervision
 
 
 def make_augmenter(trainer):
@@ -12,7 +12,7 @@ def make_augmenter(trainer):
 
 
 class OnDeviceAugmentationMixin:
-    """Put before an nnUNetTrainer subclass: its training batches are augmented by ``nnunet_sacl.augment`` on the
+    """Put before an nnUNetTrainer subclass: its training batches are augmented by ``nnunet_sacl.method.augment`` on the
     training device instead of by nnU-Net's CPU workers, which then only crop nnU-Net's initial patch size. For
     machines with few CPU cores per GPU, where nnU-Net's own augmentation cannot keep up. Validation is unchanged."""
     pretrain_augmentation = "torch"   # SACL trainers: phase 1 on the device as well

@@ -2,7 +2,7 @@
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from nnunet_sacl.nnunet.network import encoder_of
-from nnunet_sacl.schedules import encoder_is_frozen, warmup_poly_lr
+from nnunet_sacl.method.schedules import encoder_is_frozen, warmup_poly_lr
 
 
 class WarmupPolyLRScheduler(PolyLRScheduler):

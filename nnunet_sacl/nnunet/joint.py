@@ -6,7 +6,7 @@ from torch import distributed as dist
 
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunet_sacl.distributed import is_distributed
+from nnunet_sacl.method.distributed import is_distributed
 from nnunet_sacl.nnunet.network import encoder_of
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 

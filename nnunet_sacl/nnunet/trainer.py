@@ -15,19 +15,19 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunet_sacl.augment import augment_batch
-from nnunet_sacl.contrast_correlation import normalized_ct_intensity_range
-from nnunet_sacl.distributed import average_gradients, broadcast_module, is_distributed
-from nnunet_sacl.heads import ProjectionHead
-from nnunet_sacl.losses import IntensityWeightedSupConLoss, SupConLoss
+from nnunet_sacl.method.augment import augment_batch
+from nnunet_sacl.method.contrast_correlation import normalized_ct_intensity_range
+from nnunet_sacl.method.distributed import average_gradients, broadcast_module, is_distributed
+from nnunet_sacl.method.heads import ProjectionHead
+from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nonfinite import NonFiniteLossGuard
+from nnunet_sacl.method.nonfinite import NonFiniteLossGuard
 from nnunet_sacl.nnunet.progress import PRETRAIN_KEYS, SACLLocalLogger, new_pretrain_log, plot_pretraining
-from nnunet_sacl.phases import find_phases_file, organ_phase_labels, read_phases
-from nnunet_sacl.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
+from nnunet_sacl.method.phases import find_phases_file, organ_phase_labels, read_phases
+from nnunet_sacl.method.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
 
 PRETRAIN, SEGMENTATION = "pretrain", "segmentation"
 
@@ -55,7 +55,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     max_nonfinite_in_a_row: int = 5            # skipped steps with a NaN/inf loss before the run stops
     pretrain_augmentation: str = "auto"        # "torch": batches augmented on the training device (CPU workers only
                                                # crop), "nnunet": nnU-Net's CPU pipeline; "auto": torch on CUDA
-    use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (nnunet_sacl.phases)
+    use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (nnunet_sacl.method.phases)
     intensity_weighted_negatives: bool = False  # DCC: negatives weighted by organ contrast correlation (losses.py)
     intensity_range: Optional[tuple] = None    # per channel, normalized units; None: from the plans (CT only)
     # finetune_warmup_epochs, finetune_frozen_encoder_epochs (phase 2): see FineTuneScheduleMixin
@@ -126,7 +126,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         return IntensityWeightedSupConLoss(intensity_range, self.temperature)
 
     def augments_on_device(self) -> bool:
-        """Whether phase 1 augments whole batches with nnunet_sacl.augment on the training device."""
+        """Whether phase 1 augments whole batches with nnunet_sacl.method.augment on the training device."""
         if self.pretrain_augmentation not in ("auto", "torch", "nnunet"):
             raise RuntimeError(f"{self.__class__.__name__}.pretrain_augmentation = {self.pretrain_augmentation!r}: "
                                f"use 'auto', 'torch' or 'nnunet'")

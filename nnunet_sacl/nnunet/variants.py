@@ -30,7 +30,7 @@ class SACLTrainer_smoke(_ShortRun, SACLTrainer):
 
 
 class SACLTrainer_torchaug_smoke(SACLTrainer_smoke):
-    """CPU smoke test of phase 1 with nnunet_sacl.augment (the on-device path that CUDA runs use by default)."""
+    """CPU smoke test of phase 1 with nnunet_sacl.method.augment (the on-device path that CUDA runs use by default)."""
     pretrain_augmentation = "torch"
 
 
@@ -99,7 +99,7 @@ class SACLTrainer_PaperStyle_smoke(_ShortRun, SACLTrainer_PaperStyle):
 
 
 class SACLTrainer_phases(SACLTrainer):
-    """Organ x contrast-phase labels (same organ, other phase = negative) from sacl_phases.json; see nnunet_sacl.phases."""
+    """Organ x contrast-phase labels (same organ, other phase = negative) from sacl_phases.json; see nnunet_sacl.method.phases."""
     use_phase_labels = True
 
 

@@ -131,7 +131,7 @@ def _test_cases(images: Path, labels: Path, file_ending: str) -> list:
 
 def make_study(args) -> Study:
     """Every check on the command line and the nnU-Net folders, before anything is trained."""
-    from nnunet_sacl.evaluation import labels_from_dataset_json
+    from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
     _env_folder("nnUNet_results")
     dataset = _dataset_name(args.d)
     preprocessed = Path(_env_folder("nnUNet_preprocessed")) / dataset
@@ -244,7 +244,7 @@ def reference_folder(study: Study) -> Path:
 
 def evaluate(study: Study) -> list:
     """Rows (trainer, fold, case, organ, dice, nsd) for every run, case and organ."""
-    from nnunet_sacl.evaluation import _check_predictions_present, evaluate_case
+    from nnunet_sacl.analysis.evaluation import _check_predictions_present, evaluate_case
     reference, rows = reference_folder(study), []
     for run in study.runs:
         predictions, cases = prediction_folder(study, run), evaluated_cases(study, run)
@@ -258,8 +258,8 @@ def evaluate(study: Study) -> list:
 
 
 def run_study(study: Study, command: str = None, log=_say) -> Path:
-    from nnunet_sacl.study_report import write_report
-    from nnunet_sacl.training_cost import run_cost
+    from nnunet_sacl.analysis.study_report import write_report
+    from nnunet_sacl.analysis.training_cost import run_cost
     train(study, log)
     if study.test_images is not None:
         predict_test_set(study, log)

@@ -346,7 +346,7 @@ def add_cli(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    """``python -m nnunet_sacl.weights check-weights ...`` (the same as ``nnunet-sacl check-weights``)."""
+    """``python -m nnunet_sacl.analysis.weights check-weights ...`` (the same as ``nnunet-sacl check-weights``)."""
     import argparse
     parser = argparse.ArgumentParser(prog="nnunet-sacl")
     add_cli(parser.add_subparsers(dest="command", required=True))

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from nnunet_sacl.evaluation import _paired, wilcoxon_p
+from nnunet_sacl.analysis.evaluation import _paired, wilcoxon_p
 
 MEAN = "mean"
 BOOTSTRAP_RESAMPLES = 10_000

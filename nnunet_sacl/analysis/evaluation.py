@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from nnunet_sacl.converters import geometry_mismatch, grid_of
+from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
 from nnunet_sacl.lazy import lazy_import
 
 np = lazy_import("numpy")

@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from nnunet_sacl.converters import BTCV_LABELS
+from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS
 from nnunet_sacl.lazy import lazy_import
 
 np = lazy_import("numpy")

@@ -4,8 +4,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from nnunet_sacl.contrast_correlation import contrast_correlation
-from nnunet_sacl.distributed import gather_embeddings, is_distributed
+from nnunet_sacl.method.contrast_correlation import contrast_correlation
+from nnunet_sacl.method.distributed import gather_embeddings, is_distributed
 
 
 class SupConLoss(nn.Module):

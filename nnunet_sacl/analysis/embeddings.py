@@ -70,7 +70,7 @@ def organ_embeddings(network, cases, patch_size, num_classes: int, ignore_label=
     from torch.nn import functional as F
 
     from nnunet_sacl.nnunet.network import encoder_of
-    from nnunet_sacl.pooling import mask_pool
+    from nnunet_sacl.method.pooling import mask_pool
     encoder = encoder_of(network).to(device)
     rows, labels = [], []
     with torch.no_grad():
