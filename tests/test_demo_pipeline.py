@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
+    nnUNetTrainerNoMirroring
 
 from nnunet_sacl.nnunet import variants
 from tests.conftest import nnunet_bin, run
@@ -18,12 +20,16 @@ NUMBER = r"(nan|-?\d\.\d{3})"
 SIGNED = r"(nan|[+-]\d\.\d{3})"
 
 
-@pytest.mark.parametrize("arms", [("nnUNetTrainer_demo", "SACLTrainer_demo"), ARMS])
-def test_demo_arms_train_equal_total_iterations(arms):
-    baseline, sacl = (getattr(variants, a) for a in arms)
+@pytest.mark.parametrize("arms", [("nnUNetTrainer_demo", "SACLTrainer_demo", "SACLTrainer_joint_demo"), ARMS])
+def test_demo_arms_train_equal_total_iterations_without_mirroring(arms):
+    baseline, sacl, *joint = (getattr(variants, a) for a in arms)
     assert baseline.run_epochs * baseline.run_iterations == \
         (sacl.pretrain_epochs + sacl.run_epochs) * sacl.run_iterations
     assert sacl.pretrain_epochs > 0 and baseline.run_batch_size == sacl.run_batch_size
+    for j in joint:
+        assert (j.pretrain_epochs, j.run_epochs, j.run_iterations, j.run_batch_size) == \
+            (0, baseline.run_epochs, baseline.run_iterations, baseline.run_batch_size)
+    assert all(issubclass(a, nnUNetTrainerNoMirroring) for a in (baseline, sacl, *joint))
 
 
 def printed_table(stdout: str) -> dict:
