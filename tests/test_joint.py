@@ -101,6 +101,27 @@ def test_weight_zero_is_exactly_nnunets_step(in_process_env):
     assert all(torch.equal(p, q) for p, q in zip(joint.head.parameters(), head_before))
 
 
+def test_compiled_network_gives_the_eager_step(in_process_env, monkeypatch):
+    """nnU-Net compiles the network on GPUs (inside initialize, before the joint trainer hooks the encoder). The
+    hook must still see the encoder's output of the compiled forward: same step as eager, head trained. Dynamo's
+    real tracing with the aot_eager backend (inductor's CPU code generation would only add minutes)."""
+    import functools
+    eager = joint_trainer(weight=0.5)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(type(eager), "_do_i_compile", lambda self: True)
+    compiled = joint_trainer(weight=0.5)
+    assert isinstance(compiled.network, torch._dynamo.eval_frame.OptimizedModule)
+    unwrap(compiled.network).load_state_dict(unwrap(eager.network).state_dict())
+    compiled.head.load_state_dict(eager.head.state_dict())
+    head_before = [p.detach().clone() for p in compiled.head.parameters()]
+    batch = first_batch(eager)
+    out_eager, out_compiled = eager.train_step(batch), compiled.train_step(batch)
+    assert float(out_compiled["contrastive"]) > 0
+    for key in ("loss", "segmentation", "contrastive"):
+        assert float(out_compiled[key]) == pytest.approx(float(out_eager[key]), rel=1e-4), key
+    assert not all(torch.equal(p, q) for p, q in zip(compiled.head.parameters(), head_before))
+
+
 def test_intensity_weighted_negatives_apply_to_the_joint_term(in_process_env):
     trainer = make_trainer(JOINT)
     trainer.intensity_weighted_negatives = True        # DCC, as SACLTrainer_DCC sets it for pretraining
