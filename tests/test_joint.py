@@ -1,6 +1,7 @@
 """SACLTrainer_joint on real nnU-Net plans and data: one step's loss against loop references, where its gradients go,
 weight 0 against stock nnU-Net, checkpoints with the head, -pretrained_weights, and a killed run resumed with --c."""
 import copy
+import gc
 from os.path import isfile, join
 
 import pytest
@@ -268,6 +269,10 @@ def _ddp_worker(rank, world, init_file, out_file):
         torch.save({"contrastive": float(out["contrastive"]), "network": unwrap(trainer.network).state_dict(),
                     "head": trainer.head.state_dict()}, out_file)
     dist.barrier()
+    # DDP's reducer holds the process group: release it before the group is destroyed, not in the interpreter's
+    # teardown (where gloo's threads can end the process with "terminate called without an active exception")
+    del trainer
+    gc.collect()
     dist.destroy_process_group()
 
 
