@@ -1,6 +1,6 @@
-"""nnunet_sacl.method.augment: geometry against analytic transforms (anisotropic spacing, 2D and 3D), image/label alignment,
-equality with batchgeneratorsv2's own transforms for fixed parameters, parameter distributions against nnU-Net's
-settings, settings read from a real nnUNetTrainer, determinism."""
+"""nnunet_sacl.method.augment: geometry against analytic transforms (anisotropic spacing, 2D and 3D), image/label
+alignment, equality with batchgeneratorsv2's own transforms for fixed parameters, parameter distributions against
+nnU-Net's settings, settings read from a real nnUNetTrainer, determinism."""
 import json
 import math
 from pathlib import Path

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_sacl.analysis.evaluation import write_csv
-from nnunet_sacl.analysis.study_stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline, paired_values
+from nnunet_sacl.analysis.study_stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline,
+                                              paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS
 
 PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd")

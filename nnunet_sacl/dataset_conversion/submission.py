@@ -1,9 +1,9 @@
 """``nnUNetv2_predict`` output -> the files a challenge scores, named, labelled and on the grid it expects.
 
-The predictions of a dataset converted by :mod:`nnunet_sacl.dataset_conversion.converters` are named like its ``imagesTs`` cases
-without ``_0000`` (``BTCV_0061.nii.gz``, ``FLARE21_validation_001.nii.gz``). Each is checked against its test
-image (same voxel grid) and the challenge's label set, then written as uint8 with the test image's header
-geometry under the challenge's own name:
+The predictions of a dataset converted by :mod:`nnunet_sacl.dataset_conversion.converters` are named like its
+``imagesTs`` cases without ``_0000`` (``BTCV_0061.nii.gz``, ``FLARE21_validation_001.nii.gz``). Each is checked
+against its test image (same voxel grid) and the challenge's label set, then written as uint8 with the test
+image's header geometry under the challenge's own name:
 
 - BTCV: ``label0061.nii.gz`` (the challenge's ``labelXXXX`` naming for ``imgXXXX``), labels 0..13.
 - FLARE21: ``validation_001.nii.gz`` (the image name without ``_0000``), labels 0..4.
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS, FLARE21_LABELS, geometry, geometry_mismatch, staged_folder
+from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, geometry, geometry_mismatch,
+                                                       staged_folder)
 from nnunet_sacl.lazy import lazy_import
 
 np = lazy_import("numpy")

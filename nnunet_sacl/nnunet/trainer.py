@@ -55,7 +55,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
     max_nonfinite_in_a_row: int = 5            # skipped steps with a NaN/inf loss before the run stops
     pretrain_augmentation: str = "auto"        # "torch": batches augmented on the training device (CPU workers only
                                                # crop), "nnunet": nnU-Net's CPU pipeline; "auto": torch on CUDA
-    use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (nnunet_sacl.method.phases)
+    use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (method.phases)
     intensity_weighted_negatives: bool = False  # DCC: negatives weighted by organ contrast correlation (losses.py)
     intensity_range: Optional[tuple] = None    # per channel, normalized units; None: from the plans (CT only)
     # finetune_warmup_epochs, finetune_frozen_encoder_epochs (phase 2): see FineTuneScheduleMixin
