@@ -43,10 +43,13 @@ class nnUNetTrainer_smoke(_ShortRun, nnUNetTrainer):
     """Stock nnU-Net with SACLTrainer_smoke's segmentation length: the baseline (and -pretrained_weights target)."""
 
 
-class _DemoRun(_ShortRun):
+class _DemoRun(_ShortRun, nnUNetTrainerNoMirroring):
     """The demo's run length on a CPU: 16 epochs of 75 iterations, batch 5 instead of the 40 nnU-Net plans for the
     demo data in 2d (more updates for the same CPU time; few, long epochs because nnU-Net draws progress.png after
-    every epoch, about 1 s each on a CPU). Used with nnU-Net's nnUNetTrainerNoMirroring (see the demo classes)."""
+    every epoch, about 1 s each on a CPU), and no mirroring: nnU-Net's own nnUNetTrainerNoMirroring, which drops the
+    mirror axes of whatever the demo class's trainer configures. Abdominal CT is always scanned supine, and a flip
+    makes the spleen look like a small liver; in measured demo runs without mirroring the baseline's held-out spleen
+    Dice went from 0.00 to about 0.7-0.8 at the same number of iterations."""
     run_epochs, run_iterations, run_val_iterations, run_batch_size = 16, 75, 2, 5
 
     def _set_batch_size_and_oversample(self):
@@ -55,21 +58,18 @@ class _DemoRun(_ShortRun):
             self.batch_size = self.run_batch_size
 
 
-# The demo arms leave out mirroring (nnU-Net's own nnUNetTrainerNoMirroring, in the MRO behind the trainer): abdominal
-# CT is always scanned supine, and a flip makes the spleen look like a small liver; in measured demo runs without
-# mirroring the baseline's held-out spleen Dice went from 0.00 to about 0.7-0.8 at the same number of iterations.
-class SACLTrainer_demo(_DemoRun, SACLTrainer, nnUNetTrainerNoMirroring):
+class SACLTrainer_demo(_DemoRun, SACLTrainer):
     """The README demo on CPU: 4 pretraining + 12 segmentation epochs of 75 iterations, batch 5, no mirroring."""
     pretrain_epochs = 4
     run_epochs = 12
 
 
-class nnUNetTrainer_demo(_DemoRun, nnUNetTrainerNoMirroring):
+class nnUNetTrainer_demo(_DemoRun, nnUNetTrainer):
     """Stock nnU-Net (without mirroring) for the demo's comparison: 16 epochs of 75 iterations, batch 5, as many
     iterations as SACLTrainer_demo's two phases together."""
 
 
-class SACLTrainer_joint_demo(_DemoRun, SACLTrainer_joint, nnUNetTrainerNoMirroring):
+class SACLTrainer_joint_demo(_DemoRun, SACLTrainer_joint):
     """SACLTrainer_joint at the demo's length: 16 epochs of 75 iterations, batch 5, no mirroring, contrastive term
     in every step (the third arm of the demo study, docs/study.md)."""
 
@@ -99,7 +99,8 @@ class SACLTrainer_PaperStyle_smoke(_ShortRun, SACLTrainer_PaperStyle):
 
 
 class SACLTrainer_phases(SACLTrainer):
-    """Organ x contrast-phase labels (same organ, other phase = negative) from sacl_phases.json; see nnunet_sacl.method.phases."""
+    """Organ x contrast-phase labels (same organ, other phase = negative) from sacl_phases.json; see
+    nnunet_sacl.method.phases."""
     use_phase_labels = True
 
 
@@ -134,5 +135,6 @@ class nnUNetTrainer_torchaug(OnDeviceAugmentationMixin, nnUNetTrainer):
 
 __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
-           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_joint_demo", "SACLTrainer_demo_smoke", "nnUNetTrainer_demo_smoke",
+           "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_joint_demo",
+           "SACLTrainer_demo_smoke", "nnUNetTrainer_demo_smoke",
            "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke", "SACLTrainer_joint", "SACLTrainer_joint_smoke"]
