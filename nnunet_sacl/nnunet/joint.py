@@ -1,10 +1,7 @@
 """SACLTrainer_joint: one phase, nnU-Net's segmentation loss plus a weighted SupCon term on the same forward pass."""
 import numpy as np
 import torch
-from torch import autocast
 from torch import distributed as dist
-
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_sacl.method.distributed import is_distributed
 from nnunet_sacl.nnunet.network import encoder_of
@@ -66,7 +63,7 @@ class SACLTrainer_joint(SACLTrainer):
             else target.to(self.device, non_blocking=True)
         full_resolution = target[0] if isinstance(target, list) else target
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+        with self.amp_context():
             self._encoder_features = None
             segmentation_loss = self.loss(self.network(data), target)
             features, self._encoder_features = self._encoder_features, None

@@ -248,7 +248,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             with record_function("sacl.augment"):
                 data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+        with self.amp_context():
             z, organs, samples = self.embed(data, seg)
             loss = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
@@ -260,6 +260,11 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         # mask_pool (bool(bad.any())) and the organ lookup (nonzero) each synchronise.
         return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device)}
 
+    def amp_context(self):
+        """nnU-Net's mixed precision: autocast (float16) on CUDA, none elsewhere. One method for every step of every
+        SACL trainer, so that the tests can run the CUDA branch on a CPU (bfloat16 autocast there)."""
+        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+
     def train_step(self, batch: dict) -> dict:
         # Copies nnUNetTrainer.train_step (forward, loss, backward, clip, step in one body) to skip the step when the
         # loss is not finite: there is no hook between computing the loss and the optimizer step.
@@ -268,7 +273,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+        with self.amp_context():
             loss = self.loss(self.network(data), target)
         if not self.nonfinite.is_finite(loss, f"segmentation epoch {self.current_epoch}"):
             return {'loss': np.nan}
@@ -299,13 +304,13 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: list):
         finite = [o for o in train_outputs if np.isfinite(o['loss'])]
-        skipped = self.nonfinite.take_epoch_count()
+        skipped = self.nonfinite.take_epoch_report()
         if skipped:
-            self.print_to_log_file(f"Skipped {skipped} step(s) with a non-finite loss this epoch")
+            self.print_to_log_file(skipped)
         super().on_train_epoch_end(finite or train_outputs)
 
     def on_pretrain_epoch_end(self, outputs: list, seconds: float):
-        skipped = self.nonfinite.take_epoch_count()
+        skipped = self.nonfinite.take_epoch_report()
         outputs = [o for o in outputs if not o.get('skipped')] or outputs
         loss = torch.stack([o['loss'] for o in outputs]).mean()
         organs = torch.stack([o['organs'] for o in outputs]).float().mean()
@@ -323,8 +328,9 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.print_to_log_file(
             f"SACL pretraining epoch {self.pretrain_epoch}: contrastive loss {loss:.4f}, "
             f"lr {log['lr'][-1]:.5f}, organ embeddings per batch {organs:.1f}, "
-            f"batches without a positive pair {int(without_positive)}, steps skipped (non-finite loss) {skipped}, "
-            f"epoch time {seconds:.2f} s")
+            f"batches without a positive pair {int(without_positive)}, epoch time {seconds:.2f} s")
+        if skipped:
+            self.print_to_log_file(skipped)
         self.pretrain_epoch += 1
         if self.pretrain_epoch % self.save_every_pretrain_epochs == 0 or self.pretrain_epoch == self.pretrain_epochs:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))

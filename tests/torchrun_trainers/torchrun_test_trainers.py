@@ -1,10 +1,13 @@
 """Trainers for tests/test_torchrun.py, found through nnUNet_extTrainer (the test adds this folder to it)."""
+import os
 from collections import Counter
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
-from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_smoke
+from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
 
 
 class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
@@ -84,3 +87,61 @@ class SACLTrainer_tiny(SACLTrainer_smoke):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("final validation skipped (test trainer)")
+
+
+class _RecordsRanks:
+    """Rank 1's segmentation loss is NaN at its second training step (NaN times the output, so a step taken on it
+    would poison the weights); every rank writes what it saw (NaN steps per epoch, encoder after each epoch, final
+    network) to $SACL_TEST_RECORDS/rank<r>.pt, since only rank 0 writes the training log."""
+    nan_on_rank, nan_at_step = 1, 1
+
+    def initialize(self):
+        super().initialize()
+        self._rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self._step, self._records = 0, {"nan_steps": [], "encoder": []}
+        loss = self.loss
+
+        def loss_with_a_nan(output, target):
+            value = loss(output, target)
+            if self.network.training:
+                if self._rank == self.nan_on_rank and self._step == self.nan_at_step:
+                    value = value * float("nan")
+                self._step += 1
+            return value
+        self.loss = loss_with_a_nan
+
+    def on_train_start(self):
+        super().on_train_start()
+        self._records["encoder_at_start"] = _encoder_state(self)
+
+    def on_train_epoch_end(self, train_outputs):
+        self._records["nan_steps"].append(sum(not np.isfinite(float(o["loss"])) for o in train_outputs))
+        super().on_train_epoch_end(train_outputs)
+
+    def on_epoch_end(self):
+        self._records["encoder"].append(_encoder_state(self))
+        super().on_epoch_end()
+
+    def on_train_end(self):
+        self._records["network"] = {k: v.detach().cpu().clone() for k, v in unwrap(self.network).state_dict().items()}
+        torch.save(self._records, os.path.join(os.environ["SACL_TEST_RECORDS"], f"rank{self._rank}.pt"))
+        super().on_train_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
+
+
+def _encoder_state(trainer) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in encoder_of(trainer.network).state_dict().items()}
+
+
+class SACLTrainer_nan_frozen(_RecordsRanks, SACLTrainer_smoke):
+    """1 pretraining epoch, then 2 segmentation epochs of 2 iterations with the encoder frozen in the first; rank 1's
+    second segmentation step has a NaN loss."""
+    pretrain_epochs, run_epochs, run_iterations, run_val_iterations = 1, 2, 2, 1
+    finetune_frozen_encoder_epochs = 1
+
+
+class SACLTrainer_joint_nan(_RecordsRanks, SACLTrainer_joint_smoke):
+    """The joint trainer, 1 epoch of 2 iterations; rank 1's second step has a NaN segmentation loss."""
+    run_epochs, run_iterations, run_val_iterations = 1, 2, 1
