@@ -373,13 +373,14 @@ def test_intensity_parameters_follow_nnunet_settings():
 @pytest.mark.parametrize("configuration", ["3d_fullres", "3d_lowres", "2d"])
 def test_settings_from_a_real_nnunet_trainer(configuration, tmp_path, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_sacl.nnunet.augment_settings import augment_settings_from_trainer
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     plans = json.loads((REPO / "plans" / "btcv_like_nnUNetPlans.json").read_text())
     dataset = json.loads((REPO / "plans" / "btcv_like_dataset.json").read_text())
     trainer = nnUNetTrainer(dict(plans, continue_training=False), configuration, 0, dataset, torch.device("cpu"))
     rotation, dummy_2d, initial, mirror = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
 
-    settings = AugmentSettings.from_nnunet_trainer(trainer)
+    settings = augment_settings_from_trainer(trainer)
     config = plans["configurations"][configuration]
     assert settings.rotation_range == tuple(rotation) and settings.dummy_2d == dummy_2d
     assert settings.mirror_axes == tuple(mirror) == tuple(trainer.inference_allowed_mirroring_axes)
@@ -389,8 +390,7 @@ def test_settings_from_a_real_nnunet_trainer(configuration, tmp_path, monkeypatc
     # what nnU-Net decides for this plan: 48x192x192 at 3 mm is anisotropic (dummy 2D, 180 deg), 96x160x160 is not
     assert settings.dummy_2d == (configuration == "3d_fullres")
     assert math.isclose(settings.rotation_range[1], math.radians(30 if configuration == "3d_lowres" else 180))
-    assert AugmentSettings.from_nnunet_trainer(trainer, physical_rotation=False).spacing is None
-    assert AugmentSettings.from_nnunet_trainer(trainer, p_noise=0.0).p_noise == 0.0
+    assert augment_settings_from_trainer(trainer, physical_rotation=False).spacing is None
 
 
 # ---------------------------------------------------------------- entry point

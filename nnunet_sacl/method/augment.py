@@ -9,7 +9,8 @@ as nnU-Net; see docs/augmentation.md for every parameter, its source line and wh
 Randomness comes only from the ``torch.Generator`` passed in (or torch's global RNG when it is None), and every
 call draws the same amount of it whatever the outcomes, so a seed fixes the whole result.
 
-Nothing here imports nnU-Net; ``AugmentSettings.from_nnunet_trainer`` only calls methods of the trainer it is given.
+Nothing here imports nnU-Net; ``nnunet_sacl.nnunet.augment_settings`` reads the settings from a trainer's own
+transforms.
 """
 import math
 from dataclasses import dataclass
@@ -29,16 +30,16 @@ Range = Tuple[float, float]
 class AugmentSettings:
     """nnU-Net's augmentation probabilities and ranges.
 
-    The spatial fields without defaults come from ``configure_rotation_dummyDA_mirroring_and_inital_patch_size``
-    (see ``from_nnunet_trainer``). The defaults of the rest are the values nnU-Net 2.8.1 hard-codes in
-    ``nnUNetTrainer.get_training_transforms`` (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py, lines 759-836);
-    each field names its transform. "p_x" is the probability that a sample gets transform x (``RandomTransform``'s
-    apply_probability, or SpatialTransform's p_rotation / p_scaling); "p_x_per_channel" is the probability per
-    channel once the sample got it.
+    For a trainer, ``nnunet_sacl.nnunet.augment_settings.augment_settings_from_trainer`` sets every field from the
+    transforms its ``get_training_transforms`` returns (absent transform: probability 0). The defaults here are the
+    values of stock ``nnUNetTrainer.get_training_transforms`` in nnU-Net 2.8.1
+    (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py, lines 759-836); each field names its transform. "p_x" is the
+    probability that a sample gets transform x (``RandomTransform``'s apply_probability, or SpatialTransform's
+    p_rotation / p_scaling); "p_x_per_channel" is the probability per channel once the sample got it.
     """
     ndim: int                                   # spatial dimensions of the batch: 2 or 3
-    rotation_range: Range                       # radians, per rotation axis (rotation_for_DA)
-    mirror_axes: Tuple[int, ...] = ()           # spatial axes that may be flipped (mirror_axes)
+    rotation_range: Range                       # radians, per rotation axis (SpatialTransform's rotation)
+    mirror_axes: Tuple[int, ...] = ()           # spatial axes that may be flipped (MirrorTransform)
     dummy_2d: bool = False                      # 3D data rotated/scaled in the plane of axes (1, 2) only
     spacing: Optional[Tuple[float, ...]] = None  # voxel spacing (mm) per axis; rotations are done in mm. None: voxels
     patch_size: Optional[Tuple[int, ...]] = None          # final patch (the output), default out_shape
@@ -73,6 +74,7 @@ class AugmentSettings:
     # RandomTransform(GammaTransform(BGContrast((0.7, 1.5)), p_invert_image=1, p_retain_stats=1), 0.1), then
     # RandomTransform(GammaTransform(BGContrast((0.7, 1.5)), p_invert_image=0, p_retain_stats=1), 0.3)
     p_gamma_inverted: float = 0.1
+    gamma_inverted_range: Range = (0.7, 1.5)
     p_gamma: float = 0.3
     gamma_range: Range = (0.7, 1.5)
     # RemoveLabelTansform(-1, 0): the loader pads labels with -1 outside the image; nnU-Net turns them into 0
@@ -88,38 +90,6 @@ class AugmentSettings:
             raise ValueError(f"mirror_axes {self.mirror_axes} outside the {self.ndim} spatial axes")
         if self.spacing is not None and len(self.spacing) != self.ndim:
             raise ValueError(f"spacing {self.spacing} does not have {self.ndim} entries")
-
-    @classmethod
-    def from_nnunet_trainer(cls, trainer, physical_rotation: bool = True, **overrides) -> "AugmentSettings":
-        """Settings from an nnU-Net trainer: rotation range, dummy 2D, initial patch size and mirror axes exactly
-        as its ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()`` returns them (so trainer variants
-        that override it are followed), patch size and spacing from its configuration manager. The intensity
-        settings keep the defaults copied from ``get_training_transforms``; pass ``overrides`` for trainers that
-        change those.
-
-        The mirror axes are the ones that method returns, i.e. what nnU-Net hands to ``get_training_transforms``;
-        the same call sets ``trainer.inference_allowed_mirroring_axes`` to them (None and () both mean no
-        mirroring). ``physical_rotation=False`` rotates in voxel units as nnU-Net does (spacing None)."""
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if mirror_axes is None:
-            mirror_axes = trainer.inference_allowed_mirroring_axes
-        patch_size = tuple(int(p) for p in trainer.configuration_manager.patch_size)
-        spacing = tuple(float(s) for s in trainer.configuration_manager.spacing) if physical_rotation else None
-        fields = dict(ndim=len(patch_size), rotation_range=_as_range(rotation), mirror_axes=tuple(mirror_axes or ()),
-                      dummy_2d=bool(dummy_2d), spacing=spacing, patch_size=patch_size,
-                      initial_patch_size=tuple(int(p) for p in initial_patch_size))
-        fields.update(overrides)
-        return cls(**fields)
-
-
-def _as_range(value) -> Range:
-    """nnU-Net's RandomScalar as (low, high): a number is the constant (x, x); a callable cannot be batched."""
-    if isinstance(value, (int, float)):
-        return float(value), float(value)
-    if callable(value) or len(value) != 2:
-        raise ValueError(f"rotation_for_DA must be a number or a (low, high) pair, got {value!r}")
-    return float(value[0]), float(value[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,7 +346,7 @@ def sample_intensity_params(batch_size: int, channels: int, settings: AugmentSet
         lowres_on=_bernoulli((b, 1), s.p_lowres, *args) & _bernoulli((b, c), s.p_lowres_per_channel, *args),
         lowres_scale=_uniform((b, c), *s.lowres_scale_range, *args),
         gamma_inverted_on=_bernoulli(b, s.p_gamma_inverted, *args),
-        gamma_inverted=_bg_contrast((b, c), s.gamma_range, *args),
+        gamma_inverted=_bg_contrast((b, c), s.gamma_inverted_range, *args),
         gamma_on=_bernoulli(b, s.p_gamma, *args),
         gamma=_bg_contrast((b, c), s.gamma_range, *args),
     )

@@ -20,6 +20,7 @@ from nnunet_sacl.method.contrast_correlation import normalized_ct_intensity_rang
 from nnunet_sacl.method.distributed import average_gradients, broadcast_module, is_distributed
 from nnunet_sacl.method.heads import ProjectionHead
 from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
+from nnunet_sacl.nnunet.augment_settings import hands_augmentation_to_device
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
@@ -107,7 +108,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
         self._warn_if_no_positives_possible()
         self.case_phase = self._read_case_phases() if self.use_phase_labels else None
-        if self.augments_on_device():
+        if self.phase == PRETRAIN and self.augments_on_device():
             self.augment_settings, self.augment_generator = make_augmenter(self)
 
     def make_contrastive_loss(self) -> SupConLoss:
@@ -133,9 +134,11 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         return self.pretrain_augmentation == "torch" or \
             (self.pretrain_augmentation == "auto" and self.device.type == "cuda")
 
+    @hands_augmentation_to_device
     def get_training_transforms(self, *args, **kwargs):
         # nnU-Net's is a staticmethod called as self.get_training_transforms(...): in phase 1 with on-device
-        # augmentation the CPU workers only crop (nnU-Net's initial patch size) and copy
+        # augmentation the CPU workers only crop (nnU-Net's initial patch size) and copy; the device applies what
+        # the implementation behind this one returns (augment_settings.training_transforms)
         if self.phase == PRETRAIN and self.augments_on_device():
             return None
         return super().get_training_transforms(*args, **kwargs)
