@@ -23,6 +23,14 @@ class _ShortRun:
         self.num_val_iterations_per_epoch = self.run_val_iterations
         self.save_every = 1
 
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        # Short CPU runs predict without nnU-Net's mirrored test-time augmentation (final validation and
+        # nnUNetv2_predict read these axes): in 3D it runs 8 forward passes per window, about 7x the prediction
+        # time, most of a smoke run. Training keeps its mirroring.
+        settings = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return settings
+
 
 class SACLTrainer_smoke(_ShortRun, SACLTrainer):
     """CPU smoke test: 3 pretraining + 2 segmentation epochs of 4 iterations (2 validation iterations)."""
