@@ -104,16 +104,29 @@ def restart_number(environ=os.environ) -> int:
     return int(environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
 
 
-def _set_threads(device: str) -> None:
-    # as nnUNetv2_train: many threads on the CPU (shared fairly among this node's workers), one on a GPU
+def set_threads(device: str, local_workers: int = 1) -> None:
+    """nnUNetv2_train's threads (run_training_entry sets them inline before training, so they are copied here;
+    tests/test_torchrun.py compares them with nnU-Net's for every device): on the CPU all cores, shared here by
+    this node's `local_workers` workers (nnU-Net trains on the CPU in one process only; every worker taking all
+    cores would run local_workers x cores threads on the cores), on a GPU one thread and one inter-op thread."""
     import multiprocessing
     import torch
     if device == "cpu":
-        per_worker = int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1)
-        torch.set_num_threads(max(1, multiprocessing.cpu_count() // per_worker))
+        torch.set_num_threads(max(1, multiprocessing.cpu_count() // local_workers))
     elif device == "cuda":
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
+
+
+def set_cudnn_for_training() -> None:
+    """nnU-Net's cuDNN settings for training, which its run_training and run_ddp set inline after
+    maybe_load_checkpoint (so they are copied here; tests/test_torchrun.py compares them with nnU-Net's):
+    autotuned convolution algorithms, not only deterministic ones; whenever CUDA is available, whatever -device."""
+    import torch
+    from torch.backends import cudnn
+    if torch.cuda.is_available():
+        cudnn.deterministic = False
+        cudnn.benchmark = True
 
 
 def _read_plans(args):
@@ -175,13 +188,15 @@ def run_worker(args, env: dict) -> int:
     problem = batch_split_problem(batch_size, world, f"{plans_file}, configuration {args.configuration}")
     if problem:
         raise LaunchError(problem)
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise LaunchError("-device cuda but CUDA is not available on this node; use -device cpu")
-        torch.cuda.set_device(int(env["LOCAL_RANK"]))
-    _set_threads(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LaunchError("-device cuda but CUDA is not available on this node; use -device cpu")
+    # nnU-Net's set-up, in its order (run_training_entry, run_ddp): threads, process group, device, trainer,
+    # checkpoint, cuDNN flags, training
+    set_threads(args.device, local_workers=int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))
     dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=args.collective_timeout))
     try:
+        if args.device == "cuda":
+            torch.cuda.set_device(int(env["LOCAL_RANK"]))   # nnU-Net: cuda:<global rank>, one node only
         trainer = _load_trainer(args, base, plans, torch.device(args.device), args.c)
         if args.disable_checkpointing:
             trainer.disable_checkpointing = True
@@ -190,6 +205,7 @@ def run_worker(args, env: dict) -> int:
         # with no checkpoint written yet, start as the first attempt did
         resume = args.c or (restart > 0 and not args.val and _has_checkpoint(trainer))
         maybe_load_checkpoint(trainer, resume, args.val, None if resume else args.pretrained_weights)
+        set_cudnn_for_training()
         if restart:
             trainer.print_to_log_file(
                 f"torchrun restart {restart} of at most {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}: "
@@ -227,7 +243,7 @@ def run_single(args) -> int:
     from nnunetv2.run.run_training import run_training
     if args.dist_backend == "nccl":
         choose_backend("nccl", args.device)
-    _set_threads(args.device)
+    set_threads(args.device)   # run_training sets the cuDNN flags itself
     run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.pretrained_weights,
                  1, args.npz, args.c, args.val, args.disable_checkpointing, args.val_best,
                  device=torch.device(args.device))

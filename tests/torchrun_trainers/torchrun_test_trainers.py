@@ -1,8 +1,12 @@
 """Trainers for tests/test_torchrun.py, found through nnUNet_extTrainer (the test adds this folder to it)."""
+import json
+import os
+import time
 from collections import Counter
 from contextlib import contextmanager
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_smoke
 
@@ -84,3 +88,29 @@ class SACLTrainer_tiny(SACLTrainer_smoke):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("final validation skipped (test trainer)")
+
+
+class nnUNetTrainer_probe(nnUNetTrainer):
+    """Trains nothing: where training would start (run_training) it writes the process's set-up to
+    $PROBE_DIR/rank<R>.json, then fails as $PROBE_FAULT says: 'peer_gone' (rank 1 exits, rank 0's next
+    collective finds it gone) or 'timeout_text' (an error that is no communication error but says "timed out")."""
+
+    def run_training(self):
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        state = {"cudnn.benchmark": torch.backends.cudnn.benchmark,
+                 "cudnn.deterministic": torch.backends.cudnn.deterministic,
+                 "num_threads": torch.get_num_threads(), "num_interop_threads": torch.get_num_interop_threads()}
+        with open(os.path.join(os.environ["PROBE_DIR"], f"rank{rank}.json"), "w") as f:
+            json.dump(state, f)
+        fault = os.environ.get("PROBE_FAULT")
+        if fault == "timeout_text":
+            raise RuntimeError("DataLoader timed out after 60 seconds")
+        if fault == "peer_gone":
+            if rank == 1:
+                os._exit(0)
+            time.sleep(2)
+            dist.all_reduce(torch.zeros(1))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
