@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import sys
+import traceback
 from os.path import isfile, join
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -91,12 +92,19 @@ def check_restartable(environ=os.environ) -> None:
             f"group hangs while connecting. Without restarts, leave --max-restarts at 0.")
 
 
+# gloo's transport errors reach Python as plain RuntimeErrors that start with gloo's source location, e.g.
+# "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer ..." (a rank died) or
+# "[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for recv operation" (torch 2.14)
+GLOO_TRANSPORT_ERROR = re.compile(r"\[[^\]\n]*gloo/transport/[^\]\n]*\]")
+
+
 def lost_a_rank(error: BaseException) -> bool:
-    """Whether a collective failed because another rank is gone (gloo: connection reset; nccl: timeout/abort)."""
+    """Whether a collective failed because another rank is gone or did not answer: torch.distributed's
+    communication errors (DistError: DistBackendError, DistNetworkError, DistStoreError) and gloo's transport
+    errors, which torch raises as plain RuntimeErrors. Any other error, whatever its text, is not."""
     from torch import distributed as dist
-    return isinstance(error, dist.DistError) or bool(re.search(
-        r"Connection (reset|closed|refused)|Broken pipe|timed out|Timeout|NCCL (communicator|error)",
-        str(error)))
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and bool(GLOO_TRANSPORT_ERROR.match(str(error))))
 
 
 def restart_number(environ=os.environ) -> int:
@@ -194,6 +202,7 @@ def run_worker(args, env: dict) -> int:
     # checkpoint, cuDNN flags, training
     set_threads(args.device, local_workers=int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))
     dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=args.collective_timeout))
+    trainer = None
     try:
         if args.device == "cuda":
             torch.cuda.set_device(int(env["LOCAL_RANK"]))   # nnU-Net: cuda:<global rank>, one node only
@@ -222,11 +231,14 @@ def run_worker(args, env: dict) -> int:
     except Exception as e:
         if not lost_a_rank(e):
             raise
-        print(f"nnunet-sacl train, rank {rank} of {world}: lost contact with the other ranks (a rank died, or did "
-              f"not answer within the collective timeout of {args.collective_timeout:g} s); torchrun's summary "
-              f"names the rank that failed. Restart with --c, or let torchrun restart the group "
-              f"(--max-restarts). {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr, flush=True)
+        message = (f"{traceback.format_exc()}nnunet-sacl train, rank {rank} of {world}: lost contact with the other "
+                   f"ranks (a rank died, or did not answer within the collective timeout of "
+                   f"{args.collective_timeout:g} s); torchrun's summary names the rank that failed. Restart with "
+                   f"--c, or let torchrun restart the group (--max-restarts). {type(e).__name__}: "
+                   f"{str(e).splitlines()[0] if str(e) else ''}")
+        if trainer is not None:
+            trainer.print_to_log_file(message, also_print_to_console=False)
+        print(message, file=sys.stderr, flush=True)
         return 1
     finally:
         if dist.is_initialized():

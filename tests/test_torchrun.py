@@ -278,7 +278,8 @@ def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp
         out = finish(proc)
         assert proc.returncode == 0, out[-6000:]
         expected = dict(nnunet, num_threads=max(1, cores // workers))   # the cores shared by the node's workers
-        assert omp != expected["num_threads"] and probed(env) == {r: expected for r in range(workers)}, out[-3000:]
+        assert omp != expected["num_threads"] and probed(env) == {r: expected for r in range(workers)}, (
+            workers, probed(env), out[-2000:])
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
@@ -297,6 +298,42 @@ def test_threads_per_device_equal_nnunet_train_entry(device):
                            text=True, timeout=120, env=env)
         found.append(re.findall(r"THREADS \d+ \d+", r.stdout))
     assert found[0] == found[1] and len(found[0]) == 1, found
+
+
+def test_a_rank_gone_is_reported_with_its_traceback(nnunet_env, preprocessed, tmp_path):
+    """Rank 1 exits; rank 0's next collective gets gloo's own error (a plain RuntimeError): the worker says it lost
+    contact and keeps the traceback, on stderr and in the trainer's log."""
+    env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="peer_gone")
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
+                 env)
+    out = finish(proc)
+    assert proc.returncode != 0
+    said = re.search(r"Traceback \(most recent call last\):\n(.*\n)*?RuntimeError: \[\S*gloo/transport/\S+\] "
+                     r"Connection closed by peer.*\n(.*\n)*?nnunet-sacl train, rank 0 of 2: lost contact", out)
+    assert said, out[-6000:]
+    log = training_log(fold_folder(env, PROBE, 0))
+    assert "dist.all_reduce" in log and "Connection closed by peer" in log and "rank 0 of 2: lost contact" in log, log
+
+
+def test_an_error_that_says_timed_out_is_not_a_lost_rank(nnunet_env, preprocessed, tmp_path):
+    env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="timeout_text")
+    proc = start(torchrun("--standalone", "--nproc_per_node", "1", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
+                 env)
+    out = finish(proc)
+    assert proc.returncode != 0 and "RuntimeError: DataLoader timed out after 60 seconds" in out, out[-6000:]
+    assert "lost contact" not in out, out[-6000:]
+
+
+def test_only_communication_errors_are_lost_ranks():
+    from torch import distributed as dist
+    from nnunet_sacl.train import lost_a_rank
+    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for "
+            "recv operation to complete")
+    assert all(lost_a_rank(e) for e in (dist.DistBackendError("NCCL error"), dist.DistNetworkError("x"),
+                                        dist.DistStoreError("x"), RuntimeError(gloo)))
+    assert not any(lost_a_rank(e) for e in (RuntimeError("DataLoader timed out after 60 seconds"),
+                                            RuntimeError("Timeout"), TimeoutError("x"), ValueError(gloo),
+                                            RuntimeError(f"Loading failed: {gloo}")))
 
 
 @pytest.mark.parametrize("extra_env, args, message", [
