@@ -162,6 +162,23 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
         other.load_checkpoint(file)
 
 
+def test_out_of_memory_at_resume_is_reported_as_one(in_process_env, tmp_path, monkeypatch):
+    """The optimizer's load_state_dict (it moves the momentum to the GPU) runs out of memory: no 'does not match'."""
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.initialize()
+    file = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(file)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError) as error:
+        make_trainer("SACLTrainer_smoke").load_checkpoint(file)
+    assert str(error.value).startswith(f"Out of memory on cpu while resuming from {file}"), str(error.value)
+    assert "Tried to allocate 2.00 GiB" in str(error.value) and "does not match" not in str(error.value)
+
+
 def test_organ_x_phase_labels(in_process_env):
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunet_sacl.method.phases import PHASES_FILE
