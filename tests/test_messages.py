@@ -122,7 +122,8 @@ def damaged_checkpoint(folder, kind: str) -> str:
 
 @pytest.mark.parametrize("kind, says", [
     ("missing", "does not exist"), ("truncated", ": it is truncated (2000 bytes, a zip archive without its end"),
-    ("text", ": it is not a torch file (torch.save writes a zip archive"), ("foreign zip", "file in archive is not in a subdirectory")])
+    ("text", ": it is not a torch file (torch.save writes a zip archive"),
+    ("foreign zip", "file in archive is not in a subdirectory")])
 def test_a_checkpoint_that_cannot_be_read_says_why(tmp_path, kind, says):
     from nnunet_sacl.nnunet.checkpoints import read_checkpoint
     path = damaged_checkpoint(tmp_path, kind)
@@ -143,8 +144,8 @@ def test_embeddings_without_the_encoder_file_says_it_does_not_exist(tmp_path):
     fold.mkdir(parents=True)
     r = subprocess.run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", "123"], env=env, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 1 and r.stderr.strip() == (f"nnunet-sacl embeddings: Checkpoint "
-                                                      f"{fold / 'checkpoint_sacl_encoder.pth'} does not exist"), r.stderr
+    expected = f"nnunet-sacl embeddings: Checkpoint {fold / 'checkpoint_sacl_encoder.pth'} does not exist"
+    assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
 
 
 def test_the_method_imports_nothing_from_nnunet():

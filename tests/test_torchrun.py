@@ -250,7 +250,8 @@ def probe_env(nnunet_env, folder, cuda_reported=False, **extra):
     site.mkdir(parents=True)
     probe.mkdir()
     (site / "sitecustomize.py").write_text(PROBE_SITE)
-    return torchrun_env(nnunet_env, folder / "results", PROBE_DIR=str(probe), PROBE_CUDA_REPORTED=str(int(cuda_reported)),
+    return torchrun_env(nnunet_env, folder / "results", PROBE_DIR=str(probe),
+                        PROBE_CUDA_REPORTED=str(int(cuda_reported)),
                         PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **extra)
 
 
@@ -288,7 +289,8 @@ def test_threads_per_device_equal_nnunet_train_entry(device):
     by a report: nnU-Net sets the threads inline there), per device; a CPU machine can ask for cuda and mps."""
     report = "import torch; print('THREADS', torch.get_num_threads(), torch.get_num_interop_threads())\n"
     nnunet = (f"import sys\nimport nnunetv2.run.run_training as rt\nrt.run_training = lambda *a, **k: report()\n"
-              f"sys.argv = ['nnUNetv2_train', '1', '3d_fullres', '0', '-device', '{device}']\nrt.run_training_entry()\n")
+              f"sys.argv = ['nnUNetv2_train', '1', '3d_fullres', '0', '-device', '{device}']\n"
+              f"rt.run_training_entry()\n")
     ours = f"from nnunet_sacl.train import set_threads\nset_threads('{device}')\nreport()\n"
     # every process starts with other threads than nnU-Net sets: 1 where it sets all cores, all cores elsewhere
     env = dict(os.environ, OMP_NUM_THREADS="1" if device == "cpu" else str(multiprocessing.cpu_count()))
