@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import sys
+import traceback
 from os.path import isfile, join
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -91,12 +92,19 @@ def check_restartable(environ=os.environ) -> None:
             f"group hangs while connecting. Without restarts, leave --max-restarts at 0.")
 
 
+# gloo's transport errors reach Python as plain RuntimeErrors that start with gloo's source location, e.g.
+# "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer ..." (a rank died) or
+# "[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for recv operation" (torch 2.14)
+GLOO_TRANSPORT_ERROR = re.compile(r"\[[^\]\n]*gloo/transport/[^\]\n]*\]")
+
+
 def lost_a_rank(error: BaseException) -> bool:
-    """Whether a collective failed because another rank is gone (gloo: connection reset; nccl: timeout/abort)."""
+    """Whether a collective failed because another rank is gone or did not answer: torch.distributed's
+    communication errors (DistError: DistBackendError, DistNetworkError, DistStoreError) and gloo's transport
+    errors, which torch raises as plain RuntimeErrors. Any other error, whatever its text, is not."""
     from torch import distributed as dist
-    return isinstance(error, dist.DistError) or bool(re.search(
-        r"Connection (reset|closed|refused)|Broken pipe|timed out|Timeout|NCCL (communicator|error)",
-        str(error)))
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and bool(GLOO_TRANSPORT_ERROR.match(str(error))))
 
 
 def restart_number(environ=os.environ) -> int:
@@ -104,16 +112,29 @@ def restart_number(environ=os.environ) -> int:
     return int(environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
 
 
-def _set_threads(device: str) -> None:
-    # as nnUNetv2_train: many threads on the CPU (shared fairly among this node's workers), one on a GPU
+def set_threads(device: str, local_workers: int = 1) -> None:
+    """nnUNetv2_train's threads (run_training_entry sets them inline before training, so they are copied here;
+    tests/test_torchrun.py compares them with nnU-Net's for every device): on the CPU all cores, shared here by
+    this node's `local_workers` workers (nnU-Net trains on the CPU in one process only; every worker taking all
+    cores would run local_workers x cores threads on the cores), on a GPU one thread and one inter-op thread."""
     import multiprocessing
     import torch
     if device == "cpu":
-        per_worker = int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1)
-        torch.set_num_threads(max(1, multiprocessing.cpu_count() // per_worker))
+        torch.set_num_threads(max(1, multiprocessing.cpu_count() // local_workers))
     elif device == "cuda":
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
+
+
+def set_cudnn_for_training() -> None:
+    """nnU-Net's cuDNN settings for training, which its run_training and run_ddp set inline after
+    maybe_load_checkpoint (so they are copied here; tests/test_torchrun.py compares them with nnU-Net's):
+    autotuned convolution algorithms, not only deterministic ones; whenever CUDA is available, whatever -device."""
+    import torch
+    from torch.backends import cudnn
+    if torch.cuda.is_available():
+        cudnn.deterministic = False
+        cudnn.benchmark = True
 
 
 def _read_plans(args):
@@ -175,13 +196,16 @@ def run_worker(args, env: dict) -> int:
     problem = batch_split_problem(batch_size, world, f"{plans_file}, configuration {args.configuration}")
     if problem:
         raise LaunchError(problem)
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise LaunchError("-device cuda but CUDA is not available on this node; use -device cpu")
-        torch.cuda.set_device(int(env["LOCAL_RANK"]))
-    _set_threads(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LaunchError("-device cuda but CUDA is not available on this node; use -device cpu")
+    # nnU-Net's set-up, in its order (run_training_entry, run_ddp): threads, process group, device, trainer,
+    # checkpoint, cuDNN flags, training
+    set_threads(args.device, local_workers=int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))
     dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=args.collective_timeout))
+    trainer = None
     try:
+        if args.device == "cuda":
+            torch.cuda.set_device(int(env["LOCAL_RANK"]))   # nnU-Net: cuda:<global rank>, one node only
         trainer = _load_trainer(args, base, plans, torch.device(args.device), args.c)
         if args.disable_checkpointing:
             trainer.disable_checkpointing = True
@@ -190,6 +214,7 @@ def run_worker(args, env: dict) -> int:
         # with no checkpoint written yet, start as the first attempt did
         resume = args.c or (restart > 0 and not args.val and _has_checkpoint(trainer))
         maybe_load_checkpoint(trainer, resume, args.val, None if resume else args.pretrained_weights)
+        set_cudnn_for_training()
         if restart:
             trainer.print_to_log_file(
                 f"torchrun restart {restart} of at most {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}: "
@@ -206,11 +231,14 @@ def run_worker(args, env: dict) -> int:
     except Exception as e:
         if not lost_a_rank(e):
             raise
-        print(f"nnunet-sacl train, rank {rank} of {world}: lost contact with the other ranks (a rank died, or did "
-              f"not answer within the collective timeout of {args.collective_timeout:g} s); torchrun's summary "
-              f"names the rank that failed. Restart with --c, or let torchrun restart the group "
-              f"(--max-restarts). {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr, flush=True)
+        message = (f"{traceback.format_exc()}nnunet-sacl train, rank {rank} of {world}: lost contact with the other "
+                   f"ranks (a rank died, or did not answer within the collective timeout of "
+                   f"{args.collective_timeout:g} s); torchrun's summary names the rank that failed. Restart with "
+                   f"--c, or let torchrun restart the group (--max-restarts). {type(e).__name__}: "
+                   f"{str(e).splitlines()[0] if str(e) else ''}")
+        if trainer is not None:
+            trainer.print_to_log_file(message, also_print_to_console=False)
+        print(message, file=sys.stderr, flush=True)
         return 1
     finally:
         if dist.is_initialized():
@@ -227,7 +255,7 @@ def run_single(args) -> int:
     from nnunetv2.run.run_training import run_training
     if args.dist_backend == "nccl":
         choose_backend("nccl", args.device)
-    _set_threads(args.device)
+    set_threads(args.device)   # run_training sets the cuDNN flags itself
     run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.pretrained_weights,
                  1, args.npz, args.c, args.val, args.disable_checkpointing, args.val_best,
                  device=torch.device(args.device))

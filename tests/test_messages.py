@@ -4,6 +4,7 @@ import argparse
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -100,7 +101,51 @@ def test_check_weights_says_a_text_file_is_not_a_checkpoint(tmp_path, capsys):
     text.write_text("not weights\n")
     assert main(["check-weights", str(text), "-d", "1", "-c", "3d_fullres"]) == 1
     err = capsys.readouterr().err
-    assert f"{text} is not a torch checkpoint" in err and "killed" not in err
+    assert f"{text}: it is not a torch file" in err and "killed" not in err
+
+
+def damaged_checkpoint(folder, kind: str) -> str:
+    """A checkpoint file that cannot be loaded: missing, truncated (a zip cut short), text, or a whole zip archive
+    that torch.save did not write (torch's own error)."""
+    import torch
+    path = folder / "checkpoint_latest.pth"
+    if kind == "truncated":
+        torch.save({"network_weights": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == "text":
+        path.write_text("epoch 3: loss 0.5\n")
+    elif kind == "foreign zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "not a checkpoint")
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("missing", "does not exist"), ("truncated", ": it is truncated (2000 bytes, a zip archive without its end"),
+    ("text", ": it is not a torch file (torch.save writes a zip archive"),
+    ("foreign zip", "file in archive is not in a subdirectory")])
+def test_a_checkpoint_that_cannot_be_read_says_why(tmp_path, kind, says):
+    from nnunet_sacl.nnunet.checkpoints import read_checkpoint
+    path = damaged_checkpoint(tmp_path, kind)
+    with pytest.raises((FileNotFoundError, RuntimeError)) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert path in message and says in message, message
+    others = {"missing": "does not exist", "truncated": "truncated", "text": "not a torch file"}
+    assert not [o for k, o in others.items() if k != kind and o in message], message
+    assert isinstance(error.value, FileNotFoundError) == (kind == "missing")
+
+
+def test_embeddings_without_the_encoder_file_says_it_does_not_exist(tmp_path):
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
+               nnUNet_results=str(tmp_path / "res"))
+    (tmp_path / "pre" / "Dataset123_Planned").mkdir(parents=True)
+    fold = tmp_path / "res" / "Dataset123_Planned" / "SACLTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    r = subprocess.run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", "123"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    expected = f"nnunet-sacl embeddings: Checkpoint {fold / 'checkpoint_sacl_encoder.pth'} does not exist"
+    assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
 
 
 def test_the_method_imports_nothing_from_nnunet():

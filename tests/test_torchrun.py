@@ -2,6 +2,8 @@
 both phases, rank 0 alone writes, the first pretraining step equals one process on the concatenated batch, a
 two-node rendezvous, SIGKILL with and without restarts, the stock baseline, bad settings refused."""
 import glob
+import json
+import multiprocessing
 import os
 import re
 import signal
@@ -227,6 +229,113 @@ def test_stock_baseline_on_two_ranks(nnunet_env, preprocessed, tmp_path):
     log = training_log(folder)
     assert "Training done." in log and len(re.findall(r"train_loss", log)) == 2
     assert torch.load(join(folder, "checkpoint_final.pth"), weights_only=False)["trainer_name"] == "nnUNetTrainer_smoke"
+
+
+PROBE = "nnUNetTrainer_probe"
+SETUP = ("cudnn.benchmark", "cudnn.deterministic", "num_threads", "num_interop_threads")
+PROBE_SITE = """import os
+if "PROBE_DIR" in os.environ:
+    import torch
+    # set-up a user's site could have before training: nnU-Net's own must replace it
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    if os.environ.get("PROBE_CUDA_REPORTED") == "1":   # nnU-Net sets its cuDNN flags whenever CUDA is available
+        torch.cuda.is_available = lambda: True
+"""
+
+
+def probe_env(nnunet_env, folder, cuda_reported=False, **extra):
+    """Runs nnUNetTrainer_probe, which writes its process's set-up to folder/probe/rank<R>.json where training
+    would start; a sitecustomize gives every process the opposite cuDNN flags first (PROBE_SITE)."""
+    site, probe = folder / "site", folder / "probe"
+    site.mkdir(parents=True)
+    probe.mkdir()
+    (site / "sitecustomize.py").write_text(PROBE_SITE)
+    return torchrun_env(nnunet_env, folder / "results", PROBE_DIR=str(probe),
+                        PROBE_CUDA_REPORTED=str(int(cuda_reported)),
+                        PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **extra)
+
+
+def probed(env) -> dict:
+    """{rank: set-up} the probe trainer wrote."""
+    return {int(f.stem[4:]): json.loads(f.read_text()) for f in Path(env["PROBE_DIR"]).glob("rank*.json")}
+
+
+@pytest.mark.parametrize("cuda_reported", [False, True], ids=["cpu", "cuda-reported"])
+def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp_path, cuda_reported):
+    """Where training starts, a launcher worker has the cuDNN flags and threads that nnUNetv2_train (nnU-Net's
+    run_training_entry and run_training, unchanged) gives its process, -device cpu. 'cuda-reported':
+    torch.cuda.is_available() answers True in both, so nnU-Net sets its cuDNN flags there. Two workers on one node
+    share the cores; OMP_NUM_THREADS makes every process start with other threads than nnU-Net's."""
+    cores = multiprocessing.cpu_count()
+    stock = probe_env(nnunet_env, tmp_path / "stock", cuda_reported, OMP_NUM_THREADS="1")
+    run([nnunet_bin("nnUNetv2_train"), *train_args(PROBE, 0)], stock, timeout=RUN_TIMEOUT)
+    nnunet = probed(stock)[0]
+    assert nnunet["num_threads"] == cores and (nnunet["cudnn.benchmark"], nnunet["cudnn.deterministic"]) == (
+        (True, False) if cuda_reported else (False, True))
+    for workers, omp in ((1, 1), (2, cores)):
+        env = probe_env(nnunet_env, tmp_path / f"launcher{workers}", cuda_reported, OMP_NUM_THREADS=str(omp))
+        proc = start(torchrun("--standalone", "--nproc_per_node", str(workers), "-m", "nnunet_sacl.train",
+                              *train_args(PROBE, 0)), env)
+        out = finish(proc)
+        assert proc.returncode == 0, out[-6000:]
+        expected = dict(nnunet, num_threads=max(1, cores // workers))   # the cores shared by the node's workers
+        assert omp != expected["num_threads"] and probed(env) == {r: expected for r in range(workers)}, (
+            workers, probed(env), out[-2000:])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
+def test_threads_per_device_equal_nnunet_train_entry(device):
+    """set_threads against nnU-Net's run_training_entry (its argparse and thread set-up, with run_training replaced
+    by a report: nnU-Net sets the threads inline there), per device; a CPU machine can ask for cuda and mps."""
+    report = "import torch; print('THREADS', torch.get_num_threads(), torch.get_num_interop_threads())\n"
+    nnunet = (f"import sys\nimport nnunetv2.run.run_training as rt\nrt.run_training = lambda *a, **k: report()\n"
+              f"sys.argv = ['nnUNetv2_train', '1', '3d_fullres', '0', '-device', '{device}']\n"
+              f"rt.run_training_entry()\n")
+    ours = f"from nnunet_sacl.train import set_threads\nset_threads('{device}')\nreport()\n"
+    # every process starts with other threads than nnU-Net sets: 1 where it sets all cores, all cores elsewhere
+    env = dict(os.environ, OMP_NUM_THREADS="1" if device == "cpu" else str(multiprocessing.cpu_count()))
+    found = []
+    for code in (nnunet, ours):
+        r = subprocess.run([sys.executable, "-c", f"def report():\n    {report}{code}"], capture_output=True,
+                           text=True, timeout=120, env=env)
+        found.append(re.findall(r"THREADS \d+ \d+", r.stdout))
+    assert found[0] == found[1] and len(found[0]) == 1, found
+
+
+def test_a_rank_gone_is_reported_with_its_traceback(nnunet_env, preprocessed, tmp_path):
+    """Rank 1 exits; rank 0's next collective gets gloo's own error (a plain RuntimeError): the worker says it lost
+    contact and keeps the traceback, on stderr and in the trainer's log."""
+    env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="peer_gone")
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
+                 env)
+    out = finish(proc)
+    assert proc.returncode != 0
+    said = re.search(r"Traceback \(most recent call last\):\n(.*\n)*?RuntimeError: \[\S*gloo/transport/\S+\] "
+                     r"Connection closed by peer.*\n(.*\n)*?nnunet-sacl train, rank 0 of 2: lost contact", out)
+    assert said, out[-6000:]
+    log = training_log(fold_folder(env, PROBE, 0))
+    assert "dist.all_reduce" in log and "Connection closed by peer" in log and "rank 0 of 2: lost contact" in log, log
+
+
+def test_an_error_that_says_timed_out_is_not_a_lost_rank(nnunet_env, preprocessed, tmp_path):
+    env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="timeout_text")
+    proc = start(torchrun("--standalone", "--nproc_per_node", "1", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
+                 env)
+    out = finish(proc)
+    assert proc.returncode != 0 and "RuntimeError: DataLoader timed out after 60 seconds" in out, out[-6000:]
+    assert "lost contact" not in out, out[-6000:]
+
+
+def test_only_communication_errors_are_lost_ranks():
+    from torch import distributed as dist
+    from nnunet_sacl.train import lost_a_rank
+    gloo = ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for "
+            "recv operation to complete")
+    assert all(lost_a_rank(e) for e in (dist.DistBackendError("NCCL error"), dist.DistNetworkError("x"),
+                                        dist.DistStoreError("x"), RuntimeError(gloo)))
+    assert not any(lost_a_rank(e) for e in (RuntimeError("DataLoader timed out after 60 seconds"),
+                                            RuntimeError("Timeout"), TimeoutError("x"), ValueError(gloo),
+                                            RuntimeError(f"Loading failed: {gloo}")))
 
 
 @pytest.mark.parametrize("extra_env, args, message", [

@@ -162,6 +162,29 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
         other.load_checkpoint(file)
 
 
+@pytest.mark.parametrize("error, says", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "Out of memory on cpu while resuming from {file} (free memory on it, e.g. other processes on this GPU): CUDA out "
+     "of memory. Tried to allocate 2.00 GiB"),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"),
+     "CUDA error: an illegal memory access was encountered")], ids=["out-of-memory", "other-runtime-error"])
+def test_errors_at_resume_that_are_no_mismatch_say_what_they_are(in_process_env, tmp_path, monkeypatch, error, says):
+    """The optimizer's load_state_dict (it moves the momentum to the GPU) fails: out of memory is reported as one,
+    another RuntimeError with its own text; neither says 'does not match'."""
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.initialize()
+    file = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(file)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict", fail)
+    with pytest.raises(type(error)) as raised:
+        make_trainer("SACLTrainer_smoke").load_checkpoint(file)
+    assert str(raised.value) == says.format(file=file) and "does not match" not in str(raised.value)
+
+
 def test_organ_x_phase_labels(in_process_env):
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunet_sacl.method.phases import PHASES_FILE

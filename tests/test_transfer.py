@@ -185,13 +185,13 @@ def test_other_architecture_class_is_named(in_process, encoder_file, tmp_path):
 
 
 def test_errors_name_the_file_and_the_choices(in_process, encoder_file, tmp_path):
-    with pytest.raises(FileNotFoundError, match="Weights file .*nope.pth does not exist"):
+    with pytest.raises(FileNotFoundError, match="Checkpoint .*nope.pth does not exist"):
         check_weights(str(tmp_path / "nope.pth"), A_ID, "3d_fullres")
     (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 a zip archive cut short")
-    with pytest.raises(RuntimeError, match="Cannot read checkpoint .*broken.pth"):
+    with pytest.raises(RuntimeError, match="Cannot read checkpoint .*broken.pth: it is truncated"):
         check_weights(str(tmp_path / "broken.pth"), A_ID, "3d_fullres")
     (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="notes.pth is not a torch checkpoint"):
+    with pytest.raises(RuntimeError, match="notes.pth: it is not a torch file"):
         check_weights(str(tmp_path / "notes.pth"), A_ID, "3d_fullres")
     with pytest.raises(FileNotFoundError, match=r"No plans file .*nnUNetPlans_x\.json\. Plans of "
                                                 rf"{A_NAME}: nnUNetPlans"):

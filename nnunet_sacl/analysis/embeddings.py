@@ -14,14 +14,14 @@ from nnunet_sacl.lazy import lazy_import
 np = lazy_import("numpy")
 
 
-def build_network(model_folder: str, configuration: str, weights_file: Optional[str] = None, seed: int = 0):
-    """The trained model's network as nnU-Net builds it (seeded initialisation), optionally with saved weights.
+def build_network(model_folder: str, configuration: str, weights: Optional[dict] = None, seed: int = 0):
+    """The trained model's network as nnU-Net builds it (seeded initialisation), optionally with saved weights
+    (a checkpoint's network_weights).
     Returns (network, plans_manager, configuration_manager, label_manager)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_sacl.nnunet.checkpoints import read_checkpoint
     from nnunet_sacl.nnunet.network import build_nnunet_network
     plans_manager = PlansManager(load_json(join(model_folder, "plans.json")))
     dataset_json = load_json(join(model_folder, "dataset.json"))
@@ -29,8 +29,8 @@ def build_network(model_folder: str, configuration: str, weights_file: Optional[
     lm = plans_manager.get_label_manager(dataset_json)
     torch.manual_seed(seed)
     network = build_nnunet_network(plans_manager, cm, dataset_json, deep_supervision=False)
-    if weights_file is not None:
-        network.load_state_dict(read_checkpoint(weights_file)["network_weights"])
+    if weights is not None:
+        network.load_state_dict(weights)
     return network.eval(), plans_manager, cm, lm
 
 
@@ -122,9 +122,12 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
     """Silhouette of the freshly initialised encoder ('before') and of the pretrained one ('after', by default the
     fold's checkpoint_sacl_encoder.pth); writes the t-SNE picture when out_png is given."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from nnunet_sacl.nnunet.checkpoints import read_checkpoint
     weights_file = weights_file or join(model_folder, f"fold_{fold}", "checkpoint_sacl_encoder.pth")
+    pretrained = read_checkpoint(weights_file)["network_weights"]   # read first: a bad file fails before any work
     groups = {}
-    for title, weights in (("before pretraining", None), ("after pretraining", weights_file)):
+    for title, weights in (("before pretraining", None), ("after pretraining", pretrained)):
         network, _, cm, lm = build_network(model_folder, configuration, weights, seed)
         cases = preprocessed_cases(join(preprocessed_folder, cm.data_identifier), max_cases)
         groups[title] = organ_embeddings(network, cases, cm.patch_size, lm.num_segmentation_heads,
@@ -158,13 +161,15 @@ def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tu
 
 def _run(args) -> int:
     from nnunetv2.paths import nnUNet_preprocessed
+
+    from nnunet_sacl.nnunet.checkpoints import UnreadableCheckpoint
     try:
         dataset, model_folder = model_folder_of(args.d, args.tr, args.p, args.c)
-    except FileNotFoundError as e:
+        scores = embeddings_before_after(model_folder, args.f, args.c, join(str(nnUNet_preprocessed), dataset),
+                                         args.weights, args.max_cases, args.o, args.device)
+    except (FileNotFoundError, UnreadableCheckpoint) as e:
         print(f"nnunet-sacl embeddings: {e}", file=sys.stderr)
         return 1
-    scores = embeddings_before_after(model_folder, args.f, args.c, join(str(nnUNet_preprocessed), dataset),
-                                     args.weights, args.max_cases, args.o, args.device)
     for title, score in scores.items():
         print(f"silhouette (cosine) {title}: {score:.4f}")
     print(f"t-SNE picture: {args.o}")

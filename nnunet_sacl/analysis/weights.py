@@ -152,18 +152,10 @@ def target_state_dict(dataset, configuration: str, plans_identifier: str) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ the file's side
-TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")   # torch.save's zip archive; the legacy format's pickle protocol
-
-
 def read_weights_file(weights_file: str) -> dict:
+    """The checkpoint; a file that is missing, truncated, not a torch file or no nnU-Net checkpoint is refused with
+    the reason (read_checkpoint)."""
     from nnunet_sacl.nnunet.checkpoints import read_checkpoint
-    if not isfile(weights_file):
-        raise FileNotFoundError(f"Weights file {weights_file} does not exist")
-    with open(weights_file, "rb") as f:
-        start = f.read(4)
-    if not start.startswith(TORCH_FILE_STARTS):
-        raise ValueError(f"{weights_file} is not a torch checkpoint (torch.save writes a zip archive; this file "
-                         f"starts with {start!r}); pass checkpoint_sacl_encoder.pth or an nnU-Net checkpoint_*.pth")
     return read_checkpoint(weights_file)
 
 

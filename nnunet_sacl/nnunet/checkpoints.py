@@ -1,5 +1,6 @@
 """Checkpoint files that survive a kill and fail loudly when they are not what they should be."""
 import os
+import zipfile
 
 import torch
 
@@ -31,14 +32,42 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+ZIP_START = b"PK\x03\x04"    # torch.save's format (a zip archive) since torch 1.6
+PICKLE_START = b"\x80"       # torch.save's legacy format (a pickle)
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint file that exists but cannot be loaded or holds no network weights; the message says why."""
+
+
 def read_checkpoint(filename: str, map_location="cpu") -> dict:
-    """torch.load with an error that names the file when it is truncated, corrupt or not a checkpoint."""
+    """torch.load (memory-mapped) with an error that says why a file cannot be loaded: missing
+    (FileNotFoundError), truncated, not a torch file, or another error with torch's own text (UnreadableCheckpoint),
+    or loaded but no nnU-Net checkpoint (UnreadableCheckpoint too)."""
+    if not os.path.exists(filename):
+        raise FileNotFoundError(f"Checkpoint {filename} does not exist")
     try:
         checkpoint = torch.load(filename, map_location=map_location, weights_only=False, mmap=True)
-    except Exception as e:  # torch raises several types for a damaged zip
-        raise RuntimeError(f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}. The file is truncated "
-                           f"or corrupt (e.g. the run was killed while an old, non-atomic save was writing it); "
-                           f"delete it to start over, or restore a copy.") from e
+    except Exception as e:  # torch raises several types for a damaged file
+        raise UnreadableCheckpoint(f"Cannot read checkpoint {filename}: {_why_unreadable(filename, e)}") from e
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise RuntimeError(f"{filename} is not an nnU-Net checkpoint (no 'network_weights' entry)")
+        raise UnreadableCheckpoint(f"{filename} is not an nnU-Net checkpoint (no 'network_weights' entry)")
     return checkpoint
+
+
+def _why_unreadable(filename: str, error: Exception) -> str:
+    error = f"{type(error).__name__}: {error}"
+    try:
+        with open(filename, "rb") as f:
+            start = f.read(len(ZIP_START))
+        size = os.path.getsize(filename)
+    except OSError:
+        return error
+    if size == 0 or (start == ZIP_START and not zipfile.is_zipfile(filename)):
+        return (f"it is truncated ({size} bytes{', a zip archive without its end' if size else ''}: e.g. a copy "
+                f"that did not finish, or a kill while an old, non-atomic save was writing it); delete it to start "
+                f"over, or restore a copy. ({error})")
+    if not start.startswith((ZIP_START, PICKLE_START)):
+        return (f"it is not a torch file (torch.save writes a zip archive, which starts with {ZIP_START!r}; this "
+                f"file starts with {start!r}); pass a checkpoint_*.pth or checkpoint_sacl_encoder.pth")
+    return error

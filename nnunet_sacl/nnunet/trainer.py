@@ -426,7 +426,13 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             if self.head_in_checkpoint():
                 self.head.load_state_dict(sacl['head'])
             super().load_checkpoint(filename_or_checkpoint)
+        except torch.OutOfMemoryError as e:   # a RuntimeError, but no mismatch: the checkpoint may be fine
+            raise torch.OutOfMemoryError(f"Out of memory on {self.device} while resuming from {filename_or_checkpoint} "
+                                         f"(free memory on it, e.g. other processes on this GPU): {e}") from e
         except (RuntimeError, ValueError, KeyError) as e:
+            # torch's key/shape errors of load_state_dict; the optimizer's ValueError; an entry the checkpoint lacks
+            if isinstance(e, RuntimeError) and not str(e).startswith("Error(s) in loading state_dict"):
+                raise
             # never start over silently with a re-initialised head or optimizer
             raise RuntimeError(f"{filename_or_checkpoint} does not match this {self.__class__.__name__} (network, "
                                f"projection head or optimizer differ: other plans or SACL settings?): {e}") from e

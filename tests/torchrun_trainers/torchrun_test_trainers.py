@@ -1,10 +1,13 @@
 """Trainers for tests/test_torchrun.py, found through nnUNet_extTrainer (the test adds this folder to it)."""
+import json
 import os
+import time
 from collections import Counter
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
@@ -145,3 +148,29 @@ class SACLTrainer_nan_frozen(_RecordsRanks, SACLTrainer_smoke):
 class SACLTrainer_joint_nan(_RecordsRanks, SACLTrainer_joint_smoke):
     """The joint trainer, 1 epoch of 2 iterations; rank 1's second step has a NaN segmentation loss."""
     run_epochs, run_iterations, run_val_iterations = 1, 2, 1
+
+
+class nnUNetTrainer_probe(nnUNetTrainer):
+    """Trains nothing: where training would start (run_training) it writes the process's set-up to
+    $PROBE_DIR/rank<R>.json, then fails as $PROBE_FAULT says: 'peer_gone' (rank 1 exits, rank 0's next
+    collective finds it gone) or 'timeout_text' (an error that is no communication error but says "timed out")."""
+
+    def run_training(self):
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        state = {"cudnn.benchmark": torch.backends.cudnn.benchmark,
+                 "cudnn.deterministic": torch.backends.cudnn.deterministic,
+                 "num_threads": torch.get_num_threads(), "num_interop_threads": torch.get_num_interop_threads()}
+        with open(os.path.join(os.environ["PROBE_DIR"], f"rank{rank}.json"), "w") as f:
+            json.dump(state, f)
+        fault = os.environ.get("PROBE_FAULT")
+        if fault == "timeout_text":
+            raise RuntimeError("DataLoader timed out after 60 seconds")
+        if fault == "peer_gone":
+            if rank == 1:
+                os._exit(0)
+            time.sleep(2)
+            dist.all_reduce(torch.zeros(1))
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        pass
