@@ -5,7 +5,8 @@ encoder (inductor where a C++ compiler is present, else aot_eager). Phase 1, pha
 Tolerances: the GradScaler path multiplies the loss by a power of two and divides the gradients by it again, which
 is exact in floating point, so parameters after the step equal the eager step to 1e-6. bfloat16 keeps 8 bits of
 mantissa: the loss agrees to 3% and the update (parameters after minus before) points the same way (cosine > 0.95)
-with a norm within 15%. The compiled encoder reorders floating-point sums: loss and parameters to 1e-4."""
+with a norm within 15%. The compiled encoder reorders floating-point sums: loss to 1e-4, and the parameter update
+(after minus before) within 1% of the eager update in norm (measured 0.17%)."""
 import shutil
 
 import pytest
@@ -100,5 +101,9 @@ def test_compiled_phase_one_encoder_equals_the_eager_step(in_process_env, monkey
     before = params(eager)
     loss_eager, loss_compiled = step(eager, batch, True), step(compiled, batch, True)
     assert loss_compiled == pytest.approx(loss_eager, rel=1e-4)
-    assert not torch.equal(params(compiled), before)
-    torch.testing.assert_close(params(compiled), params(eager), rtol=1e-4, atol=1e-5)
+    update_eager, update_compiled = params(eager) - before, params(compiled) - before
+    assert update_compiled.abs().sum() > 0
+    # inductor reorders sums: some of millions of weights differ by 1e-5 after the step (a clean-clone run saw
+    # 6 of 5.7 M elements 2.4e-5 apart), so the update is compared as a whole
+    difference = float((update_compiled - update_eager).norm() / update_eager.norm())
+    assert difference < 1e-2, difference      # measured 1.7e-3 with inductor on 2 cores
