@@ -54,7 +54,7 @@ class NonFiniteLossGuard:
 
 
 def _on_ranks(ranks) -> str:
-    """'' in one process, else ', seen on rank(s) ...' (the ranks whose own loss was not finite)."""
+    """'' in one process, else '; seen on rank(s) ...' (the ranks whose own loss was not finite)."""
     if not is_distributed():
         return ""
     return f"; seen on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
