@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint
+from nnunet_sacl.nnunet.lr_schedules import EncoderDecoderLRMixin, PretrainedConventionMixin
 from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer
 
 
@@ -141,8 +142,61 @@ class nnUNetTrainer_torchaug(OnDeviceAugmentationMixin, nnUNetTrainer):
     """Stock nnU-Net training augmented on the training device instead of by CPU workers."""
 
 
+class SACLTrainer_ftconvention(PretrainedConventionMixin, SACLTrainer):
+    """Phase 2 with nnU-Net's convention for pretrained weights: LR 1e-3, linear warm-up over the first 5% of the
+    segmentation epochs, then poly."""
+
+
+class nnUNetTrainer_ftconvention(PretrainedConventionMixin, nnUNetTrainer):
+    """Stock nnU-Net for ``-pretrained_weights`` runs with nnU-Net's convention: LR 1e-3, 5% linear warm-up, poly."""
+
+
+class SACLTrainer_splitlr(EncoderDecoderLRMixin, SACLTrainer):
+    """Phase 2 with separate LRs: decoder at nnU-Net's 1e-2 (poly from epoch 0), the pretrained encoder at 1e-3,
+    warmed up over the first 5% of the segmentation epochs."""
+
+
+class nnUNetTrainer_splitlr(EncoderDecoderLRMixin, nnUNetTrainer):
+    """Stock nnU-Net for ``-pretrained_weights`` runs with SACLTrainer_splitlr's encoder/decoder LRs."""
+
+
+class nnUNetTrainer_ftconvention_smoke(_ShortRun, nnUNetTrainer_ftconvention):
+    """CPU test: nnUNetTrainer_ftconvention at the smoke length (2 epochs of 4 iterations)."""
+
+
+class SACLTrainer_demo_eqseg(SACLTrainer_demo):
+    """The demo's SACL arm at equal segmentation iterations: 4 pretraining + 16 segmentation epochs (pretraining on
+    top of nnUNetTrainer_demo's 1,200 iterations)."""
+    run_epochs = 16
+
+
+class SACLTrainer_demo_eqseg_ftconvention(PretrainedConventionMixin, SACLTrainer_demo_eqseg):
+    """SACLTrainer_demo_eqseg with nnU-Net's convention for pretrained weights in phase 2."""
+
+
+class SACLTrainer_demo_eqseg_splitlr(EncoderDecoderLRMixin, SACLTrainer_demo_eqseg):
+    """SACLTrainer_demo_eqseg with the encoder at 1e-3 (warmed up) and the decoder at 1e-2 in phase 2."""
+
+
+class SACLTrainer_demo_splitlr(EncoderDecoderLRMixin, SACLTrainer_demo):
+    """SACLTrainer_demo (equal total iterations) with SACLTrainer_splitlr's phase-2 LRs."""
+
+
+class SACLTrainer_demo_ftconvention(PretrainedConventionMixin, SACLTrainer_demo):
+    """SACLTrainer_demo (equal total iterations) with nnU-Net's convention for pretrained weights in phase 2."""
+
+
+class SACLTrainer_joint_demo_w05(SACLTrainer_joint_demo):
+    """SACLTrainer_joint_demo with contrastive weight 0.5."""
+    joint_contrastive_weight = 0.5
+
+
 __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_joint_demo",
            "SACLTrainer_demo_smoke", "nnUNetTrainer_demo_smoke",
-           "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke", "SACLTrainer_joint", "SACLTrainer_joint_smoke"]
+           "SACLTrainer_PaperStyle", "SACLTrainer_PaperStyle_smoke", "SACLTrainer_joint", "SACLTrainer_joint_smoke",
+           "SACLTrainer_ftconvention", "nnUNetTrainer_ftconvention", "SACLTrainer_splitlr", "nnUNetTrainer_splitlr",
+           "nnUNetTrainer_ftconvention_smoke", "SACLTrainer_demo_eqseg", "SACLTrainer_demo_eqseg_ftconvention",
+           "SACLTrainer_demo_eqseg_splitlr", "SACLTrainer_demo_splitlr", "SACLTrainer_demo_ftconvention",
+           "SACLTrainer_joint_demo_w05"]
