@@ -20,8 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 SUBSET_MARKER = "sacl_subset.json"
 LABEL = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
 
@@ -133,6 +131,7 @@ def source_splits(preprocessed: Path, plans: str, configuration: str) -> list:
 
 def subset_order(train_cases, fold: int, seed: int) -> list:
     """The fold's training cases in a seeded order that depends on (seed, fold) only: K cases = the first K."""
+    import numpy as np
     cases = sorted(train_cases)
     return [cases[i] for i in np.random.default_rng([seed, fold]).permutation(len(cases))]
 
