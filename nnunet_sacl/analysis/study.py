@@ -6,8 +6,11 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from nnunet_sacl.analysis.study_regimes import (Arm, RegimeError, check_weights_files, parse_arms, parse_train_cases,
+                                                parse_weights, subset_dataset, write_weights_plans)
 
 EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
            "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
@@ -22,9 +25,12 @@ class StudyError(Exception):
 
 @dataclass(frozen=True)
 class Run:
-    trainer: str
+    trainer: str           # the arm's name (TRAINER or TRAINER@LABEL)
     fold: int
     folder: Path           # nnU-Net's fold_X output folder
+    trainer_class: str = None
+    plans: str = None      # the arm's plans identifier
+    weights: str = None    # -pretrained_weights file of this fold, if any
 
     def state(self) -> str:
         """'finished' (final checkpoint and validation summary), 'stopped' (a checkpoint to resume) or 'new'."""
@@ -51,21 +57,35 @@ class Study:
     test_labels: Path = None
     tolerance: float = 2.0
     nsd_method: str = "voxel"
+    arms: list = field(default_factory=list)   # Arm per name in trainers (default: plain trainers)
+    train_cases: object = None                 # K of this regime (int or 'all'); None: no --train-cases
+
+    def arm(self, name: str) -> Arm:
+        return next((a for a in self.arms if a.name == name), Arm(name, name))
 
     @property
     def runs(self) -> list:
         from nnunetv2.utilities.file_path_utilities import get_output_folder
-        return [Run(t, f, Path(get_output_folder(self.dataset, t, self.plans, self.configuration, f)))
-                for t in self.trainers for f in self.folds]
+        runs = []
+        for t in self.trainers:
+            arm = self.arm(t)
+            plans = arm.plans(self.plans)
+            runs += [Run(t, f, Path(get_output_folder(self.dataset, arm.trainer, plans, self.configuration, f)),
+                         arm.trainer, plans, arm.weights_file(f)) for f in self.folds]
+        return runs
 
     def train_command(self, run: Run, executable: str = "nnUNetv2_train") -> list:
-        cmd = [executable, self.dataset, self.configuration, str(run.fold), "-tr", run.trainer, "-p", self.plans,
-               "-device", self.device]
-        return cmd + (["--c"] if run.state() == "stopped" else [])
+        cmd = [executable, self.dataset, self.configuration, str(run.fold), "-tr", run.trainer_class or run.trainer,
+               "-p", run.plans or self.plans, "-device", self.device]
+        state = run.state()
+        if run.weights is not None and state == "new":     # nnU-Net refuses weights together with --c
+            cmd += ["-pretrained_weights", str(run.weights)]
+        return cmd + (["--c"] if state == "stopped" else [])
 
     def predict_command(self, run: Run, out: Path, executable: str = "nnUNetv2_predict") -> list:
         return [executable, "-i", str(self.test_images), "-o", str(out), "-d", self.dataset, "-c", self.configuration,
-                "-f", str(run.fold), "-tr", run.trainer, "-p", self.plans, "-device", self.device]
+                "-f", str(run.fold), "-tr", run.trainer_class or run.trainer, "-p", run.plans or self.plans,
+                "-device", self.device]
 
 
 # ---------------------------------------------------------------- checks before anything runs
@@ -85,14 +105,14 @@ def _dataset_name(dataset: str) -> str:
         raise StudyError(f"dataset {dataset!r}: {e}") from None
 
 
-def _check_trainers(trainers: list) -> None:
+def _check_trainers(trainers: list, classes: list = None) -> None:
     from contextlib import redirect_stdout
     from io import StringIO
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     if len(trainers) < 2 or len(set(trainers)) != len(trainers):
         raise StudyError(f"-tr {' '.join(trainers)}: give at least two different trainers (the first is the baseline)")
-    for name in trainers:
+    for name in dict.fromkeys(classes or trainers):
         try:
             with redirect_stdout(StringIO()):   # nnU-Net narrates its search
                 recursive_find_trainer_class_by_name(name)
@@ -141,7 +161,15 @@ def make_study(args) -> Study:
     configurations = json.loads(plans_file.read_text()).get("configurations", {})
     if args.c not in configurations:
         raise StudyError(f"configuration {args.c!r} is not in {plans_file} (it has {', '.join(configurations)})")
-    _check_trainers(args.tr)
+    try:
+        arms = parse_arms(args.tr, parse_weights(getattr(args, "weights", None)))
+        if not (getattr(args, "print_commands", False) or getattr(args, "slurm_array", None)):
+            check_weights_files(arms, args.f)     # a cluster may write them before its array runs
+        if getattr(args, "train_cases", None):
+            parse_train_cases(args.train_cases)
+    except RegimeError as e:
+        raise StudyError(str(e)) from None
+    _check_trainers(args.tr, [a.trainer for a in arms])
     available = _available_folds(preprocessed)
     bad = [f for f in args.f if f not in available]
     if bad or len(set(args.f)) != len(args.f):
@@ -159,7 +187,30 @@ def make_study(args) -> Study:
         raise StudyError(f"-device {args.device}: use cuda, cpu or mps (as nnUNetv2_train)")
     return Study(dataset, args.c, args.p, list(args.tr), list(args.f), args.device, Path(args.o), preprocessed,
                  file_ending, labels_from_dataset_json(preprocessed / "dataset.json"), test_images, test_labels,
-                 args.tolerance, args.nsd_method)
+                 args.tolerance, args.nsd_method, arms)
+
+
+def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
+    """One study per --train-cases value, each in its own STUDY_DIR/K<k> folder (K='all': the dataset itself);
+    derived datasets and the weights arms' plans are written here, after every check."""
+    if not train_cases:
+        write_weights_plans(study.preprocessed, study.plans, study.arms)
+        return [study]
+    studies = []
+    try:
+        for k in parse_train_cases(train_cases):
+            if k == "all":
+                regime = replace(study, out_dir=study.out_dir / "Kall", train_cases=k)
+            else:
+                folder = subset_dataset(study.preprocessed, study.dataset, study.plans, study.configuration,
+                                        study.folds, k, seed)
+                regime = replace(study, dataset=folder.name, preprocessed=folder, out_dir=study.out_dir / f"K{k}",
+                                 train_cases=k)
+            write_weights_plans(regime.preprocessed, regime.plans, regime.arms)
+            studies.append(regime)
+    except RegimeError as e:
+        raise StudyError(str(e)) from None
+    return studies
 
 
 # ---------------------------------------------------------------- running nnU-Net
@@ -170,8 +221,11 @@ def _bin(name: str) -> str:
     return str(local) if local.is_file() else name
 
 
-def pending_commands(study: Study) -> list:
-    """One ``nnUNetv2_train`` command line per run that is not finished (with ``--c`` where it stopped)."""
+def pending_commands(study) -> list:
+    """One ``nnUNetv2_train`` command line per run that is not finished (with ``--c`` where it stopped); a list of
+    studies (regimes) gives theirs one after the other."""
+    if isinstance(study, list):
+        return [c for s in study for c in pending_commands(s)]
     return [shlex.join(study.train_command(r)) for r in study.runs if r.state() != "finished"]
 
 
@@ -193,14 +247,18 @@ def _say(message: str) -> None:
     print(message, flush=True)   # before the subprocess's own output
 
 
+def _regime(study: Study) -> str:
+    return "" if study.train_cases is None else f" (train cases {study.train_cases})"
+
+
 def train(study: Study, log=_say) -> None:
     for run in study.runs:
         state = run.state()
         if state == "finished":
-            log(f"{run.trainer} fold {run.fold}: finished, skipped ({run.folder})")
+            log(f"{run.trainer} fold {run.fold}{_regime(study)}: finished, skipped ({run.folder})")
             continue
         cmd = study.train_command(run, _bin("nnUNetv2_train"))
-        log(f"{run.trainer} fold {run.fold}: {'resuming with --c' if state == 'stopped' else 'training'}: "
+        log(f"{run.trainer} fold {run.fold}{_regime(study)}: {'resuming with --c' if state == 'stopped' else 'training'}: "
             f"{shlex.join(cmd)}")
         if subprocess.run(cmd).returncode != 0 or run.state() != "finished":
             raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_train did not finish; see the training log "
@@ -268,6 +326,15 @@ def run_study(study: Study, command: str = None, log=_say) -> Path:
     return write_report(study, rows, costs, command)
 
 
+def run_regimes(studies: list, command: str = None, log=_say) -> Path:
+    """Every regime's study (trained, evaluated, reported in its own folder), then the summary over regimes."""
+    if len(studies) == 1 and studies[0].train_cases is None:
+        return run_study(studies[0], command, log)
+    from nnunet_sacl.analysis.study_report import write_regimes_report
+    reports = [run_study(s, command, log) for s in studies]
+    return write_regimes_report(studies, reports, command)
+
+
 # ---------------------------------------------------------------- command line
 
 def command_line(args) -> str:
@@ -276,14 +343,19 @@ def command_line(args) -> str:
            "-device", args.device, "-o", args.o, "--tolerance", f"{args.tolerance:g}", "--nsd-method", args.nsd_method]
     if args.test_images:
         cmd += ["--test-images", args.test_images, "--test-labels", args.test_labels]
+    if getattr(args, "weights", None):
+        cmd += ["--weights", *args.weights]
+    if getattr(args, "train_cases", None):
+        cmd += ["--train-cases", *map(str, args.train_cases), "--subset-seed", str(args.subset_seed)]
     return shlex.join(cmd)
 
 
 def _run(args) -> int:
     try:
         study = make_study(args)
+        studies = regime_studies(study, args.train_cases, args.subset_seed)
         if args.print_commands or args.slurm_array:
-            commands = pending_commands(study)
+            commands = pending_commands(studies)
             if args.print_commands:
                 print("\n".join(commands))
             if args.slurm_array:
@@ -294,7 +366,7 @@ def _run(args) -> int:
                 print(f"{len(commands)} run(s) written to {args.slurm_array} (sbatch {args.slurm_array})",
                       file=sys.stderr)
             return 0
-        report = run_study(study, command_line(args))
+        report = run_regimes(studies, command_line(args))
     except StudyError as e:
         print(f"nnunet-sacl study: {e}", file=sys.stderr)
         return 2
@@ -326,6 +398,15 @@ def add_cli(sub) -> None:
     p.add_argument("--nsd-method", choices=("voxel", "surface"), default="voxel",
                    help="NSD by boundary voxels (default) or by area-weighted surface elements, as FLARE scores it "
                         "(see docs/evaluation.md)")
+    p.add_argument("--weights", nargs="+", metavar="LABEL=FILE",
+                   help="weights files for arms written -tr TRAINER@LABEL: that arm is TRAINER trained with "
+                        "nnUNetv2_train -pretrained_weights FILE (FILE may hold {fold}), under its own plans "
+                        "identifier PLANS_weights_LABEL so that its output folder is its own")
+    p.add_argument("--train-cases", nargs="+", metavar="K",
+                   help="regimes: each fold trains on K of its training cases (validation and test cases "
+                        "unchanged; a seeded, nested subset, the same for every trainer) through a derived nnU-Net "
+                        "dataset per K; 'all' = the dataset itself. Each regime reports in STUDY_DIR/K<k>")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --train-cases subsets (default 0)")
     p.add_argument("-o", default="study", metavar="STUDY_DIR", help="output folder (default ./study)")
     p.add_argument("--print-commands", action="store_true",
                    help="print one nnUNetv2_train line per unfinished run and stop (for a cluster)")

@@ -8,7 +8,7 @@ import numpy as np
 from nnunet_sacl.analysis.evaluation import write_csv
 from nnunet_sacl.analysis.study_stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline,
                                               paired_values)
-from nnunet_sacl.analysis.training_cost import COST_COLUMNS
+from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
 PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd")
 
@@ -34,14 +34,97 @@ def _mean_table(rows: list, trainers: list, organs: list) -> list:
     return lines
 
 
-def _comparison_table(table: list) -> list:
-    lines = ["| trainer | organ | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses |",
-             "|---|---|---|---|---|---|---|"]
+def _comparison_table(table: list, budgets: dict = None) -> list:
+    budgets = budgets or {}
+    lines = ["| trainer | organ | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses | budget |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['trainer']} | {r['organ']} | {r['n_pairs']} | {_fmt(r['mean_diff'])} | "
                      f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt_p(r['p_wilcoxon'])} | "
-                     f"{r['wins']} / {r['ties']} / {r['losses']} |")
+                     f"{r['wins']} / {r['ties']} / {r['losses']} | {budgets.get(r['trainer'], {}).get('budget', '')} |")
     return lines
+
+
+BUDGET_COLUMNS = ("trainer", "baseline", "budget", "segmentation_iterations", "baseline_segmentation_iterations",
+                  "pretraining_iterations", "weights_run_iterations", "total_iterations", "baseline_total_iterations",
+                  "pretraining_seconds")
+
+
+def _weights_runs_cost(study, trainer: str) -> tuple:
+    """Iterations and epoch seconds of the runs that wrote the arm's weights files (read from the training logs
+    next to each distinct file; (0, 0) without a weights file, NaN where the file has no logs beside it)."""
+    arm = study.arm(trainer) if hasattr(study, "arm") else None
+    if arm is None or arm.weights is None:
+        return 0.0, 0.0
+    iterations, seconds = 0.0, 0.0
+    for file in sorted({arm.weights_file(f) for f in study.folds}):
+        folder = Path(file).parent
+        if not any(folder.glob("training_log_*.txt")):
+            return math.nan, math.nan
+        cost = run_cost(folder)
+        iterations += cost["iterations"]
+        seconds += cost["pretrain_seconds"] + cost["epoch_seconds"]
+    return iterations, seconds
+
+
+def budgets(study, costs: list) -> dict:
+    """Per compared trainer, the budget of its comparison with the baseline (iterations summed over folds):
+    'equal total iterations', 'equal segmentation iterations' (pretraining, in the run or in the run that wrote its
+    weights file, on top and stated), 'equal iterations' (no pretraining on either side) or 'unequal'."""
+    def sums(trainer):
+        mine = [c for c in costs if c["trainer"] == trainer]
+        seg = sum(c["iterations_per_epoch"] * c["epochs"] for c in mine)
+        pre = sum(c["iterations_per_epoch"] * c["pretrain_epochs"] for c in mine)
+        return seg, pre, sum(c["pretrain_seconds"] for c in mine)
+    baseline = study.trainers[0]
+    b_seg, b_pre, _ = sums(baseline)
+    b_ext, _ = _weights_runs_cost(study, baseline)
+    b_total = b_seg + b_pre + b_ext
+    out = {}
+    for trainer in study.trainers[1:]:
+        seg, pre, pre_s = sums(trainer)
+        ext, ext_s = _weights_runs_cost(study, trainer)
+        total = seg + pre + ext
+        if math.isnan(total) or math.isnan(b_total):
+            label = (f"equal segmentation iterations ({seg:.0f}); the weights file's own training cost is unknown "
+                     "(no training log beside it)") if seg == b_seg else "unequal (weights file cost unknown)"
+        elif total == b_total and seg == b_seg:
+            label = f"equal iterations ({total:.0f})"
+        elif total == b_total:
+            label = f"equal total iterations ({total:.0f}: {seg:.0f} segmentation + {pre + ext:.0f} pretraining)"
+        elif seg == b_seg:
+            label = (f"equal segmentation iterations ({seg:.0f}); pretraining on top: +{pre + ext:.0f} iterations, "
+                     f"+{pre_s + ext_s:.0f} s")
+        else:
+            label = f"unequal: segmentation {seg:.0f} vs {b_seg:.0f}, total {total:.0f} vs {b_total:.0f} iterations"
+        out[trainer] = {"trainer": trainer, "baseline": baseline, "budget": label, "segmentation_iterations": seg,
+                        "baseline_segmentation_iterations": b_seg, "pretraining_iterations": pre,
+                        "weights_run_iterations": ext, "total_iterations": total,
+                        "baseline_total_iterations": b_total, "pretraining_seconds": pre_s + ext_s}
+    return out
+
+
+def arm_pseudo_dice(study, trainer: str) -> dict:
+    """Segmentation epoch -> the arm's pseudo Dice, mean over its folds' training logs."""
+    curves = [pseudo_dice_curve(r.folder) for r in study.runs if r.trainer == trainer]
+    epochs = sorted({e for c in curves for e in c})
+    return {e: float(np.nanmean([c[e] for c in curves if e in c])) for e in epochs}
+
+
+def pseudo_dice_plot(study, path: Path) -> None:
+    """Each arm's pseudo Dice (nnU-Net's per-epoch "Pseudo dice" log line, mean over organs and folds) against the
+    segmentation epoch: does an arm start faster?"""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for t in study.trainers:
+        curve = arm_pseudo_dice(study, t)
+        ax.plot(list(curve), list(curve.values()), marker="o", markersize=3, label=t)
+    ax.set_xlabel("segmentation epoch")
+    ax.set_ylabel("pseudo Dice (mean over organs and folds)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.savefig(path, dpi=100)
 
 
 def _cost_table(costs: list, trainers: list) -> list:
@@ -109,6 +192,10 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               out / "cost.csv")
     box_plot(rows, trainers, organs, out / "dice_boxplot.png")
     paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
+    if hasattr(study, "runs"):
+        pseudo_dice_plot(study, out / "pseudo_dice.png")
+    budget = budgets(study, costs)
+    write_csv([{k: b[k] for k in BUDGET_COLUMNS} for b in budget.values()], out / "budget.csv")
     source = (f"test set {study.test_images} (labels {study.test_labels}), predicted by each fold's model"
               if study.test_images else "each fold's validation cases (nnU-Net's fold_X/validation predictions)")
     lines = [f"# Study: {', '.join(trainers)} on {study.dataset}", "",
@@ -116,11 +203,23 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
              f"device `{study.device}`",
              f"- evaluated on {source}; NSD tolerance {study.tolerance:g} mm",
              f"- baseline: `{trainers[0]}`; differences are trainer - baseline"]
+    if getattr(study, "train_cases", None) is not None:
+        lines.append(f"- regime: {study.train_cases} training case(s) per fold (dataset `{study.dataset}`, "
+                     "validation and test cases unchanged)")
+    for arm in getattr(study, "arms", []):
+        if arm.weights is not None:
+            lines.append(f"- `{arm.name}`: `{arm.trainer}` trained with `-pretrained_weights {arm.weights}` "
+                         f"(plans `{arm.plans(study.plans)}`)")
     if command:
         lines.append(f"- command: `{command}`")
     lines += ["", "## Mean Dice per organ", ""] + _mean_table(rows, trainers, organs)
-    lines += ["", "## Paired comparison with the baseline (Dice)", ""] + _comparison_table(dice_table)
-    lines += ["", "## Paired comparison with the baseline (NSD)", ""] + _comparison_table(nsd_table)
+    lines += ["", "## Paired comparison with the baseline (Dice)", ""] + _comparison_table(dice_table, budget)
+    lines += ["", "## Paired comparison with the baseline (NSD)", ""] + _comparison_table(nsd_table, budget)
+    lines += ["", "## Budget of each comparison", "",
+              "Iterations summed over folds (from the training logs and debug.json). Equal segmentation iterations: "
+              "pretraining (in the run, or in the run that wrote an arm's weights file) comes on top and is stated; "
+              "equal total iterations: pretraining is taken from the segmentation budget.", ""]
+    lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
     lines += ["", "## Cost (from nnU-Net's training logs, summed over folds)", ""] + _cost_table(costs, trainers)
     lines += ["", "## How to read this", "",
               f"A pair is one case, each side averaged over the folds that evaluated it; `{MEAN}` is the per-case "
@@ -129,8 +228,75 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "two-sided Wilcoxon signed-rank test (scipy, zero differences dropped). Cost: pretraining and "
               "segmentation epochs with their summed epoch times, iterations = iterations per epoch x all epochs, "
               "wall time = first to last line of every training log (start-up and validation included).", "",
-              "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, dice_boxplot.png, "
-              "case_mean_pairs.png."]
+              "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, dice_boxplot.png, "
+              "case_mean_pairs.png, pseudo_dice.png."]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+REGIME_COLUMNS = ("train_cases", "trainer", "baseline", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_wilcoxon",
+                  "wins", "ties", "losses", "budget")
+
+
+def _k_position(study) -> float:
+    """x of a regime in the plot: K, or for 'all' the mean number of training cases of its folds."""
+    if study.train_cases != "all":
+        return float(study.train_cases)
+    import json
+    splits = json.loads((study.preprocessed / "splits_final.json").read_text())
+    return float(np.mean([len(splits[f]["train"]) for f in study.folds]))
+
+
+def write_regimes_report(studies: list, reports: list, command: str = None) -> Path:
+    """STUDY_DIR/report.md over the regimes: each regime's case-mean Dice comparison (read from its
+    comparison.csv), regimes.csv, and dice_diff_vs_train_cases.png (mean difference and 95% CI against K per arm)."""
+    import csv
+    out = Path(studies[0].out_dir).parent
+    rows = []
+    for study, report in zip(studies, reports):
+        with open(Path(report).parent / "comparison.csv") as f:
+            table = [r for r in csv.DictReader(f) if r["organ"] == MEAN]
+        with open(Path(report).parent / "budget.csv") as f:
+            budget = {r["trainer"]: r["budget"] for r in csv.DictReader(f)}
+        for r in table:
+            rows.append({"train_cases": study.train_cases, "trainer": r["trainer"], "baseline": r["baseline"],
+                         **{k: r[k] for k in REGIME_COLUMNS[3:-1]}, "budget": budget.get(r["trainer"], ""),
+                         "_x": _k_position(study)})
+    write_csv([{k: r[k] for k in REGIME_COLUMNS} for r in rows], out / "regimes.csv")
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0, color="grey", linewidth=1)
+    for i, t in enumerate(studies[0].trainers[1:]):
+        mine = sorted((r for r in rows if r["trainer"] == t), key=lambda r: r["_x"])
+        x = np.array([r["_x"] for r in mine])
+        y = np.array([float(r["mean_diff"]) for r in mine])
+        err = np.array([[y[j] - float(r["ci_low"]), float(r["ci_high"]) - y[j]] for j, r in enumerate(mine)]).T
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), marker="o", capsize=3, color=f"C{i + 1}", label=t)
+    ax.set_xticks(sorted({r["_x"] for r in rows}),
+                  [str(s.train_cases) if s.train_cases != "all" else f"all ({_k_position(s):g})" for s in
+                   sorted(studies, key=_k_position)])
+    ax.set_xlabel("training cases per fold (K)")
+    ax.set_ylabel(f"mean Dice difference vs {studies[0].trainers[0]}")
+    ax.legend(fontsize="small")
+    fig.savefig(out / "dice_diff_vs_train_cases.png", dpi=100)
+    lines = [f"# Study over training-set sizes: {', '.join(studies[0].trainers)}", "",
+             f"- baseline `{studies[0].trainers[0]}`; regimes (training cases per fold): "
+             + ", ".join(f"[{s.train_cases}]({Path(r).parent.name}/report.md) (dataset `{s.dataset}`)"
+                         for s, r in zip(studies, reports))]
+    if command:
+        lines.append(f"- command: `{command}`")
+    lines += ["", "## Case-mean Dice against the baseline, per regime", "",
+              "| K | trainer | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses | budget |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['train_cases']} | {r['trainer']} | {r['n_pairs']} | {_fmt(float(r['mean_diff']))} | "
+                     f"[{_fmt(float(r['ci_low']))}, {_fmt(float(r['ci_high']))}] | "
+                     f"{_fmt_p(float(r['p_wilcoxon']))} | {r['wins']} / {r['ties']} / {r['losses']} | "
+                     f"{r['budget']} |")
+    lines += ["", "Each regime's folder holds its full report (per organ, NSD, cost, pseudo_dice.png). Files here: "
+              "regimes.csv, dice_diff_vs_train_cases.png."]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

@@ -57,3 +57,27 @@ def run_cost(folder) -> dict:
             "epochs": len(segmentation), "epoch_seconds": sum(segmentation.values()),
             "iterations_per_epoch": per_epoch, "iterations": per_epoch * (len(pretrain) + len(segmentation)),
             "wall_seconds": wall}
+
+
+_PSEUDO_DICE = re.compile(r": Pseudo dice \[(.*)\]")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|nan")
+
+
+def pseudo_dice_curve(folder) -> dict:
+    """Segmentation epoch -> nnU-Net's pseudo Dice of that epoch (its "Pseudo dice [...]" log line, one value per
+    foreground class; here their mean, NaN classes left out). A repeated epoch (``--c``) counts once, its last."""
+    curve = {}
+    for log in sorted(Path(folder).glob("training_log_*.txt")):
+        epoch = None
+        for line in log.read_text(errors="replace").splitlines():
+            match = _EPOCH.search(line)
+            if match:
+                epoch = int(match.group(1))
+                continue
+            match = _PSEUDO_DICE.search(line)
+            if match and epoch is not None:
+                values = [float(v) for v in _NUMBER.findall(match.group(1).replace("np.float32", "")
+                                                            .replace("np.float64", ""))]
+                finite = [v for v in values if not math.isnan(v)]
+                curve[epoch] = sum(finite) / len(finite) if finite else math.nan
+    return curve

@@ -191,6 +191,82 @@ class SACLTrainer_joint_demo_w05(SACLTrainer_joint_demo):
     joint_contrastive_weight = 0.5
 
 
+class _PreregRun(_DemoRun):
+    """The pre-registered study's run length (docs/study.md): the demo's epochs of 75 iterations at batch 5 without
+    mirroring, 11 segmentation epochs (825 iterations), so that the whole study fits in about 2.5 hours of a 2-core
+    CPU."""
+    run_epochs = 11
+
+
+class nnUNetTrainer_prereg(_PreregRun, nnUNetTrainer):
+    """Pre-registered baseline: stock nnU-Net, 11 epochs of 75 iterations."""
+
+
+class SACLTrainer_prereg(_PreregRun, SACLTrainer):
+    """SACL as today at equal total iterations: 3 pretraining + 8 segmentation epochs."""
+    pretrain_epochs, run_epochs = 3, 8
+
+
+class SACLTrainer_prereg_ftconvention(PretrainedConventionMixin, SACLTrainer_prereg):
+    """SACLTrainer_prereg (equal total iterations) with nnU-Net's convention for pretrained weights in phase 2."""
+
+
+class SACLTrainer_prereg_splitlr(EncoderDecoderLRMixin, SACLTrainer_prereg):
+    """SACLTrainer_prereg (equal total iterations) with the encoder at 1e-3 (warmed up), the decoder at 1e-2."""
+
+
+class SACLTrainer_prereg_eqseg(_PreregRun, SACLTrainer):
+    """SACL at equal segmentation iterations: 3 pretraining epochs on top of the baseline's 11."""
+    pretrain_epochs = 3
+
+
+class SACLTrainer_prereg_eqseg_ftconvention(PretrainedConventionMixin, SACLTrainer_prereg_eqseg):
+    """SACLTrainer_prereg_eqseg with nnU-Net's convention for pretrained weights in phase 2."""
+
+
+class SACLTrainer_prereg_eqseg_splitlr(EncoderDecoderLRMixin, SACLTrainer_prereg_eqseg):
+    """SACLTrainer_prereg_eqseg with the encoder at 1e-3 (warmed up) and the decoder at 1e-2 in phase 2."""
+
+
+class SACLTrainer_joint_prereg(_PreregRun, SACLTrainer_joint):
+    """The joint trainer at the pre-registered length: 11 epochs, contrastive weight 0.1."""
+
+
+class SACLTrainer_joint_prereg_w05(SACLTrainer_joint_prereg):
+    """SACLTrainer_joint_prereg with contrastive weight 0.5."""
+    joint_contrastive_weight = 0.5
+
+
+class SACLTrainer_prereg_t01(SACLTrainer_prereg):
+    """Temperature 0.1 (instead of the paper's 0.07)."""
+    temperature = 0.1
+
+
+class SACLTrainer_prereg_ftconvention_t01(SACLTrainer_prereg_ftconvention):
+    """Temperature 0.1."""
+    temperature = 0.1
+
+
+class SACLTrainer_prereg_splitlr_t01(SACLTrainer_prereg_splitlr):
+    """Temperature 0.1."""
+    temperature = 0.1
+
+
+class SACLTrainer_prereg_eqseg_t01(SACLTrainer_prereg_eqseg):
+    """Temperature 0.1."""
+    temperature = 0.1
+
+
+class SACLTrainer_prereg_eqseg_ftconvention_t01(SACLTrainer_prereg_eqseg_ftconvention):
+    """Temperature 0.1."""
+    temperature = 0.1
+
+
+class SACLTrainer_prereg_eqseg_splitlr_t01(SACLTrainer_prereg_eqseg_splitlr):
+    """Temperature 0.1."""
+    temperature = 0.1
+
+
 __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
            "SACLTrainer", "SACLPretrainer", "SACLTrainer_smoke", "SACLTrainer_torchaug_smoke", "SACLPretrainer_smoke", "nnUNetTrainer_smoke",
            "SACLTrainer_demo", "nnUNetTrainer_demo", "SACLTrainer_joint_demo",
@@ -199,4 +275,9 @@ __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases
            "SACLTrainer_ftconvention", "nnUNetTrainer_ftconvention", "SACLTrainer_splitlr", "nnUNetTrainer_splitlr",
            "nnUNetTrainer_ftconvention_smoke", "SACLTrainer_demo_eqseg", "SACLTrainer_demo_eqseg_ftconvention",
            "SACLTrainer_demo_eqseg_splitlr", "SACLTrainer_demo_splitlr", "SACLTrainer_demo_ftconvention",
-           "SACLTrainer_joint_demo_w05"]
+           "SACLTrainer_joint_demo_w05", "nnUNetTrainer_prereg", "SACLTrainer_prereg",
+           "SACLTrainer_prereg_ftconvention", "SACLTrainer_prereg_splitlr", "SACLTrainer_prereg_eqseg",
+           "SACLTrainer_prereg_eqseg_ftconvention", "SACLTrainer_prereg_eqseg_splitlr", "SACLTrainer_joint_prereg",
+           "SACLTrainer_joint_prereg_w05", "SACLTrainer_prereg_t01", "SACLTrainer_prereg_ftconvention_t01",
+           "SACLTrainer_prereg_splitlr_t01", "SACLTrainer_prereg_eqseg_t01",
+           "SACLTrainer_prereg_eqseg_ftconvention_t01", "SACLTrainer_prereg_eqseg_splitlr_t01"]
