@@ -14,6 +14,11 @@ DATASET_ID = 991
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_SACLSynthetic"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains with nnU-Net's own commands or torchrun; the fast tier "
+                                       "(pytest -m 'not slow') leaves these out")
+
+
 def nnunet_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 

@@ -33,6 +33,8 @@ from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
 from nnunet_sacl.nnunet.variants import SACLTrainer_torchaug_smoke
 from tests.test_trainer import make_trainer
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -16,6 +16,8 @@ from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.variants import SACLTrainer_joint_smoke, SACLTrainer_smoke
 from tests.test_trainer import first_batch, make_trainer
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 
 class _AmpOnCPU:
     """The trainer's mixed-precision context on the CPU: autocast in bfloat16 (CPU autocast has no float16)."""

@@ -15,6 +15,8 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 from nnunet_sacl.nnunet import variants
 from tests.conftest import nnunet_bin, run
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 ARMS = ["nnUNetTrainer_demo_smoke", "SACLTrainer_demo_smoke"]
 NUMBER = r"(nan|-?\d\.\d{3})"
 SIGNED = r"(nan|[+-]\d\.\d{3})"

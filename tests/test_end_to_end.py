@@ -15,6 +15,8 @@ import torch
 
 from tests.conftest import DATASET_ID, DATASET_NAME, nnunet_bin, run
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 D = str(DATASET_ID)
 
 

@@ -16,6 +16,8 @@ from tests.test_losses import reference_supcon
 from tests.test_pooling import reference_mask_pool
 from tests.test_trainer import first_batch, make_trainer
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 JOINT = "SACLTrainer_joint_smoke"
 
 

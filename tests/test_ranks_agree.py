@@ -10,6 +10,8 @@ import torch
 from tests.test_end_to_end import fold_folder, training_log
 from tests.test_torchrun import finish, start, torchrun, torchrun_env, train_args
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 
 def equal_states(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

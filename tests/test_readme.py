@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "## Using it on your dataset"
 SUBSTITUTIONS = [("-tr SACLTrainer ", "-tr SACLTrainer_smoke "), ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n")]

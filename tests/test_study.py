@@ -19,6 +19,8 @@ from nnunet_sacl.analysis.study_stats import bootstrap_ci
 from tests.conftest import DATASET_NAME, nnunet_bin, run
 from tests.test_end_to_end import D, has_epoch_line, kill_when
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 CONFIG = "3d_fullres"
 BASELINE, SACL = "nnUNetTrainer_smoke", "SACLTrainer_smoke"
 

@@ -22,6 +22,8 @@ from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
 from tests.conftest import DATASET_NAME, nnunet_bin, run
 from tests.test_end_to_end import D
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 CONFIG, BASELINE = "3d_fullres", "nnUNetTrainer_smoke"
 ARM = f"{BASELINE}@init"
 WEIGHTS_PLANS = "nnUNetPlans_weights_init"

@@ -20,6 +20,8 @@ import torch
 from tests.conftest import DATASET_ID, nnunet_bin, run
 from tests.test_end_to_end import fold_folder, pretraining_losses, training_log
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 D = str(DATASET_ID)
 TEST_TRAINERS = Path(__file__).parent / "torchrun_trainers"
 RUN_TIMEOUT = 300

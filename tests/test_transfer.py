@@ -17,6 +17,8 @@ from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 from nnunet_sacl.analysis.weights import check_weights
 from tests.conftest import make_nnunet_env, nnunet_bin, run
 
+pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+
 A_ID, B_ID = 993, 994
 A_NAME, B_NAME = f"Dataset{A_ID}_TransferA", f"Dataset{B_ID}_TransferB"
 MOVED_PLANS = f"nnUNetPlans_from{A_ID}"
