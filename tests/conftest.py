@@ -1,10 +1,12 @@
 """Shared fixtures: one generated dataset, planned and preprocessed by nnU-Net's own commands, per test session."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nnunet_sacl import trainers_folder
 from nnunet_sacl.environment import planning_env
@@ -75,3 +77,21 @@ def sdist():
         return fetch_totalsegmentator_sdist()
     except DemoDataUnavailable as err:
         pytest.skip(f"the TotalSegmentator 2.18.0 sdist could not be downloaded (offline?): {err}")
+
+
+def parse_with_nnunet(line, monkeypatch):
+    """A printed ``nnUNetv2_train ...`` line through nnU-Net's own argument parsing (run_training replaced by a
+    recorder): (dataset, configuration, fold, trainer, plans, pretrained weights, --c)."""
+    import nnunetv2.run.run_training as rt
+    calls = []
+    monkeypatch.setattr(rt, "run_training", lambda *a, **k: calls.append(a))
+    words = shlex.split(line)
+    assert Path(words[0]).name == "nnUNetv2_train", line
+    monkeypatch.setattr("sys.argv", ["nnUNetv2_train", *words[1:]])
+    threads = torch.get_num_threads()
+    try:
+        rt.run_training_entry()
+    finally:
+        torch.set_num_threads(threads)
+    dataset, configuration, fold, trainer, plans, weights, _, _, continue_training = calls[0][:9]
+    return dataset, configuration, fold, trainer, plans, weights, continue_training

@@ -5,18 +5,16 @@ import csv
 import glob
 import json
 import math
-import shlex
 from os.path import join
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.study_stats import bootstrap_ci
-from tests.conftest import DATASET_NAME, nnunet_bin, run
+from tests.conftest import DATASET_NAME, nnunet_bin, parse_with_nnunet, run
 from tests.test_end_to_end import D, has_epoch_line, kill_when
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
@@ -198,23 +196,6 @@ def test_test_case_without_a_label_is_named(empty_results, tmp_path, capsys):
     assert "no label for test case(s) a_002" in capsys.readouterr().err
 
 
-def parse_with_nnunet(line, monkeypatch):
-    """nnU-Net's own nnUNetv2_train argument parsing; run_training is replaced by a recorder."""
-    import nnunetv2.run.run_training as rt
-    calls = []
-    monkeypatch.setattr(rt, "run_training", lambda *a, **k: calls.append(a))
-    words = shlex.split(line)
-    assert Path(words[0]).name == "nnUNetv2_train", line
-    monkeypatch.setattr("sys.argv", ["nnUNetv2_train", *words[1:]])
-    threads = torch.get_num_threads()
-    try:
-        rt.run_training_entry()
-    finally:
-        torch.set_num_threads(threads)
-    dataset, configuration, fold, trainer, plans, _, _, _, continue_training = calls[0][:9]
-    return dataset, configuration, fold, trainer, plans, continue_training
-
-
 def test_printed_and_sbatch_commands_are_nnunet_train_commands(empty_results, tmp_path, capsys, monkeypatch):
     stopped = run_folder(empty_results, SACL, 1)
     stopped.mkdir(parents=True)
@@ -228,7 +209,7 @@ def test_printed_and_sbatch_commands_are_nnunet_train_commands(empty_results, tm
     in_script = [line.strip()[len(f"{i}) "):-len(" ;;")] for i, line in
                  enumerate(l for l in text.splitlines() if l.strip()[:1].isdigit())]
     assert in_script == printed
-    expected = {(DATASET_NAME, CONFIG, str(f), t, "nnUNetPlans", (t, f) == (SACL, 1))
+    expected = {(DATASET_NAME, CONFIG, str(f), t, "nnUNetPlans", None, (t, f) == (SACL, 1))
                 for t in (BASELINE, SACL) for f in (0, 1)}
     assert {parse_with_nnunet(line, monkeypatch) for line in printed} == expected
     assert not (run_folder(empty_results, BASELINE, 0)).exists()    # nothing trained

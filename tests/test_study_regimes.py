@@ -8,7 +8,6 @@ import csv
 import json
 import math
 import shlex
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from scipy import stats
 from nnunet_sacl.analysis.study_regimes import SUBSET_MARKER, source_splits, subset_order, subset_splits
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
-from tests.conftest import DATASET_NAME, nnunet_bin, run
+from tests.conftest import DATASET_NAME, nnunet_bin, parse_with_nnunet, run
 from tests.test_end_to_end import D
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
@@ -132,22 +131,6 @@ def test_second_call_trains_nothing(regimes):
     assert regimes["second"].count("finished, skipped") == 4
     assert "training:" not in regimes["second"] and "resuming" not in regimes["second"]
     assert regimes["after"] == regimes["before"]
-
-
-def parse_with_nnunet(line, monkeypatch):
-    import nnunetv2.run.run_training as rt
-    calls = []
-    monkeypatch.setattr(rt, "run_training", lambda *a, **k: calls.append(a))
-    words = shlex.split(line)
-    assert Path(words[0]).name == "nnUNetv2_train", line
-    monkeypatch.setattr("sys.argv", ["nnUNetv2_train", *words[1:]])
-    threads = torch.get_num_threads()
-    try:
-        rt.run_training_entry()
-    finally:
-        torch.set_num_threads(threads)
-    dataset, configuration, fold, trainer, plans, weights, _, _, continue_training = calls[0][:9]
-    return dataset, configuration, fold, trainer, plans, weights, continue_training
 
 
 def test_printed_and_sbatch_lines_are_nnunet_train_commands(regimes, monkeypatch):
