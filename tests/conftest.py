@@ -1,10 +1,12 @@
 """Shared fixtures: one generated dataset, planned and preprocessed by nnU-Net's own commands, per test session."""
+import math
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +97,18 @@ def parse_with_nnunet(line, monkeypatch):
         torch.set_num_threads(threads)
     dataset, configuration, fold, trainer, plans, weights, _, _, continue_training = calls[0][:9]
     return dataset, configuration, fold, trainer, plans, weights, continue_training
+
+
+def paired(rows, trainer, baseline, organs, organ):
+    """Independent reference for the study's pairing, from per_case.csv rows: per case, the trainer's and the
+    baseline's Dice of one organ, or their means over the organs both define (`organ` = "mean")."""
+    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) for r in rows}
+    a, b = [], []
+    for case in sorted({r["case"] for r in rows}):
+        pairs = [(value[(trainer, case, o)], value[(baseline, case, o)])
+                 for o in (organs if organ == "mean" else [organ])]
+        pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+        if pairs:
+            a.append(np.mean([x for x, _ in pairs]))
+            b.append(np.mean([y for _, y in pairs]))
+    return np.array(a), np.array(b)

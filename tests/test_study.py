@@ -14,7 +14,7 @@ from scipy import stats
 
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.study_stats import bootstrap_ci
-from tests.conftest import DATASET_NAME, nnunet_bin, parse_with_nnunet, run
+from tests.conftest import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
 from tests.test_end_to_end import D, has_epoch_line, kill_when
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
@@ -80,20 +80,6 @@ def test_outputs_exist_and_every_row_is_present(study):
     assert "nnunet-sacl study -d 991" in report and "Cost" in report and "95% CI" in report
 
 
-def paired_from_csv(rows, organ_names, organ):
-    """Per case: SACL and baseline values of one organ, or the mean over the organs both define."""
-    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) for r in rows}
-    a, b = [], []
-    for case in sorted({r["case"] for r in rows}):
-        names = organ_names if organ == "mean" else [organ]
-        pairs = [(value[(SACL, case, o)], value[(BASELINE, case, o)]) for o in names]
-        pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
-        if pairs:
-            a.append(np.mean([x for x, _ in pairs]))
-            b.append(np.mean([y for _, y in pairs]))
-    return np.array(a), np.array(b)
-
-
 def test_comparison_equals_scipy_on_the_csv_pairs(study):
     rows = read_csv(study["out"] / "per_case.csv")
     table = read_csv(study["out"] / "comparison.csv")
@@ -104,7 +90,7 @@ def test_comparison_equals_scipy_on_the_csv_pairs(study):
     tested = 0
     for r in table:
         assert (r["trainer"], r["baseline"]) == (SACL, BASELINE)
-        a, b = paired_from_csv(rows, names, r["organ"])
+        a, b = paired(rows, SACL, BASELINE, names, r["organ"])
         diff = a - b
         assert int(r["n_pairs"]) == len(a)
         assert float(r["mean_diff"]) == pytest.approx(diff.mean(), abs=1e-12)

@@ -6,7 +6,6 @@ file and has its own output folder; a second call trains nothing; p-values equal
 regimes report, plots and budgets; the pseudo-Dice parser."""
 import csv
 import json
-import math
 import shlex
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from scipy import stats
 from nnunet_sacl.analysis.study_regimes import SUBSET_MARKER, source_splits, subset_order, subset_splits
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
-from tests.conftest import DATASET_NAME, nnunet_bin, parse_with_nnunet, run
+from tests.conftest import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
 from tests.test_end_to_end import D
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
@@ -141,19 +140,6 @@ def test_printed_and_sbatch_lines_are_nnunet_train_commands(regimes, monkeypatch
     expected = {(regimes["derived"][k].name, CONFIG, "0", BASELINE, plans, w, False)
                 for k in (1, 2) for plans, w in (("nnUNetPlans", None), (WEIGHTS_PLANS, weights))}
     assert {parse_with_nnunet(line, monkeypatch) for line in regimes["printed"]} == expected
-
-
-def paired(rows, trainer, baseline, organs, organ):
-    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) for r in rows}
-    a, b = [], []
-    for case in sorted({r["case"] for r in rows}):
-        pairs = [(value[(trainer, case, o)], value[(baseline, case, o)])
-                 for o in (organs if organ == "mean" else [organ])]
-        pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
-        if pairs:
-            a.append(np.mean([x for x, _ in pairs]))
-            b.append(np.mean([y for _, y in pairs]))
-    return np.array(a), np.array(b)
 
 
 def test_each_regime_p_values_equal_scipy_on_its_per_case_csv(regimes):
