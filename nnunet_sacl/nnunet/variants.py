@@ -237,34 +237,34 @@ class SACLTrainer_joint_prereg_w05(SACLTrainer_joint_prereg):
     joint_contrastive_weight = 0.5
 
 
-class SACLTrainer_prereg_t01(SACLTrainer_prereg):
-    """Temperature 0.1 (instead of the paper's 0.07)."""
+class _Temperature01:
+    """SupCon temperature 0.1 instead of the paper's 0.07 (Wang et al. 2021 found 0.1 best for a pixel-contrast
+    term); the pre-registered arm 9 of the best SACL arm."""
     temperature = 0.1
 
 
-class SACLTrainer_prereg_ftconvention_t01(SACLTrainer_prereg_ftconvention):
-    """Temperature 0.1."""
-    temperature = 0.1
+class SACLTrainer_prereg_t01(_Temperature01, SACLTrainer_prereg):
+    """SACLTrainer_prereg at temperature 0.1."""
 
 
-class SACLTrainer_prereg_splitlr_t01(SACLTrainer_prereg_splitlr):
-    """Temperature 0.1."""
-    temperature = 0.1
+class SACLTrainer_prereg_ftconvention_t01(_Temperature01, SACLTrainer_prereg_ftconvention):
+    """SACLTrainer_prereg_ftconvention at temperature 0.1."""
 
 
-class SACLTrainer_prereg_eqseg_t01(SACLTrainer_prereg_eqseg):
-    """Temperature 0.1."""
-    temperature = 0.1
+class SACLTrainer_prereg_splitlr_t01(_Temperature01, SACLTrainer_prereg_splitlr):
+    """SACLTrainer_prereg_splitlr at temperature 0.1."""
 
 
-class SACLTrainer_prereg_eqseg_ftconvention_t01(SACLTrainer_prereg_eqseg_ftconvention):
-    """Temperature 0.1."""
-    temperature = 0.1
+class SACLTrainer_prereg_eqseg_t01(_Temperature01, SACLTrainer_prereg_eqseg):
+    """SACLTrainer_prereg_eqseg at temperature 0.1."""
 
 
-class SACLTrainer_prereg_eqseg_splitlr_t01(SACLTrainer_prereg_eqseg_splitlr):
-    """Temperature 0.1."""
-    temperature = 0.1
+class SACLTrainer_prereg_eqseg_ftconvention_t01(_Temperature01, SACLTrainer_prereg_eqseg_ftconvention):
+    """SACLTrainer_prereg_eqseg_ftconvention at temperature 0.1."""
+
+
+class SACLTrainer_prereg_eqseg_splitlr_t01(_Temperature01, SACLTrainer_prereg_eqseg_splitlr):
+    """SACLTrainer_prereg_eqseg_splitlr at temperature 0.1."""
 
 
 __all__ = ["SACLTrainer_torchaug", "nnUNetTrainer_torchaug", "SACLTrainer_phases", "SACLTrainer_DCC", "SACLTrainer_warmup50", "SACLTrainer_frozen50", "nnUNetTrainer_frozen50",
