@@ -30,8 +30,8 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5
 
 from nnunet_sacl.nnunet.augment_settings import NotReproducible, augment_settings_from_trainer, training_transforms
 from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
-from nnunet_sacl.nnunet.variants import SACLTrainer_torchaug_smoke
-from tests.test_trainer import make_trainer
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_torchaug_smoke
+from tests.helpers import make_trainer
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 

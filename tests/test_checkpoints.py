@@ -1,7 +1,6 @@
 """save_atomically under SIGKILL: the file under the final name is always a whole checkpoint, and the .tmp a killed
 save leaves behind does no harm to the next save."""
 import os
-import subprocess
 import sys
 import time
 from os.path import isfile
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
-from tests.test_end_to_end import kill_when
+from tests.helpers import kill_when
 
 # A process that saves a large checkpoint (64 MB, many tensors) over and over: whenever it is killed, it is in the
 # middle of writing one.

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from nnunet_sacl import trainers_folder
-from tests.conftest import nnunet_bin
+from tests.helpers import nnunet_bin
 
 
 def env_check(value):

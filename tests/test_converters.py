@@ -11,57 +11,8 @@ import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import (ChallengeLayoutError, add_cli, convert_btcv, convert_flare21,
                                     staged_folder)
-
-SHAPE_ZYX = (8, 16, 16)
-SPACING_XYZ = (0.78, 0.78, 3.0)
-ORIGIN_XYZ = (-180.5, -201.25, 412.0)
-DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-def write_image(array: np.ndarray, path: Path, spacing=SPACING_XYZ, origin=ORIGIN_XYZ) -> None:
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    img.SetDirection(DIRECTION)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path), True)
-
-
-def organ_boxes(num_organs: int, seed: int) -> np.ndarray:
-    """Every organ label as a small box at a seeded spot (boxes may overlap; later labels win)."""
-    rng = np.random.default_rng(seed)
-    seg = np.zeros(SHAPE_ZYX, np.uint8)
-    for label in range(1, num_organs + 1):
-        z, y, x = rng.integers(0, 6), rng.integers(0, 13), rng.integers(0, 13)
-        seg[z:z + 2, y:y + 3, x:x + 3] = label
-    return seg
-
-
-def ct(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 200, SHAPE_ZYX).astype(np.int16)
-
-
-def make_btcv_tree(root: Path, train=(1, 2, 3), test=(61,)) -> Path:
-    """``root/RawData`` as in the Synapse ``Abdomen/RawData.zip``."""
-    src = root / "RawData"
-    for i in train:
-        write_image(ct(i), src / "Training" / "img" / f"img{i:04d}.nii.gz")
-        write_image(organ_boxes(13, i), src / "Training" / "label" / f"label{i:04d}.nii.gz")
-    for i in test:
-        write_image(ct(100 + i), src / "Testing" / "img" / f"img{i:04d}.nii.gz")
-    return src
-
-
-def make_flare21_tree(root: Path, train=(0, 1, 2), test=(1,)) -> Path:
-    """``root/FLARE21`` with TrainingImg, TrainingMask, ValidationImg as released."""
-    src = root / "FLARE21"
-    for i in train:
-        write_image(ct(i), src / "TrainingImg" / f"train_{i:03d}_0000.nii.gz")
-        write_image(organ_boxes(4, i), src / "TrainingMask" / f"train_{i:03d}.nii.gz")
-    for i in test:
-        write_image(ct(100 + i), src / "ValidationImg" / f"validation_{i:03d}_0000.nii.gz")
-    return src
-
+from tests.helpers import (ct, DIRECTION, make_btcv_tree, make_flare21_tree, organ_boxes, ORIGIN_XYZ, SPACING_XYZ,
+                           write_image)
 
 def verify_with_nnunet(folder: Path) -> None:
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity

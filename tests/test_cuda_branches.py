@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.variants import SACLTrainer_joint_smoke, SACLTrainer_smoke
-from tests.test_trainer import first_batch, make_trainer
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_joint_smoke, SACLTrainer_smoke
+from tests.helpers import first_batch, make_trainer
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 

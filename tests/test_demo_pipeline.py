@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
     nnUNetTrainerNoMirroring
 
-from nnunet_sacl.nnunet import variants
-from tests.conftest import nnunet_bin, run
+from nnunet_sacl.nnunet import short_runs
+from tests.helpers import nnunet_bin, run
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 
@@ -24,7 +24,7 @@ SIGNED = r"(nan|[+-]\d\.\d{3})"
 
 @pytest.mark.parametrize("arms", [("nnUNetTrainer_demo", "SACLTrainer_demo", "SACLTrainer_joint_demo"), ARMS])
 def test_demo_arms_train_equal_total_iterations_without_mirroring(arms):
-    baseline, sacl, *joint = (getattr(variants, a) for a in arms)
+    baseline, sacl, *joint = (getattr(short_runs, a) for a in arms)
     assert baseline.run_epochs * baseline.run_iterations == \
         (sacl.pretrain_epochs + sacl.run_epochs) * sacl.run_iterations
     assert sacl.pretrain_epochs > 0 and baseline.run_batch_size == sacl.run_batch_size

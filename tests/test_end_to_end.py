@@ -3,9 +3,6 @@ SACL -> nnUNetv2_predict; the encoder file in stock training; a run killed in ph
 import glob
 import math
 import re
-import signal
-import subprocess
-import time
 from os.path import isfile, join
 
 import numpy as np
@@ -13,34 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.conftest import DATASET_ID, DATASET_NAME, nnunet_bin, run
+from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_losses, run, train_env,
+                           training_log)
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
-
-D = str(DATASET_ID)
-
-
-def train_env(nnunet_env):
-    # single-process augmentation: fast on 2 cores, and a SIGKILL leaves no orphaned workers
-    return dict(nnunet_env, nnUNet_n_proc_DA="0")
-
-
-def fold_folder(env, trainer, fold, plans="nnUNetPlans", configuration="3d_fullres"):
-    return join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__{plans}__{configuration}", f"fold_{fold}")
-
-
-def training_log(folder) -> str:
-    return "\n".join(open(f).read() for f in sorted(glob.glob(join(folder, "training_log_*.txt"))))
-
-
-def has_epoch_line(log: str, epoch: int) -> bool:
-    """nnU-Net's 'Epoch N' line (print_to_log_file ends each argument with a space)."""
-    return re.search(rf": Epoch {epoch} ?$", log, re.M) is not None
-
-
-def pretraining_losses(log: str):
-    return {int(e): float(v) for e, v in re.findall(r"SACL pretraining epoch (\d+): contrastive loss (\S+),", log)}
-
 
 def dice_of(prediction: np.ndarray, reference: np.ndarray) -> float:
     """2 |P & R| / (|P| + |R|) of two boolean masks (both present here: every test case holds every organ)."""
@@ -105,16 +78,6 @@ def test_encoder_file_starts_stock_nnunet_training(trained_sacl, nnunet_env):
                   "-pretrained_weights", encoder_file], train_env(nnunet_env))
     assert "Loading pretrained weights" in result.stdout
     assert isfile(join(fold_folder(nnunet_env, "nnUNetTrainer_smoke", 1), "checkpoint_final.pth"))
-
-
-def kill_when(cmd, env, ready, timeout=300) -> None:
-    """Start cmd and SIGKILL it as soon as ready() holds (or it ended, or timeout seconds passed)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not ready() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 def test_run_killed_in_pretraining_resumes_with_c(nnunet_env, preprocessed):

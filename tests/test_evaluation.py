@@ -1,28 +1,20 @@
 """Dice/NSD against analytic values on constructed shapes, an independent brute-force NSD, folder evaluation through
 real NIfTI files, and the comparison's p-value against scipy.stats.wilcoxon."""
-import argparse
 import csv
 import json
 import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import stats
 from scipy.spatial import cKDTree
 
-from nnunet_sacl.analysis.evaluation import (ALL_ORGANS, add_cli, compare, comparison_table, dice, evaluate_folder,
+from nnunet_sacl.analysis.evaluation import (ALL_ORGANS, compare, comparison_table, dice, evaluate_folder,
                                     normalized_surface_dice, parse_labels)
+from tests.helpers import cube, parser, two_organ_seg, write_seg
 
 
 # ---------------------------------------------------------------- shapes
-
-def cube(shape, start, side):
-    """Axis-aligned cube of ``side`` voxels whose first voxel is ``start``."""
-    mask = np.zeros(shape, bool)
-    mask[tuple(slice(s, s + side) for s in start)] = True
-    return mask
-
 
 def ball(shape, centre, radius):
     grid = np.indices(shape)
@@ -157,19 +149,6 @@ def test_large_sphere_against_sphere_of_radius_r_plus_d():
 
 
 # ---------------------------------------------------------------- folders
-
-def write_seg(array, path, spacing_zyx=(1.0, 1.0, 1.0)):
-    img = sitk.GetImageFromArray(array.astype(np.uint8))
-    img.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
-    sitk.WriteImage(img, str(path))
-
-
-def two_organ_seg(shape, liver_start, spleen_start, side=8):
-    seg = np.zeros(shape, np.uint8)
-    seg[cube(shape, liver_start, side)] = 1
-    seg[cube(shape, spleen_start, side)] = 2
-    return seg
-
 
 def test_evaluate_folder_uses_reference_spacing_in_array_order(tmp_path):
     # array axes z,y,x with spacing 0.5, 1, 3 mm: liver shifted 2 voxels along z (1 mm), spleen 2 voxels along x
@@ -314,12 +293,6 @@ def test_compare_refuses_a_folder_missing_a_case(tmp_path):
 
 
 # ---------------------------------------------------------------- command line
-
-def parser():
-    p = argparse.ArgumentParser(prog="nnunet-sacl")
-    add_cli(p.add_subparsers(dest="command", required=True))
-    return p
-
 
 def test_cli_evaluate_and_compare(tmp_path, capsys):
     write_comparison_folders(tmp_path)

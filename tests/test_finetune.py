@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.variants import SACLTrainer_smoke, _ShortRun, nnUNetTrainer_frozen50
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke, _ShortRun
+from nnunet_sacl.nnunet.variants import nnUNetTrainer_frozen50
 from nnunet_sacl.method.schedules import warmup_poly_lr
-from tests.test_trainer import first_batch, make_trainer
+from tests.helpers import first_batch, make_trainer
 
 
 def test_warmup_poly_curve():

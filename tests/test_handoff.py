@@ -5,12 +5,11 @@ import glob
 from os.path import isfile, join
 
 import numpy as np
-import pytest
 import torch
 
 from nnunet_sacl.nnunet.network import unwrap
-from nnunet_sacl.nnunet.variants import SACLTrainer_smoke, nnUNetTrainer_smoke
-from tests.test_trainer import first_batch, make_trainer
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke, nnUNetTrainer_smoke
+from tests.helpers import first_batch, make_trainer
 
 
 class _HandOff(SACLTrainer_smoke):

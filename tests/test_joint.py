@@ -10,11 +10,11 @@ import torch
 from nnunetv2.run.run_training import maybe_load_checkpoint
 
 from nnunet_sacl.nnunet.network import build_nnunet_network, encoder_of, unwrap
-from tests.conftest import nnunet_bin, run
-from tests.test_end_to_end import D, fold_folder, has_epoch_line, kill_when, train_env, training_log
-from tests.test_losses import reference_supcon
-from tests.test_pooling import reference_mask_pool
-from tests.test_trainer import first_batch, make_trainer
+from tests.helpers import nnunet_bin, run
+from tests.helpers import D, fold_folder, has_epoch_line, kill_when, train_env, training_log
+from tests.helpers import reference_supcon
+from tests.helpers import reference_mask_pool
+from tests.helpers import first_batch, make_trainer
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 

@@ -1,5 +1,4 @@
 """SupConLoss (L_out form) and its intensity-weighted (DCC) form against slow loops written straight from the formulas."""
-import math
 
 import pytest
 import torch
@@ -8,20 +7,7 @@ from torch.nn import functional as F
 from nnunet_sacl.method.heads import ProjectionHead
 from nnunet_sacl.method.contrast_correlation import contrast_correlation, normalized_ct_intensity_range
 from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
-
-
-def reference_supcon(z, labels, t):
-    z = z.double()
-    n = len(labels)
-    per_anchor = []
-    for i in range(n):
-        positives = [p for p in range(n) if p != i and labels[p] == labels[i]]
-        if not positives:
-            continue
-        denominator = sum(math.exp(float(z[i] @ z[a]) / t) for a in range(n) if a != i)
-        per_anchor.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / t) / denominator) for p in positives)
-                          / len(positives))
-    return sum(per_anchor) / len(per_anchor) if per_anchor else 0.0
+from tests.helpers import reference_intensity_weighted, reference_supcon
 
 
 @pytest.mark.parametrize("seed,n,t", [(0, 6, 0.07), (1, 13, 0.07), (2, 20, 0.5), (3, 9, 1.0)])
@@ -101,27 +87,6 @@ def test_temperature_must_be_positive():
 
 
 # ---------------------------------------------------------------- intensity-weighted negatives (DCC)
-def reference_intensity_weighted(z, labels, intensities, intensity_range, t):
-    """Loops: negatives' logits in the denominator scaled by w = clamp(1 - mean_c |m_i - m_a| / R_c, 0, 1)."""
-    z = z.double()
-    n = len(labels)
-
-    def w(i, a):
-        d = sum(abs(float(intensities[i][c]) - float(intensities[a][c])) / intensity_range[c]
-                for c in range(len(intensity_range))) / len(intensity_range)
-        return min(1.0, max(0.0, 1.0 - d))
-
-    per_anchor = []
-    for i in range(n):
-        positives = [p for p in range(n) if p != i and labels[p] == labels[i]]
-        if not positives:
-            continue
-        denominator = sum(math.exp((1.0 if labels[a] == labels[i] else w(i, a)) * float(z[i] @ z[a]) / t)
-                          for a in range(n) if a != i)
-        per_anchor.append(-sum(float(z[i] @ z[p]) / t - math.log(denominator) for p in positives) / len(positives))
-    return sum(per_anchor) / len(per_anchor) if per_anchor else 0.0
-
-
 @pytest.mark.parametrize("seed,n,channels,t", [(0, 7, 1, 0.07), (1, 15, 1, 0.2), (2, 11, 2, 0.07)])
 def test_intensity_weighted_equals_loop_reference(seed, n, channels, t):
     g = torch.Generator().manual_seed(seed)

@@ -7,9 +7,10 @@ import torch
 from nnunet_sacl.method.schedules import (GroupWarmupPolyLRScheduler, convention_warmup_epochs, group_lrs,
                                           warmup_poly_lr)
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.variants import (SACLTrainer_ftconvention, SACLTrainer_splitlr, _ShortRun,
-                                         nnUNetTrainer_ftconvention, nnUNetTrainer_splitlr)
-from tests.test_trainer import first_batch, make_trainer
+from nnunet_sacl.nnunet.short_runs import _ShortRun
+from nnunet_sacl.nnunet.variants import (SACLTrainer_ftconvention, SACLTrainer_splitlr, nnUNetTrainer_ftconvention,
+                                         nnUNetTrainer_splitlr)
+from tests.helpers import first_batch, make_trainer
 
 EPOCHS = 20        # 5% of 20 = 1 warm-up epoch
 

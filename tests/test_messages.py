@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import nnunet_bin
+from tests.helpers import nnunet_bin
 
 
 def subcommand_parsers():

@@ -4,24 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from nnunet_sacl.method.pooling import _cell_of_each_voxel, mask_pool, organ_masked_inputs, organ_mean_intensity
-
-
-def reference_mask_pool(features, seg, num_classes, ignore_label=None, min_voxels=1):
-    """Upsample features to the label grid ('nearest-exact'), then average under each organ's mask, by loops."""
-    up = F.interpolate(features.double(), size=seg.shape[2:], mode="nearest-exact")
-    rows, labels, samples = [], [], []
-    for b in range(features.shape[0]):
-        for k in range(1, num_classes):
-            if k == ignore_label:
-                continue
-            mask = seg[b, 0] == k
-            if mask.sum() >= max(min_voxels, 1):
-                rows.append(up[b][:, mask].mean(1))
-                labels.append(k)
-                samples.append(b)
-    if not rows:
-        return torch.zeros(0, features.shape[1], dtype=torch.float64), torch.zeros(0), torch.zeros(0)
-    return torch.stack(rows), torch.tensor(labels), torch.tensor(samples)
+from tests.helpers import reference_mask_pool
 
 
 def random_seg(shape, num_classes, absent=(), ignore_label=None, seed=0):

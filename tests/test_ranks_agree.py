@@ -2,13 +2,12 @@
 alone (both ranks skip that step, the run finishes, the ranks end with equal weights), and a frozen-encoder
 schedule whose switch re-wraps DDP (the encoder stays put while frozen, the ranks stay equal)."""
 import re
-from os.path import join
 
 import pytest
 import torch
 
-from tests.test_end_to_end import fold_folder, training_log
-from tests.test_torchrun import finish, start, torchrun, torchrun_env, train_args
+from tests.helpers import fold_folder, training_log
+from tests.helpers import finish, start, torchrun, torchrun_env, train_args
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 

@@ -14,8 +14,8 @@ from scipy import stats
 
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.study_stats import bootstrap_ci
-from tests.conftest import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
-from tests.test_end_to_end import D, has_epoch_line, kill_when
+from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
+from tests.helpers import D, has_epoch_line, kill_when
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 

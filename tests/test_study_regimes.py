@@ -17,8 +17,8 @@ from scipy import stats
 from nnunet_sacl.analysis.study_regimes import SUBSET_MARKER, source_splits, subset_order, subset_splits
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
-from tests.conftest import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
-from tests.test_end_to_end import D
+from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
+from tests.helpers import D
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 
@@ -38,7 +38,7 @@ def files_and_mtimes(root):
 
 def _weights_file(env, path):
     """A network checkpoint in nnU-Net's format (``network_weights``) of the smoke trainer's network."""
-    from tests.test_trainer import make_trainer
+    from tests.helpers import make_trainer
     with pytest.MonkeyPatch.context() as mp:
         for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
             mp.setenv(key, env[key])
@@ -170,7 +170,6 @@ def test_regimes_report_plots_and_budgets(regimes):
         assert r["budget"].startswith("equal segmentation iterations (8)")      # 2 epochs x 4 iterations, 1 fold
     assert "| budget |" in (out / "K1" / "report.md").read_text() and "Budget of each comparison" in \
         (out / "K1" / "report.md").read_text()
-    from nnunet_sacl.analysis.study_report import arm_pseudo_dice
     curve = pseudo_dice_curve(run_folder(regimes, 1))
     assert sorted(curve) == [0, 1] and all(0 <= v <= 1 for v in curve.values())
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import convert_btcv, convert_flare21
 from nnunet_sacl.dataset_conversion.submission import SubmissionError, add_cli, export_submission
-from tests.test_converters import make_btcv_tree, make_flare21_tree, organ_boxes
+from tests.helpers import make_btcv_tree, make_flare21_tree, organ_boxes
 
 
 def write_prediction(seg: np.ndarray, like: sitk.Image, path, spacing_jitter=0.0):

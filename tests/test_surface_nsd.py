@@ -12,7 +12,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from nnunet_sacl.analysis.evaluation import add_cli, compare, evaluate_folder, normalized_surface_dice
-from tests.test_evaluation import parser, two_organ_seg, write_seg
+from tests.helpers import parser, two_organ_seg, write_seg
 
 assert add_cli  # the parser() helper registers it
 

@@ -17,53 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DATASET_ID, nnunet_bin, run
-from tests.test_end_to_end import fold_folder, pretraining_losses, training_log
+from tests.helpers import finish, nnunet_bin, run, RUN_TIMEOUT, start, torchrun, torchrun_env, train_args
+from tests.helpers import fold_folder, pretraining_losses, training_log
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
-
-D = str(DATASET_ID)
-TEST_TRAINERS = Path(__file__).parent / "torchrun_trainers"
-RUN_TIMEOUT = 300
-
-
-def torchrun_env(nnunet_env, results, **extra):
-    """The session's preprocessed data, a results folder of the test's own, and the test trainers."""
-    env = dict(nnunet_env, nnUNet_results=str(results), nnUNet_n_proc_DA="0", OMP_NUM_THREADS="1",
-               nnUNet_extTrainer=nnunet_env["nnUNet_extTrainer"] + os.pathsep + str(TEST_TRAINERS))
-    env.pop("RANK", None)
-    env.update(extra)
-    return env
-
-
-def torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", *args]
-
-
-def train_args(trainer, fold, *more):
-    return [D, "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu", *more]
-
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start(cmd, env, **kwargs):
-    """A new process group, so that a failing test can kill torchrun and all its workers."""
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
-
-
-def finish(proc, timeout=RUN_TIMEOUT) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        raise AssertionError(f"{proc.args} did not finish within {timeout} s:\n{out[-4000:]}")
-    return out
 
 
 def files_under(folder) -> list:

@@ -6,32 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.trainer import SACLTrainer
-from nnunet_sacl.nnunet.variants import SACLTrainer_smoke
-from tests.conftest import DATASET_ID, DATASET_NAME
-
-
-def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
-    """A trainer built as nnUNetv2_train builds it, its __init__ included: by name (found via nnUNet_extTrainer,
-    as nnU-Net does), or a test's own trainer class (a user's variant: settings as class attributes)."""
-    if isinstance(trainer, str):
-        return get_trainer_from_args(str(DATASET_ID), configuration, fold, trainer, plans, device=torch.device("cpu"))
-    from nnunetv2.paths import nnUNet_preprocessed
-    folder = join(str(nnUNet_preprocessed), DATASET_NAME)
-    plans_dict = dict(json.load(open(join(folder, f"{plans}.json"))), continue_training=False)
-    return trainer(plans_dict, configuration, fold, json.load(open(join(folder, "dataset.json"))), torch.device("cpu"))
-
-
-def first_batch(trainer):
-    """One batch from the trainer's own training dataloader, whose workers are then stopped (stock trainers too)."""
-    trainer.on_train_start()
-    batch = next(trainer.dataloader_train)
-    SACLTrainer.on_train_end_without_checkpoint(trainer)
-    return batch
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke
+from tests.helpers import DATASET_NAME, first_batch, make_trainer
 
 
 def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
@@ -254,7 +234,7 @@ def test_intensity_weighted_negatives(in_process_env):
     the batch's organ intensities (found here by boolean masks, independently of the trainer)."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunet_sacl.method.losses import IntensityWeightedSupConLoss
-    from tests.test_losses import reference_intensity_weighted, reference_supcon
+    from tests.helpers import reference_intensity_weighted, reference_supcon
 
     plans = json.load(open(join(str(nnUNet_preprocessed), DATASET_NAME, "nnUNetPlans.json")))
     p = plans["foreground_intensity_properties_per_channel"]["0"]

@@ -15,7 +15,7 @@ import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 from nnunet_sacl.analysis.weights import check_weights
-from tests.conftest import make_nnunet_env, nnunet_bin, run
+from tests.helpers import make_nnunet_env, nnunet_bin, run
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 

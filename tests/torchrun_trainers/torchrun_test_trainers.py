@@ -10,7 +10,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.variants import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
+from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
 
 
 class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):

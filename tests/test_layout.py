@@ -1,0 +1,69 @@
+"""The package's layout promises: every trainer class is found by ``nnUNetv2_train -tr`` (none left out of the
+exports), shipped trainers stand apart from the short CPU run lengths, and test modules share helpers through
+tests/helpers.py only."""
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+import nnunet_sacl
+from nnunet_sacl.nnunet import short_runs, variants
+
+
+def package_trainer_classes() -> dict:
+    """{name: class} of every public nnU-Net trainer class defined in any module of the installed package."""
+    found = {}
+    for info in pkgutil.walk_packages(nnunet_sacl.__path__, "nnunet_sacl."):
+        if info.name.startswith("nnunet_sacl.ext_trainers"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and obj.__module__ == info.name
+                    and not name.startswith("_")):
+                found[name] = obj
+    return found
+
+
+def stock_trainer_names() -> set:
+    import nnunetv2.training.nnUNetTrainer as stock
+    names = set()
+    for info in pkgutil.walk_packages(stock.__path__, stock.__name__ + "."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:                  # a variant that needs an optional package
+            continue
+        names |= {n for n, o in vars(module).items() if isinstance(o, type) and issubclass(o, nnUNetTrainer)}
+    return names
+
+
+def test_every_trainer_class_is_found_by_nnunet_train():
+    """nnU-Net's lookup of ``-tr NAME`` (recursive_find_trainer_class_by_name): its own trainers first, then each
+    module of the nnUNet_extTrainer folder. So every class must be exported by a module of trainers/ and no name
+    may be one of nnU-Net's own."""
+    classes = package_trainer_classes()
+    assert {"SACLTrainer", "SACLPretrainer", "SACLTrainer_joint", "SACLTrainer_smoke", "nnUNetTrainer_prereg"} <= \
+        set(classes)
+    assert not set(classes) & stock_trainer_names()
+    folder = str(nnunet_sacl.trainers_folder())
+    for name, cls in classes.items():
+        found = recursive_find_python_class(folder, name, None, base_folder=folder,
+                                            cleanup_imports_from_base_folder=True)
+        assert found is cls, f"-tr {name} does not find {cls.__module__}.{name} through {folder}"
+
+
+def test_shipped_trainers_stand_apart_from_the_short_runs():
+    short = [getattr(short_runs, n) for n in short_runs.__all__]
+    shipped = [getattr(variants, n) for n in variants.__all__]
+    assert short and all(issubclass(c, short_runs._ShortRun) for c in short)
+    assert shipped and not any(issubclass(c, short_runs._ShortRun) for c in shipped)
+    assert {"SACLTrainer", "SACLPretrainer", "SACLTrainer_joint"} <= set(variants.__all__)
+
+
+def test_test_modules_import_no_other_test_module():
+    tests = Path(__file__).parent
+    for path in sorted(tests.glob("*.py")):
+        imports = re.findall(r"^\s*(?:from|import) tests\.(\w+)", path.read_text(), re.M)
+        assert set(imports) <= {"helpers"}, f"{path.name} imports {imports}: shared helpers go to tests/helpers.py"
