@@ -22,17 +22,24 @@ def fill_logs(logger: SACLLocalLogger, pretrain_epochs=4, epochs=3):
 
 def spy_on_savefig(saved: list):
     """Records, per saved figure: file, size in inches and, per axes, facecolor, y label, label font size, grid,
-    line widths. Returns the original ``Figure.savefig`` (to restore)."""
+    line widths, x tick values, and its legend's texts and box on the drawn figure (in pixels). Returns the
+    original ``Figure.savefig`` (to restore)."""
     original = Figure.savefig
 
     def spy(fig, fname, *args, **kwargs):
+        result = original(fig, fname, *args, **kwargs)       # drawn: legend boxes have their final extents
+        renderer = fig.canvas.get_renderer()
         saved.append({"file": str(fname), "size": tuple(fig.get_size_inches()),
                       "axes": [{"facecolor": ax.get_facecolor(), "ylabel": ax.get_ylabel(),
                                 "fontsize": ax.yaxis.label.get_fontsize(),
                                 "grid": ax.yaxis._major_tick_kw.get("gridOn"),
-                                "linewidths": [line.get_linewidth() for line in ax.get_lines()]}
+                                "linewidths": [line.get_linewidth() for line in ax.get_lines()],
+                                "xticks": [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]],
+                                "legend": None if ax.get_legend() is None else
+                                ([t.get_text() for t in ax.get_legend().get_texts()],
+                                 ax.get_legend().get_window_extent(renderer))}
                                for ax in fig.axes]})
-        return original(fig, fname, *args, **kwargs)
+        return result
 
     Figure.savefig = spy
     return original
@@ -91,3 +98,22 @@ def test_pretraining_panel_alone_in_a_fresh_process_style(tmp_path, drawn):
     theirs = drawn[1]["axes"][0]
     assert saved[0]["axes"][0]["facecolor"] == theirs["facecolor"]
     assert saved[0]["axes"][0]["fontsize"] == theirs["fontsize"]
+
+
+def test_pretraining_panel_legends_do_not_overlap_and_epochs_are_whole(tmp_path):
+    """Both curves are named in legends that do not overlap one another, and the epoch axis ticks whole epochs
+    (4 pretraining epochs: no 0.5, 1.5)."""
+    saved = []
+    original = spy_on_savefig(saved)
+    try:
+        log = new_pretrain_log()
+        log["loss"], log["lr"] = [2.0, 1.5, 1.2, 1.0], [0.01, 0.0075, 0.005, 0.0025]
+        plot_pretraining(log, str(tmp_path / "p.png"))
+    finally:
+        Figure.savefig = original
+    legends = [a["legend"] for a in saved[0]["axes"] if a["legend"] is not None]
+    assert sorted(t for texts, _ in legends for t in texts) == ["SACL contrastive loss", "learning rate"]
+    boxes = [box for _, box in legends]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    ticks = saved[0]["axes"][0]["xticks"]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks

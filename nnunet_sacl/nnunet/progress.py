@@ -20,18 +20,21 @@ def new_pretrain_log() -> dict:
 
 def plot_pretraining(log: dict, filename: str, width_inches: float = 30) -> None:
     """One panel in the style of nnU-Net's progress.png panels (seaborn darkgrid, font scale 2.5, 30 x 18 inches,
-    thick lines, legends above): contrastive loss (left axis) and learning rate (right axis) per pretraining epoch."""
+    thick lines, legend above): contrastive loss (left axis) and learning rate (right axis) per pretraining epoch,
+    whole epochs on the x axis. Both curves share one legend: two legends side by side, as nnU-Net places its own,
+    overlap at this font size with labels this long."""
+    from matplotlib.ticker import MaxNLocator
     sns.set(font_scale=2.5)  # what nnU-Net's LocalLogger.plot_progress_png sets before drawing its panels
     fig, ax = plt.subplots(1, 1, figsize=(width_inches, 18))
     epochs = list(range(len(log["loss"])))
-    ax.plot(epochs, log["loss"], color="b", ls="-", linewidth=4, label="SACL contrastive loss")
+    loss = ax.plot(epochs, log["loss"], color="b", ls="-", linewidth=4, label="SACL contrastive loss")
     ax.set_xlabel("pretraining epoch")
     ax.set_ylabel("contrastive loss")
-    ax.legend(loc=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
-    ax2.plot(epochs, log["lr"], color="g", ls="dotted", linewidth=3, label="learning rate")
+    lr = ax2.plot(epochs, log["lr"], color="g", ls="dotted", linewidth=3, label="learning rate")
     ax2.set_ylabel("learning rate")
-    ax2.legend(loc=(0.2, 1))
+    ax.legend(handles=loss + lr, loc=(0, 1), ncol=2)
     plt.tight_layout()
     fig.savefig(filename)
     plt.close(fig)
