@@ -69,6 +69,7 @@ def test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources(raw):
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["labels"] == {"background": 0, **EXPECTED_IDS}
     assert dataset["channel_names"] == {"0": "CT"} and dataset["numTraining"] == 5
+    assert dataset["sacl_partial_labels"] is True
     record = read_annotated_organs(out)
     assert record["partial"] is True and set(record["cases"]) == {
         f"D{folder[7:10]}_{case}" for folder, (_, cases) in SOURCES.items() for case in cases}
@@ -101,6 +102,7 @@ def test_complete_labels_are_not_partial(raw):
     make_source(raw, "Dataset105_Same2", {"liver": 3, "spleen": 5}, ("y1",), seed=5)
     record = read_annotated_organs(merge_datasets([104, 105], 112, raw_folder=raw))
     assert record["partial"] is False and record["organs"] == ["spleen", "liver"]
+    assert json.loads((raw / "Dataset112_Merged" / "dataset.json").read_text())["sacl_partial_labels"] is False
 
 
 def refused(raw, sources, message, **kwargs):
@@ -178,3 +180,26 @@ def test_every_public_dataset_label_has_a_canonical_name():
     assert v.lookup("postcava") == v.lookup("inferior vena cava")
     assert v.lookup("gall bladder") == v.lookup("gallbladder")
     assert v.lookup("kidney") == "kidneys" != v.lookup("right kidney")    # FLARE21's label is both kidneys
+
+
+def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(in_process_env):
+    """A merged dataset with partial labels carries sacl_partial_labels in its dataset.json (nnU-Net copies that
+    file into nnUNet_preprocessed): SACLTrainer (its phase 2) and the joint trainer refuse it when they are built,
+    naming SACLPretrainer and the fine-tuning path; SACLPretrainer trains on it; complete labels are fine."""
+    import torch
+    from nnunet_sacl.nnunet.partial_labels import PARTIAL_KEY
+    from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
+    from tests.helpers import DATASET_NAME
+    folder = Path(in_process_env["nnUNet_preprocessed"]) / DATASET_NAME
+    plans = dict(json.loads((folder / "nnUNetPlans.json").read_text()), continue_training=False)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+
+    def build(cls, partial):
+        return cls(dict(plans), "3d_fullres", 0, dict(dataset_json, **{PARTIAL_KEY: partial}), torch.device("cpu"))
+
+    for cls in (SACLTrainer_smoke, SACLTrainer_joint_smoke):
+        with pytest.raises(RuntimeError, match=rf"{cls.__name__}: {DATASET_NAME} has partial labels .*"
+                                               r"-tr SACLPretrainer.*-pretrained_weights"):
+            build(cls, True)
+        build(cls, False)
+    assert build(SACLPretrainer_smoke, True).stop_after_pretraining

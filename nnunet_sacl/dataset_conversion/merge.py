@@ -6,8 +6,10 @@ through a vocabulary (``organ_vocabulary.json``: TotalSegmentator v2's class nam
 FLARE21/22, AMOS, WORD and AbdomenCT-1K; a user's file extends or overrides it), gives the merged organs stable
 ids (the vocabulary's order), rewrites every label map voxel for voxel with those ids (no resampling) and links
 the images (hard links; copies where the file system cannot link). Each source annotates only its own organs, so
-which organs each case annotates is recorded next to dataset.json in ``sacl_annotated_organs.json``: an organ a
-case does not annotate is unknown there, not background. The sources are only read.
+which organs each case annotates is recorded next to dataset.json in ``sacl_annotated_organs.json``, and whether
+any case leaves an organ out in dataset.json itself (``sacl_partial_labels``, which nnU-Net copies into
+nnUNet_preprocessed, where the trainers refuse segmentation training on partial labels). The sources are only
+read.
 """
 import difflib
 import json
@@ -21,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import resolve_raw_folder, staged_folder
+from nnunet_sacl.nnunet.partial_labels import PARTIAL_KEY
 
 VOCABULARY_FILE = Path(__file__).with_name("organ_vocabulary.json")
 RECORD_FILE = "sacl_annotated_organs.json"
@@ -208,8 +211,9 @@ def merge_datasets(sources: Iterable, dataset_id: int, name: str = "Merged", voc
                 record["cases"][merged_case] = {"source": f.name, "case": case, "annotated": annotated}
             record["sources"].append({"dataset": f.name, "cases": len(cases[f]), "labels": mapping[f]})
         record["partial"] = any(set(c["annotated"]) != set(organs) for c in record["cases"].values())
+        extra = {PARTIAL_KEY: record["partial"]}     # travels with dataset.json into nnUNet_preprocessed
         from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-        extra = {k: jsons[first][k] for k in ("overwrite_image_reader_writer",) if k in jsons[first]}
+        extra.update({k: jsons[first][k] for k in ("overwrite_image_reader_writer",) if k in jsons[first]})
         generate_dataset_json(str(out), jsons[first]["channel_names"], {"background": 0, **merged_ids},
                               len(record["cases"]), ending, dataset_name=target.name,
                               description=f"nnunet-sacl merge-datasets of {', '.join(f.name for f in folders)}; "

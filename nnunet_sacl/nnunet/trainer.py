@@ -25,6 +25,7 @@ from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
 from nnunet_sacl.method.nonfinite import NonFiniteLossGuard
 from nnunet_sacl.nnunet.progress import PRETRAIN_KEYS, SACLLocalLogger, new_pretrain_log, plot_pretraining
 from nnunet_sacl.method.phases import find_phases_file, organ_phase_labels, read_phases
@@ -65,6 +66,8 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._refuse_unsupported_labels()
+        if not self.stop_after_pretraining:   # SACLTrainer's phase 2 and the joint trainer train segmentation
+            refuse_partial_labels(self.dataset_json, self.plans_manager.dataset_name, self.__class__.__name__)
         self.phase = PRETRAIN if self.pretrain_epochs > 0 else SEGMENTATION
         self.pretrain_epoch = 0                 # next pretraining epoch to run
         self.head = self.contrastive_loss = self.pretrain_encoder = self.case_phase = None
