@@ -6,7 +6,6 @@ trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes a
 torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
 Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
 """
-import argparse
 import os
 import re
 import sys
@@ -16,46 +15,9 @@ from os.path import isfile, join
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800
 
-EXAMPLE = ("torchrun --standalone --nproc_per_node 8 \\\n"
-           "    -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 \\\n"
-           "    --node_rank $SLURM_NODEID --nproc_per_node 8 --rdzv_backend c10d \\\n"
-           "    --rdzv_endpoint $HEAD_NODE:29500 --max-restarts 3 \\\n"
-           "    --no-python nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "# no torchrun: one process, as nnUNetv2_train\n"
-           "nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "(docs/distributed.md: SLURM script, batch and negatives per world size, faults)")
-
 
 class LaunchError(RuntimeError):
     """A setting that cannot work, found before any training."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset_name_or_id", help="dataset name or id")
-    p.add_argument("configuration", help="configuration, e.g. 3d_fullres")
-    p.add_argument("fold", help="fold (0-4 or all)")
-    p.add_argument("-tr", default="nnUNetTrainer", help="trainer class (default nnUNetTrainer)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-pretrained_weights", default=None, help="checkpoint to start from (as nnUNetv2_train)")
-    p.add_argument("--npz", action="store_true", help="save softmax of the final validation (as nnUNetv2_train)")
-    p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--val", action="store_true", help="only run the final validation")
-    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
-    p.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
-    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="cuda (default), cpu or mps")
-    p.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
-                   help="under torchrun: nccl on cuda, gloo on cpu (auto, the default)")
-    p.add_argument("--collective-timeout", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S, metavar="SECONDS",
-                   help=f"under torchrun: a collective that waits this long for a lost rank fails and the worker "
-                        f"exits (default {DEFAULT_COLLECTIVE_TIMEOUT_S})")
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="nnUNetv2_train's arguments, one process or a torchrun worker (multi-node)",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
 
 
 def torchrun_environment(environ=os.environ):
@@ -262,23 +224,15 @@ def run_single(args) -> int:
     return 0
 
 
-def run(args) -> int:
-    try:
-        env = torchrun_environment()
-        if env is None:
-            return run_single(args)
-        return run_worker(args, env)
-    except LaunchError as e:
-        print(f"nnunet-sacl train: {e}", file=sys.stderr)
-        return 2
+def launch(args) -> int:
+    """``args`` as ``nnunet-sacl train`` parses them: one torchrun worker under torchrun, else one process exactly as
+    nnUNetv2_train. LaunchError: a setting that cannot work, found before any training."""
+    env = torchrun_environment()
+    if env is None:
+        return run_single(args)
+    return run_worker(args, env)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnunet_sacl.train", description=__doc__.splitlines()[0],
-                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":   # python -m nnunet_sacl.train ..., e.g. under torchrun -m
+    from nnunet_sacl.cli.train import standalone
+    sys.exit(standalone())

@@ -1,17 +1,14 @@
 """Do organs form clusters? Mask-pooled organ embeddings of an encoder before and after SACL pretraining, a t-SNE
 picture coloured by organ and the silhouette score (cosine) as one number for cluster quality.
 
-torch, nnU-Net and the rest are imported inside the functions, so that ``nnunet-sacl --help`` does not load them.
+torch and nnU-Net are imported inside the functions that need them.
 """
 from __future__ import annotations
 
-import sys
 from os.path import isdir, join
 from typing import Dict, Iterator, Optional, Tuple
 
-from nnunet_sacl.lazy import lazy_import
-
-np = lazy_import("numpy")
+import numpy as np
 
 
 def build_network(model_folder: str, configuration: str, weights: Optional[dict] = None, seed: int = 0):
@@ -159,38 +156,13 @@ def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tu
     return dataset_name, folder
 
 
-def _run(args) -> int:
+def model_embeddings(dataset, configuration: str = "3d_fullres", fold="0", trainer: str = "SACLTrainer",
+                     plans: str = "nnUNetPlans", weights_file: Optional[str] = None, max_cases: int = 20,
+                     out_png: Optional[str] = None, device: str = "cpu") -> Dict[str, float]:
+    """``embeddings_before_after`` of the model nnU-Net trained (found through nnUNet_results) on its dataset's
+    preprocessed cases (nnUNet_preprocessed). FileNotFoundError names what is missing (the dataset, the model,
+    the weights file), UnreadableCheckpoint a weights file that cannot be read."""
     from nnunetv2.paths import nnUNet_preprocessed
-
-    from nnunet_sacl.nnunet.checkpoints import UnreadableCheckpoint
-    try:
-        dataset, model_folder = model_folder_of(args.d, args.tr, args.p, args.c)
-        scores = embeddings_before_after(model_folder, args.f, args.c, join(str(nnUNet_preprocessed), dataset),
-                                         args.weights, args.max_cases, args.o, args.device)
-    except (FileNotFoundError, UnreadableCheckpoint) as e:
-        print(f"nnunet-sacl embeddings: {e}", file=sys.stderr)
-        return 1
-    for title, score in scores.items():
-        print(f"silhouette (cosine) {title}: {score:.4f}")
-    print(f"t-SNE picture: {args.o}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``embeddings`` on the ``nnunet-sacl`` subparsers."""
-    import argparse
-    p = subparsers.add_parser(
-        "embeddings", help="t-SNE of organ embeddings before vs after SACL pretraining, with silhouette score",
-        epilog="nnunet-sacl embeddings -d 17 -c 3d_fullres -f 0 -tr SACLTrainer \\\n    -o embeddings.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", default="3d_fullres", help="configuration")
-    p.add_argument("-f", default="0", help="fold")
-    p.add_argument("-tr", default="SACLTrainer", help="trainer that wrote the model")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("--weights", help="pretrained weights (default: fold_F/checkpoint_sacl_encoder.pth)")
-    p.add_argument("--max-cases", type=int, default=20,
-                   help="preprocessed training cases whose patches give the embeddings (default 20)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("-o", default="embeddings_tsne.png", help="output PNG")
-    p.set_defaults(func=_run)
+    dataset_name, model_folder = model_folder_of(dataset, trainer, plans, configuration)
+    return embeddings_before_after(model_folder, fold, configuration, join(str(nnUNet_preprocessed), dataset_name),
+                                   weights_file, max_cases, out_png, device)
