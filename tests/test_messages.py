@@ -129,6 +129,21 @@ def test_embeddings_without_the_encoder_file_says_it_does_not_exist(tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
 
 
+def test_embeddings_without_nnunet_preprocessed_names_the_variable(tmp_path, monkeypatch, capsys):
+    """The dataset and the model are found (nnUNet_raw, nnUNet_results), nnUNet_preprocessed is not set: one line
+    that names it, no traceback from nnU-Net's paths."""
+    from nnunet_sacl.cli import main
+    fold = tmp_path / "res" / "Dataset123_Planned" / "SACLTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    (tmp_path / "raw").mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "res"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    assert main(["embeddings", "-d", "123"]) == 1
+    assert capsys.readouterr().err == ("nnunet-sacl embeddings: error: nnUNet_preprocessed is not set: export it "
+                                       "(the folder nnUNetv2_plan_and_preprocess wrote the dataset to)\n")
+
+
 def test_the_method_imports_nothing_from_nnunet():
     """nnunet_sacl.method is pure torch, for any training loop: importing all of it loads no nnU-Net module."""
     code = ("import sys, pkgutil, importlib, nnunet_sacl.method as m\n"

@@ -5,6 +5,7 @@ torch and nnU-Net are imported inside the functions that need them.
 """
 from __future__ import annotations
 
+import os
 from os.path import isdir, join
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -137,6 +138,13 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
     return scores
 
 
+def _env_folder(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise FileNotFoundError(f"{name} is not set: export it ({what})")
+    return value
+
+
 def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tuple[str, str]:
     """(dataset name, nnU-Net's output folder of TRAINER__PLANS__CONFIGURATION) with errors that say what is
     missing: an unknown dataset id or name, or a model that was not trained."""
@@ -146,9 +154,7 @@ def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tu
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:  # nnU-Net's message lists the folders it searched
         raise FileNotFoundError(f"dataset {dataset}: {' '.join(str(e).split())}") from e
-    from nnunetv2.paths import nnUNet_results
-    if nnUNet_results is None:
-        raise FileNotFoundError("nnUNet_results is not set: export it (the folder nnUNetv2_train wrote the model to)")
+    _env_folder("nnUNet_results", "the folder nnUNetv2_train wrote the model to")
     folder = get_output_folder(dataset_name, trainer, plans, configuration)
     if not isdir(folder):
         raise FileNotFoundError(f"no trained model {folder} (trainer {trainer}, plans {plans}, configuration "
@@ -160,9 +166,9 @@ def model_embeddings(dataset, configuration: str = "3d_fullres", fold="0", train
                      plans: str = "nnUNetPlans", weights_file: Optional[str] = None, max_cases: int = 20,
                      out_png: Optional[str] = None, device: str = "cpu") -> Dict[str, float]:
     """``embeddings_before_after`` of the model nnU-Net trained (found through nnUNet_results) on its dataset's
-    preprocessed cases (nnUNet_preprocessed). FileNotFoundError names what is missing (the dataset, the model,
-    the weights file), UnreadableCheckpoint a weights file that cannot be read."""
-    from nnunetv2.paths import nnUNet_preprocessed
+    preprocessed cases (nnUNet_preprocessed). FileNotFoundError names what is missing (an environment variable,
+    the dataset, the model, the weights file), UnreadableCheckpoint a weights file that cannot be read."""
+    preprocessed = _env_folder("nnUNet_preprocessed", "the folder nnUNetv2_plan_and_preprocess wrote the dataset to")
     dataset_name, model_folder = model_folder_of(dataset, trainer, plans, configuration)
-    return embeddings_before_after(model_folder, fold, configuration, join(str(nnUNet_preprocessed), dataset_name),
-                                   weights_file, max_cases, out_png, device)
+    return embeddings_before_after(model_folder, fold, configuration, join(preprocessed, dataset_name), weights_file,
+                                   max_cases, out_png, device)
