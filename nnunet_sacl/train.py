@@ -6,6 +6,7 @@ trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes a
 torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
 Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
 """
+import difflib
 import os
 import re
 import sys
@@ -40,6 +41,72 @@ def choose_backend(requested: str, device: str) -> str:
         raise LaunchError(f"--dist-backend nccl needs -device cuda (got -device {device}): nccl runs on GPUs only; "
                           f"use gloo (the default for -device {device}).")
     return requested
+
+
+def check_trainer(name: str) -> None:
+    """Refuses a trainer nnU-Net cannot find (``-tr``), before anything starts, naming the closest names it could
+    find: nnU-Net's own trainers, nnunet-sacl's and the classes in the folders of nnUNet_extTrainer."""
+    import warnings
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    try:
+        # nnU-Net narrates its search, and the modules it imports warn about their own dependencies
+        with warnings.catch_warnings(), redirect_stdout(StringIO()):
+            warnings.simplefilter("ignore")
+            recursive_find_trainer_class_by_name(name)
+        return
+    except RuntimeError:                    # nnU-Net's "Could not find requested nnunet trainer"
+        pass
+    from nnunet_sacl.environment import ext_trainer_problems
+    from nnunet_sacl.nnunet import short_runs, variants
+    ours = set(variants.__all__) | set(short_runs.__all__)
+    if name in ours:
+        raise LaunchError(f"trainer {name!r} is nnunet-sacl's, but nnU-Net cannot find it: "
+                          + " ".join(ext_trainer_problems()))
+    close = difflib.get_close_matches(name, sorted(ours | stock_trainer_names() | ext_trainer_class_names()), n=1)
+    if close:
+        raise LaunchError(f"no trainer named {name!r} (did you mean {close[0]}?)")
+    raise LaunchError(f"no trainer named {name!r} among nnU-Net's, nnunet-sacl's and those in nnUNet_extTrainer "
+                      f"({os.environ.get('nnUNet_extTrainer') or 'not set'})")
+
+
+def stock_trainer_names() -> set:
+    """Names of nnU-Net's own trainer classes (every module of nnunetv2.training.nnUNetTrainer that imports)."""
+    import importlib
+    import pkgutil
+    import warnings
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    import nnunetv2.training.nnUNetTrainer as stock
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    names = set()
+    with warnings.catch_warnings(), redirect_stdout(StringIO()):   # what the variants' imports say is not ours
+        warnings.simplefilter("ignore")
+        for info in pkgutil.walk_packages(stock.__path__, stock.__name__ + "."):
+            try:
+                module = importlib.import_module(info.name)
+            except ImportError:             # a variant that needs an optional package
+                continue
+            names |= {n for n, o in vars(module).items() if isinstance(o, type) and issubclass(o, nnUNetTrainer)}
+    return names
+
+
+def ext_trainer_class_names(environ=os.environ) -> set:
+    """Names of the classes defined in the Python files of nnUNet_extTrainer's folders (read, not imported)."""
+    import ast
+    from pathlib import Path
+    names = set()
+    for folder in filter(str.strip, environ.get("nnUNet_extTrainer", "").split(os.pathsep)):
+        for path in sorted(Path(folder).rglob("*.py")) if Path(folder).is_dir() else []:
+            try:
+                tree = ast.parse(path.read_text())
+            except (OSError, SyntaxError, ValueError):
+                continue
+            names |= {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    return names
 
 
 def check_restartable(environ=os.environ) -> None:
@@ -228,6 +295,7 @@ def launch(args) -> int:
     """``args`` as ``nnunet-sacl train`` parses them: one torchrun worker under torchrun, else one process exactly as
     nnUNetv2_train. LaunchError: a setting that cannot work, found before any training."""
     env = torchrun_environment()
+    check_trainer(args.tr)
     if env is None:
         return run_single(args)
     return run_worker(args, env)

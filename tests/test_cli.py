@@ -1,6 +1,7 @@
 """`nnunet-sacl env` says what to export when nnUNet_extTrainer is missing or wrong; every subcommand has help with an
 example; a refused input is one line `nnunet-sacl COMMAND: error: MESSAGE` with exit code 1 (argparse's usage errors
-keep code 2); the defaults the command line shows are the library's."""
+keep code 2); a trainer name nnU-Net cannot find is refused before training, with the closest name; the defaults the
+command line shows are the library's."""
 import os
 import subprocess
 
@@ -62,6 +63,26 @@ def test_a_usage_error_stays_argparse_with_exit_code_2(capsys):
         main(["evaluate", "-p", "pred"])
     assert exit_info.value.code == 2
     assert "nnunet-sacl evaluate: error: the following arguments are required: -r, -d" in capsys.readouterr().err
+
+
+def test_a_trainer_name_typo_is_refused_before_training_with_the_closest_name(tmp_path, monkeypatch, capsys):
+    """In process, nothing trains: the lookup fails before nnU-Net's run_training is reached."""
+    from nnunet_sacl.cli import main
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(tmp_path))
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers_folder()))
+    assert main(["train", "1", "3d_fullres", "0", "-tr", "SACLTrainr", "-device", "cpu"]) == 1
+    assert capsys.readouterr().err == \
+        "nnunet-sacl train: error: no trainer named 'SACLTrainr' (did you mean SACLTrainer?)\n"
+    # the right name while nnU-Net cannot find the package's trainers: says why
+    monkeypatch.delenv("nnUNet_extTrainer")
+    assert main(["train", "1", "3d_fullres", "0", "-tr", "SACLTrainer", "-device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl train: error: trainer 'SACLTrainer' is nnunet-sacl's, but nnU-Net cannot "
+                          "find it: nnUNet_extTrainer is not set") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_defaults_the_command_line_shows_are_the_librarys():
