@@ -212,35 +212,3 @@ def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration:
         print(f"  {title:20s} {score:.3f}")
     print(f"  t-SNE picture: {png}")
     return scores
-
-
-EXAMPLE = ("# real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d:\n"
-           "nnunet-sacl demo\n"
-           "nnunet-sacl demo --synthetic      # generated shapes, no download")
-
-
-def _demo(args) -> int:
-    device = args.device
-    if device is None:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    run_demo(args.workdir, device, args.d, args.tr, args.c, args.f, synthetic=args.synthetic, sdist=args.sdist)
-    return 0
-
-
-def add_cli(subparsers):
-    """Registers ``demo`` on the ``nnunet-sacl`` sub-command parser."""
-    import argparse
-    p = subparsers.add_parser("demo", help="baseline vs SACL on a small real CT dataset: plan, train both, "
-                              "predict, compare", epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="sacl_demo", help="holds nnUNet_raw/preprocessed/results of the demo")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
-    p.add_argument("-tr", nargs="+", default=list(DEFAULT_TRAINERS),
-                   help="trainers to compare, the first is the baseline (default: %(default)s)")
-    p.add_argument("-c", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration (default: %(default)s)")
-    p.add_argument("-f", type=int, default=0, help="fold (default 0)")
-    p.add_argument("--synthetic", action="store_true", help="use the generated shapes instead of the real CT")
-    p.add_argument("--sdist", help="a local totalsegmentator-2.18.0.tar.gz (offline; see docs/demo-data.md)")
-    p.set_defaults(func=_demo)
-    return p

@@ -6,7 +6,7 @@ trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes a
 torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
 Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
 """
-import argparse
+import difflib
 import os
 import re
 import sys
@@ -16,46 +16,9 @@ from os.path import isfile, join
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800
 
-EXAMPLE = ("torchrun --standalone --nproc_per_node 8 \\\n"
-           "    -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 \\\n"
-           "    --node_rank $SLURM_NODEID --nproc_per_node 8 --rdzv_backend c10d \\\n"
-           "    --rdzv_endpoint $HEAD_NODE:29500 --max-restarts 3 \\\n"
-           "    --no-python nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "# no torchrun: one process, as nnUNetv2_train\n"
-           "nnunet-sacl train 17 3d_fullres 0 -tr SACLTrainer\n"
-           "(docs/distributed.md: SLURM script, batch and negatives per world size, faults)")
-
 
 class LaunchError(RuntimeError):
     """A setting that cannot work, found before any training."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset_name_or_id", help="dataset name or id")
-    p.add_argument("configuration", help="configuration, e.g. 3d_fullres")
-    p.add_argument("fold", help="fold (0-4 or all)")
-    p.add_argument("-tr", default="nnUNetTrainer", help="trainer class (default nnUNetTrainer)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-pretrained_weights", default=None, help="checkpoint to start from (as nnUNetv2_train)")
-    p.add_argument("--npz", action="store_true", help="save softmax of the final validation (as nnUNetv2_train)")
-    p.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--val", action="store_true", help="only run the final validation")
-    p.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
-    p.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
-    p.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="cuda (default), cpu or mps")
-    p.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
-                   help="under torchrun: nccl on cuda, gloo on cpu (auto, the default)")
-    p.add_argument("--collective-timeout", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S, metavar="SECONDS",
-                   help=f"under torchrun: a collective that waits this long for a lost rank fails and the worker "
-                        f"exits (default {DEFAULT_COLLECTIVE_TIMEOUT_S})")
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="nnUNetv2_train's arguments, one process or a torchrun worker (multi-node)",
-                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
 
 
 def torchrun_environment(environ=os.environ):
@@ -78,6 +41,72 @@ def choose_backend(requested: str, device: str) -> str:
         raise LaunchError(f"--dist-backend nccl needs -device cuda (got -device {device}): nccl runs on GPUs only; "
                           f"use gloo (the default for -device {device}).")
     return requested
+
+
+def check_trainer(name: str) -> None:
+    """Refuses a trainer nnU-Net cannot find (``-tr``), before anything starts, naming the closest names it could
+    find: nnU-Net's own trainers, nnunet-sacl's and the classes in the folders of nnUNet_extTrainer."""
+    import warnings
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    try:
+        # nnU-Net narrates its search, and the modules it imports warn about their own dependencies
+        with warnings.catch_warnings(), redirect_stdout(StringIO()):
+            warnings.simplefilter("ignore")
+            recursive_find_trainer_class_by_name(name)
+        return
+    except RuntimeError:                    # nnU-Net's "Could not find requested nnunet trainer"
+        pass
+    from nnunet_sacl.environment import ext_trainer_problems
+    from nnunet_sacl.nnunet import short_runs, variants
+    ours = set(variants.__all__) | set(short_runs.__all__)
+    if name in ours:
+        raise LaunchError(f"trainer {name!r} is nnunet-sacl's, but nnU-Net cannot find it: "
+                          + " ".join(ext_trainer_problems()))
+    close = difflib.get_close_matches(name, sorted(ours | stock_trainer_names() | ext_trainer_class_names()), n=1)
+    if close:
+        raise LaunchError(f"no trainer named {name!r} (did you mean {close[0]}?)")
+    raise LaunchError(f"no trainer named {name!r} among nnU-Net's, nnunet-sacl's and those in nnUNet_extTrainer "
+                      f"({os.environ.get('nnUNet_extTrainer') or 'not set'})")
+
+
+def stock_trainer_names() -> set:
+    """Names of nnU-Net's own trainer classes (every module of nnunetv2.training.nnUNetTrainer that imports)."""
+    import importlib
+    import pkgutil
+    import warnings
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    import nnunetv2.training.nnUNetTrainer as stock
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    names = set()
+    with warnings.catch_warnings(), redirect_stdout(StringIO()):   # what the variants' imports say is not ours
+        warnings.simplefilter("ignore")
+        for info in pkgutil.walk_packages(stock.__path__, stock.__name__ + "."):
+            try:
+                module = importlib.import_module(info.name)
+            except ImportError:             # a variant that needs an optional package
+                continue
+            names |= {n for n, o in vars(module).items() if isinstance(o, type) and issubclass(o, nnUNetTrainer)}
+    return names
+
+
+def ext_trainer_class_names(environ=os.environ) -> set:
+    """Names of the classes defined in the Python files of nnUNet_extTrainer's folders (read, not imported)."""
+    import ast
+    from pathlib import Path
+    names = set()
+    for folder in filter(str.strip, environ.get("nnUNet_extTrainer", "").split(os.pathsep)):
+        for path in sorted(Path(folder).rglob("*.py")) if Path(folder).is_dir() else []:
+            try:
+                tree = ast.parse(path.read_text())
+            except (OSError, SyntaxError, ValueError):
+                continue
+            names |= {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    return names
 
 
 def check_restartable(environ=os.environ) -> None:
@@ -262,23 +291,16 @@ def run_single(args) -> int:
     return 0
 
 
-def run(args) -> int:
-    try:
-        env = torchrun_environment()
-        if env is None:
-            return run_single(args)
-        return run_worker(args, env)
-    except LaunchError as e:
-        print(f"nnunet-sacl train: {e}", file=sys.stderr)
-        return 2
+def launch(args) -> int:
+    """``args`` as ``nnunet-sacl train`` parses them: one torchrun worker under torchrun, else one process exactly as
+    nnUNetv2_train. LaunchError: a setting that cannot work, found before any training."""
+    env = torchrun_environment()
+    check_trainer(args.tr)
+    if env is None:
+        return run_single(args)
+    return run_worker(args, env)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnunet_sacl.train", description=__doc__.splitlines()[0],
-                                     epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":   # python -m nnunet_sacl.train ..., e.g. under torchrun -m
+    from nnunet_sacl.cli.train import standalone
+    sys.exit(standalone())

@@ -23,9 +23,17 @@ from nnunetv2.run.run_training import get_trainer_from_args
 from torch.nn import functional as F
 
 from nnunet_sacl import trainers_folder
-from nnunet_sacl.analysis.evaluation import add_cli
 from nnunet_sacl.environment import planning_env
 from nnunet_sacl.nnunet.trainer import SACLTrainer
+
+# ---------------------------------------------------------------- the command line
+
+def cli_parsers() -> dict:
+    """name -> argparse parser of every ``nnunet-sacl`` subcommand, as ``nnunet_sacl.cli.main`` builds them."""
+    from nnunet_sacl.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
 
 # ---------------------------------------------------------------- the session dataset, nnU-Net subprocesses
 
@@ -309,9 +317,3 @@ def two_organ_seg(shape, liver_start, spleen_start, side=8):
     seg[cube(shape, liver_start, side)] = 1
     seg[cube(shape, spleen_start, side)] = 2
     return seg
-
-
-def parser():
-    p = argparse.ArgumentParser(prog="nnunet-sacl")
-    add_cli(p.add_subparsers(dest="command", required=True))
-    return p

@@ -1,4 +1,7 @@
-"""`nnunet-sacl env` says what to export when nnUNet_extTrainer is missing or wrong."""
+"""`nnunet-sacl env` says what to export when nnUNet_extTrainer is missing or wrong; every subcommand has help with an
+example; a refused input is one line `nnunet-sacl COMMAND: error: MESSAGE` with exit code 1 (argparse's usage errors
+keep code 2); a trainer name nnU-Net cannot find is refused before training, with the closest name; the defaults the
+command line shows are the library's."""
 import os
 import subprocess
 
@@ -40,3 +43,63 @@ def test_every_subcommand_has_help_with_an_example(capsys):
         with pytest.raises(SystemExit) as exit_info:   # argparse exits after printing --help
             main([sub, "--help"])
         assert exit_info.value.code == 0 and "nnunet-sacl " + sub in capsys.readouterr().out, sub
+
+
+def test_a_refusal_is_one_line_naming_the_command_with_exit_code_1(monkeypatch, capsys):
+    from nnunet_sacl.cli import error_line, main
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    assert main(["synthetic-data", "-d", "991"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "nnunet-sacl synthetic-data: error: nnUNet_raw is not set: export it or pass --raw FOLDER\n"
+    assert captured.out == ""
+    # a library message of several lines (nnU-Net's, e.g.) is joined into one
+    assert error_line("study", "dataset 7: not found. Folders:\nnnUNet_raw=/x\n\n  nnUNet_results=/y\n") == \
+        "nnunet-sacl study: error: dataset 7: not found. Folders: nnUNet_raw=/x nnUNet_results=/y"
+
+
+def test_a_usage_error_stays_argparse_with_exit_code_2(capsys):
+    from nnunet_sacl.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "-p", "pred"])
+    assert exit_info.value.code == 2
+    assert "nnunet-sacl evaluate: error: the following arguments are required: -r, -d" in capsys.readouterr().err
+
+
+def test_a_trainer_name_typo_is_refused_before_training_with_the_closest_name(tmp_path, monkeypatch, capsys):
+    """In process, nothing trains: the lookup fails before nnU-Net's run_training is reached."""
+    from nnunet_sacl.cli import main
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(tmp_path))
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers_folder()))
+    assert main(["train", "1", "3d_fullres", "0", "-tr", "SACLTrainr", "-device", "cpu"]) == 1
+    assert capsys.readouterr().err == \
+        "nnunet-sacl train: error: no trainer named 'SACLTrainr' (did you mean SACLTrainer?)\n"
+    # the right name while nnU-Net cannot find the package's trainers: says why
+    monkeypatch.delenv("nnUNet_extTrainer")
+    assert main(["train", "1", "3d_fullres", "0", "-tr", "SACLTrainer", "-device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl train: error: trainer 'SACLTrainer' is nnunet-sacl's, but nnU-Net cannot "
+                          "find it: nnUNet_extTrainer is not set") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_defaults_the_command_line_shows_are_the_librarys():
+    """The cli modules import no library module at start-up, so they repeat a few constants; these must agree."""
+    from nnunet_sacl import demo, train
+    from nnunet_sacl.analysis import evaluation, study
+    from nnunet_sacl.cli import convert as convert_cli, demo as demo_cli, demo_data as demo_data_cli
+    from nnunet_sacl.cli import evaluate as evaluate_cli, export_submission as export_cli, study as study_cli
+    from nnunet_sacl.cli import train as train_cli
+    from nnunet_sacl.dataset_conversion import converters, demo_data, submission
+    assert (evaluate_cli.DEFAULT_TOLERANCE_MM, evaluate_cli.NSD_METHODS) == \
+        (evaluation.DEFAULT_TOLERANCE_MM, evaluation.NSD_METHODS)
+    assert (demo_cli.DEFAULT_TRAINERS, demo_cli.DEFAULT_CONFIGURATION) == \
+        (demo.DEFAULT_TRAINERS, demo.DEFAULT_CONFIGURATION)
+    assert demo_data_cli.SDIST_NAME == demo_data.SDIST_NAME
+    assert export_cli.CHALLENGES == tuple(sorted(submission.FORMATS))
+    assert study_cli.DEFAULT_FOLDS == study.DEFAULT_FOLDS
+    assert train_cli.DEFAULT_COLLECTIVE_TIMEOUT_S == train.DEFAULT_COLLECTIVE_TIMEOUT_S
+    assert convert_cli.LAYOUTS == {"convert-btcv": (converters.BTCV.title, converters.BTCV.example_tree),
+                                   "convert-flare21": (converters.FLARE21.title, converters.FLARE21.example_tree)}

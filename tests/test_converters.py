@@ -1,6 +1,5 @@
 """BTCV and FLARE21 downloads (tiny fakes in the challenges' exact naming) -> nnU-Net raw datasets that pass
 nnU-Net's own integrity check, labels bit-exact; malformed downloads refused with nothing left behind."""
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -9,10 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sacl.dataset_conversion.converters import (ChallengeLayoutError, add_cli, convert_btcv, convert_flare21,
+from nnunet_sacl.dataset_conversion.converters import (ChallengeLayoutError, convert_btcv, convert_flare21,
                                     staged_folder)
-from tests.helpers import (ct, DIRECTION, make_btcv_tree, make_flare21_tree, organ_boxes, ORIGIN_XYZ, SPACING_XYZ,
-                           write_image)
+from nnunet_sacl.cli import main
+from tests.helpers import (cli_parsers, ct, DIRECTION, make_btcv_tree, make_flare21_tree, organ_boxes, ORIGIN_XYZ,
+                           SPACING_XYZ, write_image)
 
 def verify_with_nnunet(folder: Path) -> None:
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
@@ -172,14 +172,12 @@ def test_staged_folder_removes_its_temporary_folder_on_failure(tmp_path):
 
 
 def test_cli_converts_and_reports_errors(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="nnunet-sacl")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
     for command in ("convert-btcv", "convert-flare21"):
-        assert sub.choices[command].epilog.startswith(f"nnunet-sacl {command} ")
+        assert cli_parsers()[command].epilog.startswith(f"nnunet-sacl {command} ")
     src = make_btcv_tree(tmp_path, train=(1,))
-    args = parser.parse_args(["convert-btcv", str(src), "-d", "17", "--raw", str(tmp_path / "raw")])
-    assert args.func(args) == 0
+    argv = ["convert-btcv", str(src), "-d", "17", "--raw", str(tmp_path / "raw")]
+    assert main(argv) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "raw" / "Dataset017_BTCV")
-    assert args.func(args) == 1  # second time: the id is taken
-    assert "Dataset017_BTCV" in capsys.readouterr().err
+    assert main(argv) == 1  # second time: the id is taken
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl convert-btcv: error: ") and "Dataset017_BTCV" in err, err

@@ -1,6 +1,5 @@
 """The real-CT demo dataset: built from the TotalSegmentator 2.18.0 sdist, BTCV labels, accepted by nnU-Net's own
 integrity check, and the same bytes for the same seed."""
-import argparse
 import json
 
 import numpy as np
@@ -10,6 +9,7 @@ import SimpleITK as sitk
 from nnunet_sacl.dataset_conversion import demo_data
 from nnunet_sacl.dataset_conversion.demo_data import (BTCV_ORGANS, DemoDataUnavailable, build_demo_dataset,
                                    fetch_totalsegmentator_sdist)
+from tests.helpers import cli_parsers
 
 NUM_TRAINING = 4
 
@@ -98,8 +98,8 @@ def test_a_corrupt_cache_says_what_to_do_offline(tmp_path):
 
 
 def test_cli_registers_demo_data_with_an_example():
-    parser = argparse.ArgumentParser(prog="nnunet-sacl")
-    sub = demo_data.add_cli(parser.add_subparsers(dest="command"))
-    assert sub.epilog.startswith("nnunet-sacl demo-data")
-    args = parser.parse_args(["demo-data", "-d", "992", "--sdist", "x.tar.gz", "--raw", "raw"])
-    assert (args.d, args.sdist, args.raw, args.func) == (992, "x.tar.gz", "raw", demo_data._demo_data)
+    from nnunet_sacl.cli import build_parser
+    from nnunet_sacl.cli import demo_data as demo_data_command
+    assert cli_parsers()["demo-data"].epilog.startswith("nnunet-sacl demo-data")
+    args = build_parser().parse_args(["demo-data", "-d", "992", "--sdist", "x.tar.gz", "--raw", "raw"])
+    assert (args.d, args.sdist, args.raw, args.cli_command.run) == (992, "x.tar.gz", "raw", demo_data_command.run)

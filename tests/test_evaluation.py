@@ -11,7 +11,8 @@ from scipy.spatial import cKDTree
 
 from nnunet_sacl.analysis.evaluation import (ALL_ORGANS, compare, comparison_table, dice, evaluate_folder,
                                     normalized_surface_dice, parse_labels)
-from tests.helpers import cube, parser, two_organ_seg, write_seg
+from nnunet_sacl.cli import main
+from tests.helpers import cube, two_organ_seg, write_seg
 
 
 # ---------------------------------------------------------------- shapes
@@ -297,18 +298,15 @@ def test_compare_refuses_a_folder_missing_a_case(tmp_path):
 def test_cli_evaluate_and_compare(tmp_path, capsys):
     write_comparison_folders(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
-    args = parser().parse_args(["evaluate", "-p", str(tmp_path / "a"), "-r", str(tmp_path / "ref"),
-                                "-d", str(tmp_path / "dataset.json"), "--tolerance", "2",
-                                "-o", str(tmp_path / "a.csv")])
-    assert args.func(args) == 0
+    assert main(["evaluate", "-p", str(tmp_path / "a"), "-r", str(tmp_path / "ref"),
+                 "-d", str(tmp_path / "dataset.json"), "--tolerance", "2", "-o", str(tmp_path / "a.csv")]) == 0
     assert len(list(csv.DictReader(open(tmp_path / "a.csv")))) == 16
-    args = parser().parse_args(["compare", "-a", str(tmp_path / "a"), "-b", str(tmp_path / "b"),
-                                "-r", str(tmp_path / "ref"), "-d", "liver=1", "-o", str(tmp_path / "cmp")])
-    assert args.func(args) == 0
+    assert main(["compare", "-a", str(tmp_path / "a"), "-b", str(tmp_path / "b"),
+                 "-r", str(tmp_path / "ref"), "-d", "liver=1", "-o", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "| liver | Dice | 8 |" in out and ALL_ORGANS not in out  # one organ: no mean-over-organs row
     (tmp_path / "a" / "case_003.nii.gz").unlink()
-    args = parser().parse_args(["evaluate", "-p", str(tmp_path / "a"), "-r", str(tmp_path / "ref"), "-d", "liver=1"])
-    assert args.func(args) == 1
-    assert "case_003" in capsys.readouterr().err
+    assert main(["evaluate", "-p", str(tmp_path / "a"), "-r", str(tmp_path / "ref"), "-d", "liver=1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl evaluate: error: ") and "case_003" in err and err.count("\n") == 1
 

@@ -1,6 +1,6 @@
 """The package's layout promises: every trainer class is found by ``nnUNetv2_train -tr`` (none left out of the
-exports), shipped trainers stand apart from the short CPU run lengths, and test modules share helpers through
-tests/helpers.py only."""
+exports), shipped trainers stand apart from the short CPU run lengths, the command line lives in nnunet_sacl/cli only,
+and test modules share helpers through tests/helpers.py only."""
 import importlib
 import pkgutil
 import re
@@ -67,3 +67,13 @@ def test_test_modules_import_no_other_test_module():
     for path in sorted(tests.glob("*.py")):
         imports = re.findall(r"^\s*(?:from|import) tests\.(\w+)", path.read_text(), re.M)
         assert set(imports) <= {"helpers"}, f"{path.name} imports {imports}: shared helpers go to tests/helpers.py"
+
+
+def test_the_command_line_lives_in_the_cli_package_only():
+    """Library modules hold no argparse: every option and every command's run is in nnunet_sacl/cli/."""
+    package = Path(nnunet_sacl.__file__).parent
+    cli = package / "cli"
+    assert (cli / "__init__.py").is_file() and not (package / "cli.py").exists()
+    offenders = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+                 if cli not in path.parents and re.search(r"\bargparse\b|\badd_cli\b", path.read_text())]
+    assert not offenders, f"argparse outside nnunet_sacl/cli: {offenders}"

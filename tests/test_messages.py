@@ -8,39 +8,19 @@ import zipfile
 
 import pytest
 
-from tests.helpers import nnunet_bin
-
-
-def subcommand_parsers():
-    """name -> parser of every registered ``nnunet-sacl`` subcommand (as ``main`` builds them)."""
-    from nnunet_sacl import cli
-    captured = {}
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(parser, args=None, namespace=None):
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        captured.update(sub.choices)
-        raise SystemExit(0)
-
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        with pytest.raises(SystemExit):
-            cli.main([])
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    return captured
+from tests.helpers import cli_parsers, nnunet_bin
 
 
 def test_every_option_has_help_text():
     missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
-               for name, parser in subcommand_parsers().items() for action in parser._actions
+               for name, parser in cli_parsers().items() for action in parser._actions
                if not action.help and not isinstance(action, argparse._HelpAction)]
     assert not missing, f"options without help: {missing}"
 
 
 def test_examples_keep_their_lines_in_help():
     """argparse re-wraps an epilog unless the parser keeps raw text; then an example breaks mid-argument."""
-    for name, parser in subcommand_parsers().items():
+    for name, parser in cli_parsers().items():
         assert parser.epilog, f"{name} has no example"
         os.environ["COLUMNS"] = "80"
         try:
@@ -79,8 +59,8 @@ def test_evaluate_names_a_missing_prediction_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("dataset, expected", [
-    ("12345", "nnunet-sacl embeddings: dataset 12345: Could not find a dataset with the ID 12345"),
-    ("123", "nnunet-sacl embeddings: no trained model {res}/Dataset123_Planned/SACLTrainer__nnUNetPlans__3d_fullres "
+    ("12345", "nnunet-sacl embeddings: error: dataset 12345: Could not find a dataset with the ID 12345"),
+    ("123", "nnunet-sacl embeddings: error: no trained model {res}/Dataset123_Planned/SACLTrainer__nnUNetPlans__3d_fullres "
             "(trainer SACLTrainer, plans nnUNetPlans, configuration 3d_fullres); check -tr, -p and -c")])
 def test_embeddings_without_dataset_or_model_is_one_line(tmp_path, dataset, expected):
     env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
@@ -101,6 +81,7 @@ def test_check_weights_says_a_text_file_is_not_a_checkpoint(tmp_path, capsys):
     text.write_text("not weights\n")
     assert main(["check-weights", str(text), "-d", "1", "-c", "3d_fullres"]) == 1
     err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl check-weights: error: ") and err.count("\n") == 1, err
     assert f"{text}: it is not a torch file" in err and "killed" not in err
 
 
@@ -144,8 +125,23 @@ def test_embeddings_without_the_encoder_file_says_it_does_not_exist(tmp_path):
     fold.mkdir(parents=True)
     r = subprocess.run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", "123"], env=env, capture_output=True,
                        text=True, timeout=300)
-    expected = f"nnunet-sacl embeddings: Checkpoint {fold / 'checkpoint_sacl_encoder.pth'} does not exist"
+    expected = f"nnunet-sacl embeddings: error: Checkpoint {fold / 'checkpoint_sacl_encoder.pth'} does not exist"
     assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
+
+
+def test_embeddings_without_nnunet_preprocessed_names_the_variable(tmp_path, monkeypatch, capsys):
+    """The dataset and the model are found (nnUNet_raw, nnUNet_results), nnUNet_preprocessed is not set: one line
+    that names it, no traceback from nnU-Net's paths."""
+    from nnunet_sacl.cli import main
+    fold = tmp_path / "res" / "Dataset123_Planned" / "SACLTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    (tmp_path / "raw").mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "res"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    assert main(["embeddings", "-d", "123"]) == 1
+    assert capsys.readouterr().err == ("nnunet-sacl embeddings: error: nnUNet_preprocessed is not set: export it "
+                                       "(the folder nnUNetv2_plan_and_preprocess wrote the dataset to)\n")
 
 
 def test_the_method_imports_nothing_from_nnunet():

@@ -1,14 +1,14 @@
 """nnUNetv2_predict-style output of a converted BTCV/FLARE21 dataset -> challenge-named result files on the test
 images' grids; missing, extra, misaligned or mislabelled predictions refused, naming the case."""
-import argparse
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import convert_btcv, convert_flare21
-from nnunet_sacl.dataset_conversion.submission import SubmissionError, add_cli, export_submission
-from tests.helpers import make_btcv_tree, make_flare21_tree, organ_boxes
+from nnunet_sacl.cli import main
+from nnunet_sacl.dataset_conversion.submission import SubmissionError, export_submission
+from tests.helpers import cli_parsers, make_btcv_tree, make_flare21_tree, organ_boxes
 
 
 def write_prediction(seg: np.ndarray, like: sitk.Image, path, spacing_jitter=0.0):
@@ -125,16 +125,12 @@ def test_existing_output_and_unknown_challenge_are_refused(btcv, tmp_path):
 
 def test_cli_exports_and_reports_errors(btcv, tmp_path, capsys):
     dataset, pred, _ = btcv
-    parser = argparse.ArgumentParser(prog="nnunet-sacl")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    assert sub.choices["export-submission"].epilog.startswith("nnunet-sacl export-submission ")
+    assert cli_parsers()["export-submission"].epilog.startswith("nnunet-sacl export-submission ")
     argv = ["export-submission", "-i", str(pred), "-o", str(tmp_path / "sub"), "--challenge", "btcv",
             "--images", str(dataset / "imagesTs")]
-    args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    assert main(argv) == 0
     assert (tmp_path / "sub" / "label0061.nii.gz").is_file()
     capsys.readouterr()
-    args = parser.parse_args(argv[:-1] + [str(tmp_path / "nowhere")])
-    assert args.func(args) == 1
-    assert "nowhere does not exist" in capsys.readouterr().err
+    assert main(argv[:-1] + [str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl export-submission: error: ") and "nowhere does not exist" in err, err

@@ -11,10 +11,9 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from nnunet_sacl.analysis.evaluation import add_cli, compare, evaluate_folder, normalized_surface_dice
-from tests.helpers import parser, two_organ_seg, write_seg
-
-assert add_cli  # the parser() helper registers it
+from nnunet_sacl.analysis.evaluation import compare, evaluate_folder, normalized_surface_dice
+from nnunet_sacl.cli import main
+from tests.helpers import two_organ_seg, write_seg
 
 
 def surface_nsd(a, b, spacing, tolerance):
@@ -181,10 +180,9 @@ def write_pair(tmp_path):
 def test_evaluate_and_compare_forward_the_method(tmp_path, capsys):
     import SimpleITK as sitk
     spacing = write_pair(tmp_path)
-    args = parser().parse_args(["evaluate", "-p", str(tmp_path / "a"), "-r", str(tmp_path / "ref"),
-                                "-d", str(tmp_path / "dataset.json"), "--tolerance", "1", "--nsd-method", "surface",
-                                "-o", str(tmp_path / "a.csv")])
-    assert args.func(args) == 0
+    assert main(["evaluate", "-p", str(tmp_path / "a"), "-r", str(tmp_path / "ref"),
+                 "-d", str(tmp_path / "dataset.json"), "--tolerance", "1", "--nsd-method", "surface",
+                 "-o", str(tmp_path / "a.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ref" / "case_1.nii.gz")))
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "case_1.nii.gz")))
@@ -202,8 +200,7 @@ def test_evaluate_and_compare_forward_the_method(tmp_path, capsys):
     nsd_row = next(r for r in table if r["metric"] == "nsd")
     assert nsd_row["mean_a"] == pytest.approx(np.mean([r["nsd"] for r in surface_rows]), abs=1e-12)
     assert "| liver | NSD@1mm surface | 3 |" in (tmp_path / "cmp" / "comparison.md").read_text()
-    args = parser().parse_args(["compare", "-a", str(tmp_path / "a"), "-b", str(tmp_path / "b"), "-r",
-                                str(tmp_path / "ref"), "-d", "liver=1", "--tolerance", "1", "--nsd-method",
-                                "surface", "-o", str(tmp_path / "cmp2")])
-    assert args.func(args) == 0
+    assert main(["compare", "-a", str(tmp_path / "a"), "-b", str(tmp_path / "b"), "-r",
+                 str(tmp_path / "ref"), "-d", "liver=1", "--tolerance", "1", "--nsd-method",
+                 "surface", "-o", str(tmp_path / "cmp2")]) == 0
     assert "NSD@1mm surface" in capsys.readouterr().out

@@ -318,7 +318,8 @@ def test_bad_settings_refused_before_training(nnunet_env, preprocessed, tmp_path
     env = torchrun_env(nnunet_env, tmp_path, **extra_env)
     result = subprocess.run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_smoke", 0), *args],
                             env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1 and "nnunet-sacl train: error: " in result.stderr, result.stderr[-3000:]
+    assert message in result.stderr, result.stderr[-3000:]
 
 
 def test_help_shows_torchrun_lines_and_imports_no_torch(capsys):

@@ -1,17 +1,15 @@
 """Do organs form clusters? Mask-pooled organ embeddings of an encoder before and after SACL pretraining, a t-SNE
 picture coloured by organ and the silhouette score (cosine) as one number for cluster quality.
 
-torch, nnU-Net and the rest are imported inside the functions, so that ``nnunet-sacl --help`` does not load them.
+torch and nnU-Net are imported inside the functions that need them.
 """
 from __future__ import annotations
 
-import sys
+import os
 from os.path import isdir, join
 from typing import Dict, Iterator, Optional, Tuple
 
-from nnunet_sacl.lazy import lazy_import
-
-np = lazy_import("numpy")
+import numpy as np
 
 
 def build_network(model_folder: str, configuration: str, weights: Optional[dict] = None, seed: int = 0):
@@ -140,6 +138,13 @@ def embeddings_before_after(model_folder: str, fold, configuration: str, preproc
     return scores
 
 
+def _env_folder(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise FileNotFoundError(f"{name} is not set: export it ({what})")
+    return value
+
+
 def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tuple[str, str]:
     """(dataset name, nnU-Net's output folder of TRAINER__PLANS__CONFIGURATION) with errors that say what is
     missing: an unknown dataset id or name, or a model that was not trained."""
@@ -149,9 +154,7 @@ def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tu
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:  # nnU-Net's message lists the folders it searched
         raise FileNotFoundError(f"dataset {dataset}: {' '.join(str(e).split())}") from e
-    from nnunetv2.paths import nnUNet_results
-    if nnUNet_results is None:
-        raise FileNotFoundError("nnUNet_results is not set: export it (the folder nnUNetv2_train wrote the model to)")
+    _env_folder("nnUNet_results", "the folder nnUNetv2_train wrote the model to")
     folder = get_output_folder(dataset_name, trainer, plans, configuration)
     if not isdir(folder):
         raise FileNotFoundError(f"no trained model {folder} (trainer {trainer}, plans {plans}, configuration "
@@ -159,38 +162,13 @@ def model_folder_of(dataset, trainer: str, plans: str, configuration: str) -> Tu
     return dataset_name, folder
 
 
-def _run(args) -> int:
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    from nnunet_sacl.nnunet.checkpoints import UnreadableCheckpoint
-    try:
-        dataset, model_folder = model_folder_of(args.d, args.tr, args.p, args.c)
-        scores = embeddings_before_after(model_folder, args.f, args.c, join(str(nnUNet_preprocessed), dataset),
-                                         args.weights, args.max_cases, args.o, args.device)
-    except (FileNotFoundError, UnreadableCheckpoint) as e:
-        print(f"nnunet-sacl embeddings: {e}", file=sys.stderr)
-        return 1
-    for title, score in scores.items():
-        print(f"silhouette (cosine) {title}: {score:.4f}")
-    print(f"t-SNE picture: {args.o}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``embeddings`` on the ``nnunet-sacl`` subparsers."""
-    import argparse
-    p = subparsers.add_parser(
-        "embeddings", help="t-SNE of organ embeddings before vs after SACL pretraining, with silhouette score",
-        epilog="nnunet-sacl embeddings -d 17 -c 3d_fullres -f 0 -tr SACLTrainer \\\n    -o embeddings.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", default="3d_fullres", help="configuration")
-    p.add_argument("-f", default="0", help="fold")
-    p.add_argument("-tr", default="SACLTrainer", help="trainer that wrote the model")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("--weights", help="pretrained weights (default: fold_F/checkpoint_sacl_encoder.pth)")
-    p.add_argument("--max-cases", type=int, default=20,
-                   help="preprocessed training cases whose patches give the embeddings (default 20)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("-o", default="embeddings_tsne.png", help="output PNG")
-    p.set_defaults(func=_run)
+def model_embeddings(dataset, configuration: str = "3d_fullres", fold="0", trainer: str = "SACLTrainer",
+                     plans: str = "nnUNetPlans", weights_file: Optional[str] = None, max_cases: int = 20,
+                     out_png: Optional[str] = None, device: str = "cpu") -> Dict[str, float]:
+    """``embeddings_before_after`` of the model nnU-Net trained (found through nnUNet_results) on its dataset's
+    preprocessed cases (nnUNet_preprocessed). FileNotFoundError names what is missing (an environment variable,
+    the dataset, the model, the weights file), UnreadableCheckpoint a weights file that cannot be read."""
+    preprocessed = _env_folder("nnUNet_preprocessed", "the folder nnUNetv2_plan_and_preprocess wrote the dataset to")
+    dataset_name, model_folder = model_folder_of(dataset, trainer, plans, configuration)
+    return embeddings_before_after(model_folder, fold, configuration, join(preprocessed, dataset_name), weights_file,
+                                   max_cases, out_png, device)

@@ -12,33 +12,22 @@ by MONAI). numpy/scipy/SimpleITK/matplotlib; MONAI (and torch) only for the surf
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 
-from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
-from nnunet_sacl.lazy import lazy_import
+import numpy as np
+import SimpleITK as sitk
 
-np = lazy_import("numpy")
-sitk = lazy_import("SimpleITK")
+from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
 
 SKIPPED_LABEL_NAMES = ("background", "ignore")
 METRICS = ("dice", "nsd")
 ALL_ORGANS = "all organs (per-case mean)"
 DEFAULT_TOLERANCE_MM = 2.0
 NSD_METHODS = ("voxel", "surface")
-EXAMPLES = {
-    "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 \\\n"
-                "      -o sacl.csv\n"
-                "nnunet-sacl evaluate -p cv_sacl -r labelsTr -d dataset.json --tolerance 1 \\\n"
-                "      --nsd-method surface         # as the FLARE challenges score",
-    "compare": "nnunet-sacl compare -a pred_sacl -b pred_nnunet -r labelsTs -d dataset.json \\\n"
-               "      --tolerance 2 --names SACL nnU-Net -o comparison",
-}
 
 
 # ---------------------------------------------------------------- metrics on two boolean masks
@@ -417,9 +406,10 @@ def _file_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-# ---------------------------------------------------------------- command line
+# ---------------------------------------------------------------- summary
 
-def _summary_lines(rows: list[dict], organs: list[str]) -> list[str]:
+def summary_lines(rows: list[dict], organs: list[str]) -> list[str]:
+    """Per organ and metric: mean ± sd over the cases where it is defined, and their number."""
     lines = []
     for organ in organs:
         for metric in METRICS:
@@ -428,62 +418,3 @@ def _summary_lines(rows: list[dict], organs: list[str]) -> list[str]:
             mean, sd = _mean_sd(values)
             lines.append(f"{organ:>20s} {metric:>5s}: {_fmt(mean)} ± {_fmt(sd)} (n={values.size})")
     return lines
-
-
-def _run_evaluate(args) -> int:
-    try:
-        labels = parse_labels(args.d)
-        out = args.o or str(Path(args.p) / "evaluation.csv")
-        rows = evaluate_folder(args.p, args.r, labels, args.tolerance, out_csv=out, file_ending=args.file_ending,
-                               nsd_method=args.nsd_method)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"nnunet-sacl evaluate: {e}", file=sys.stderr)
-        return 1
-    print("\n".join(_summary_lines(rows, list(labels))))
-    print(f"per-case values: {out}")
-    return 0
-
-
-def _run_compare(args) -> int:
-    try:
-        labels = parse_labels(args.d)
-        table = compare(args.a, args.b, args.r, labels, tuple(args.names), args.o, args.tolerance, args.file_ending,
-                        args.nsd_method)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"nnunet-sacl compare: {e}", file=sys.stderr)
-        return 1
-    print(markdown_table(table, args.tolerance, args.nsd_method), end="")
-    print(f"written to {args.o}: comparison.csv, comparison.md, comparison_boxplot.png, per_case_*.csv")
-    return 0
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-r", required=True, metavar="REF", help="folder of reference segmentations (e.g. labelsTs)")
-    p.add_argument("-d", required=True, metavar="LABELS",
-                   help="dataset.json (its 'labels', without background/ignore) or 'liver=1,spleen=2,kidneys=3+4'")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM,
-                   help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM:g})")
-    p.add_argument("--nsd-method", choices=NSD_METHODS, default="voxel",
-                   help="voxel: one point per boundary voxel (default); surface: DeepMind's area-weighted surface "
-                        "elements, as the FLARE and MSD challenges score (use with --tolerance 1 for FLARE)")
-    p.add_argument("--file-ending", default=".nii.gz", help="segmentation file ending (default .nii.gz)")
-
-
-def add_cli(subparsers) -> None:
-    """Registers the ``evaluate`` and ``compare`` subcommands on an argparse subparsers object."""
-    p = subparsers.add_parser("evaluate", help="per-case, per-organ Dice and NSD of a prediction folder",
-                              epilog=EXAMPLES["evaluate"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-p", required=True, metavar="PRED", help="folder of predicted segmentations")
-    _add_common(p)
-    p.add_argument("-o", metavar="CSV", help="CSV to write (default PRED/evaluation.csv)")
-    p.set_defaults(func=_run_evaluate)
-
-    p = subparsers.add_parser("compare", help="compare two prediction folders per organ (Wilcoxon signed-rank)",
-                              epilog=EXAMPLES["compare"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-a", required=True, metavar="FOLDER", help="predictions of the first method (e.g. SACL)")
-    p.add_argument("-b", required=True, metavar="FOLDER", help="predictions of the second method (e.g. nnU-Net)")
-    _add_common(p)
-    p.add_argument("--names", nargs=2, default=["SACL", "nnU-Net"], metavar=("A", "B"),
-                   help="method names for tables and plot (default SACL nnU-Net)")
-    p.add_argument("-o", default="comparison", metavar="OUT_DIR", help="output folder (default ./comparison)")
-    p.set_defaults(func=_run_compare)

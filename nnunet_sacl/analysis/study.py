@@ -12,10 +12,6 @@ from pathlib import Path
 from nnunet_sacl.analysis.study_regimes import (Arm, RegimeError, check_weights_files, parse_arms, parse_train_cases,
                                                 parse_weights, subset_dataset, write_weights_plans)
 
-EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
-           "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
-           "nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
-           "    --slurm-array runs.sbatch")
 DEFAULT_FOLDS = 5          # nnU-Net's split when the dataset has no splits_final.json
 
 
@@ -149,45 +145,52 @@ def _test_cases(images: Path, labels: Path, file_ending: str) -> list:
     return cases
 
 
-def make_study(args) -> Study:
-    """Every check on the command line and the nnU-Net folders, before anything is trained."""
+def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(range(DEFAULT_FOLDS)),
+               plans: str = "nnUNetPlans", device: str = "cuda", out_dir="study", test_images=None, test_labels=None,
+               tolerance: float = 2.0, nsd_method: str = "voxel", weights: list = None, train_cases: list = None,
+               weights_files_needed: bool = True) -> Study:
+    """Every check of the study's settings against the nnU-Net folders, before anything is trained (StudyError
+    names what is wrong). The arguments are ``nnunet-sacl study``'s options: ``weights`` its LABEL=FILE items,
+    ``train_cases`` its K values; ``weights_files_needed=False`` for commands a cluster runs later (the weights
+    files may not be written yet)."""
     from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
+    trainers, folds = list(trainers), list(folds)
     _env_folder("nnUNet_results")
-    dataset = _dataset_name(args.d)
+    dataset = _dataset_name(dataset)
     preprocessed = Path(_env_folder("nnUNet_preprocessed")) / dataset
-    plans_file = preprocessed / f"{args.p}.json"
+    plans_file = preprocessed / f"{plans}.json"
     if not plans_file.is_file():
-        raise StudyError(f"plans {args.p!r} of {dataset}: {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
+        raise StudyError(f"plans {plans!r} of {dataset}: {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
     configurations = json.loads(plans_file.read_text()).get("configurations", {})
-    if args.c not in configurations:
-        raise StudyError(f"configuration {args.c!r} is not in {plans_file} (it has {', '.join(configurations)})")
+    if configuration not in configurations:
+        raise StudyError(f"configuration {configuration!r} is not in {plans_file} (it has {', '.join(configurations)})")
     try:
-        arms = parse_arms(args.tr, parse_weights(getattr(args, "weights", None)))
-        if not (getattr(args, "print_commands", False) or getattr(args, "slurm_array", None)):
-            check_weights_files(arms, args.f)     # a cluster may write them before its array runs
-        if getattr(args, "train_cases", None):
-            parse_train_cases(args.train_cases)
+        arms = parse_arms(trainers, parse_weights(weights))
+        if weights_files_needed:
+            check_weights_files(arms, folds)
+        if train_cases:
+            parse_train_cases(train_cases)
     except RegimeError as e:
         raise StudyError(str(e)) from None
-    _check_trainers(args.tr, [a.trainer for a in arms])
+    _check_trainers(trainers, [a.trainer for a in arms])
     available = _available_folds(preprocessed)
-    bad = [f for f in args.f if f not in available]
-    if bad or len(set(args.f)) != len(args.f):
-        raise StudyError(f"fold(s) {' '.join(map(str, bad or args.f))}: {dataset} has folds "
+    bad = [f for f in folds if f not in available]
+    if bad or len(set(folds)) != len(folds):
+        raise StudyError(f"fold(s) {' '.join(map(str, bad or folds))}: {dataset} has folds "
                          f"{available[0]}..{available[-1]} ({'splits_final.json' if (preprocessed / 'splits_final.json').is_file() else 'nnU-Net default 5-fold split'}), each once")
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     file_ending = dataset_json.get("file_ending", ".nii.gz")
-    test_images = Path(args.test_images) if args.test_images else None
-    test_labels = Path(args.test_labels) if args.test_labels else None
+    test_images = Path(test_images) if test_images else None
+    test_labels = Path(test_labels) if test_labels else None
     if test_labels is not None and test_images is None:
         raise StudyError("--test-labels needs --test-images")
     if test_images is not None:
         _test_cases(test_images, test_labels, file_ending)
-    if args.device not in ("cuda", "cpu", "mps"):
-        raise StudyError(f"-device {args.device}: use cuda, cpu or mps (as nnUNetv2_train)")
-    return Study(dataset, args.c, args.p, list(args.tr), list(args.f), args.device, Path(args.o), preprocessed,
+    if device not in ("cuda", "cpu", "mps"):
+        raise StudyError(f"-device {device}: use cuda, cpu or mps (as nnUNetv2_train)")
+    return Study(dataset, configuration, plans, trainers, folds, device, Path(out_dir), preprocessed,
                  file_ending, labels_from_dataset_json(preprocessed / "dataset.json"), test_images, test_labels,
-                 args.tolerance, args.nsd_method, arms)
+                 tolerance, nsd_method, arms)
 
 
 def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
@@ -333,82 +336,3 @@ def run_regimes(studies: list, command: str = None, log=_say) -> Path:
     from nnunet_sacl.analysis.study_report import write_regimes_report
     reports = [run_study(s, command, log) for s in studies]
     return write_regimes_report(studies, reports, command)
-
-
-# ---------------------------------------------------------------- command line
-
-def command_line(args) -> str:
-    """The study's own command, for the report (reproducible as written)."""
-    cmd = ["nnunet-sacl", "study", "-d", args.d, "-c", args.c, "-tr", *args.tr, "-f", *map(str, args.f), "-p", args.p,
-           "-device", args.device, "-o", args.o, "--tolerance", f"{args.tolerance:g}", "--nsd-method", args.nsd_method]
-    if args.test_images:
-        cmd += ["--test-images", args.test_images, "--test-labels", args.test_labels]
-    if getattr(args, "weights", None):
-        cmd += ["--weights", *args.weights]
-    if getattr(args, "train_cases", None):
-        cmd += ["--train-cases", *map(str, args.train_cases), "--subset-seed", str(args.subset_seed)]
-    return shlex.join(cmd)
-
-
-def _run(args) -> int:
-    try:
-        study = make_study(args)
-        studies = regime_studies(study, args.train_cases, args.subset_seed)
-        if args.print_commands or args.slurm_array:
-            commands = pending_commands(studies)
-            if args.print_commands:
-                print("\n".join(commands))
-            if args.slurm_array:
-                if not commands:
-                    raise StudyError("every run has finished: no array script to write; run study without "
-                                     "--slurm-array to evaluate")
-                Path(args.slurm_array).write_text(slurm_array_script(study, commands))
-                print(f"{len(commands)} run(s) written to {args.slurm_array} (sbatch {args.slurm_array})",
-                      file=sys.stderr)
-            return 0
-        report = run_regimes(studies, command_line(args))
-    except StudyError as e:
-        print(f"nnunet-sacl study: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        print(f"nnunet-sacl study: {e}", file=sys.stderr)
-        return 1
-    print(f"report: {report}")
-    return 0
-
-
-def add_cli(sub) -> None:
-    import argparse
-    p = sub.add_parser("study", help="train trainers x folds with nnU-Net, compare them with the first (paired "
-                                     "statistics) and report cost", epilog=EXAMPLE,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", required=True, help="dataset name or id")
-    p.add_argument("-c", required=True, help="configuration (2d, 3d_fullres, ...)")
-    p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER",
-                   help="trainers; the first is the baseline every other one is compared with")
-    p.add_argument("-f", nargs="+", type=int, default=list(range(DEFAULT_FOLDS)), metavar="FOLD",
-                   help="folds (default 0 1 2 3 4)")
-    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-device", "--device", dest="device", default=None,
-                   help="cuda, cpu or mps, as nnUNetv2_train's -device (default: cuda if available)")
-    p.add_argument("--test-images", help="evaluate on these images (nnU-Net's imagesTs layout) instead of the "
-                                         "validation folds; each fold's model predicts them")
-    p.add_argument("--test-labels", help="labels of --test-images (one per case)")
-    p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    p.add_argument("--nsd-method", choices=("voxel", "surface"), default="voxel",
-                   help="NSD by boundary voxels (default) or by area-weighted surface elements, as FLARE scores it "
-                        "(see docs/evaluation.md)")
-    p.add_argument("--weights", nargs="+", metavar="LABEL=FILE",
-                   help="weights files for arms written -tr TRAINER@LABEL: that arm is TRAINER trained with "
-                        "nnUNetv2_train -pretrained_weights FILE (FILE may hold {fold}), under its own plans "
-                        "identifier PLANS_weights_LABEL so that its output folder is its own")
-    p.add_argument("--train-cases", nargs="+", metavar="K",
-                   help="regimes: each fold trains on K of its training cases (validation and test cases "
-                        "unchanged; a seeded, nested subset, the same for every trainer) through a derived nnU-Net "
-                        "dataset per K; 'all' = the dataset itself. Each regime reports in STUDY_DIR/K<k>")
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --train-cases subsets (default 0)")
-    p.add_argument("-o", default="study", metavar="STUDY_DIR", help="output folder (default ./study)")
-    p.add_argument("--print-commands", action="store_true",
-                   help="print one nnUNetv2_train line per unfinished run and stop (for a cluster)")
-    p.add_argument("--slurm-array", metavar="FILE", help="write an sbatch array script of the unfinished runs and stop")
-    p.set_defaults(func=_run)

@@ -15,11 +15,6 @@ from typing import Optional
 SKIPPED_BY_NNUNET = ('.seg_layers.',)
 FILE_PREFIXES = ('module.', '_orig_mod.')     # DDP / torch.compile wrappers, which nnU-Net's loader does not strip
 
-EXAMPLE = ("A=$nnUNet_results/Dataset017_A/SACLPretrainer__nnUNetPlans__3d_fullres\n"
-           "nnunet-sacl check-weights $A/fold_0/checkpoint_sacl_encoder.pth \\\n"
-           "    -d 18 -c 3d_fullres -p nnUNetPlans_from17\n"
-           "# exit code 0: the weights fit; 1: they do not (the output says why)")
-
 
 @dataclass
 class Mismatch:
@@ -313,38 +308,6 @@ def check_weights(weights_file: str, dataset, configuration: str,
     return report
 
 
-# ------------------------------------------------------------------------------------------------------------ CLI
-def _run(args) -> int:
-    try:
-        report = check_weights(args.file, args.d, args.c, args.p)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"check-weights: {e}", file=sys.stderr)
-        return 1
-    print(report)
-    return 0 if report.fits else 1
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``check-weights`` on an argparse subparsers object."""
-    import argparse
-    p = subparsers.add_parser(
-        "check-weights", help="will -pretrained_weights FILE fit dataset B's network? every bad key, and why",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", metavar="FILE", help="weights file (checkpoint_sacl_encoder.pth or any nnU-Net checkpoint)")
-    p.add_argument("-d", required=True, help="target dataset name or id (planned: its plans in nnUNet_preprocessed)")
-    p.add_argument("-c", required=True, help="target configuration, e.g. 3d_fullres")
-    p.add_argument("-p", default="nnUNetPlans", help="target plans identifier (default nnUNetPlans)")
-    p.set_defaults(func=_run)
-
-
-def main(argv=None) -> int:
-    """``python -m nnunet_sacl.analysis.weights check-weights ...`` (the same as ``nnunet-sacl check-weights``)."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="nnunet-sacl")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":   # python -m nnunet_sacl.analysis.weights check-weights ... (as nnunet-sacl check-weights)
+    from nnunet_sacl.cli import main
     sys.exit(main())

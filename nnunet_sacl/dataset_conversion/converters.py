@@ -17,17 +17,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from nnunet_sacl.lazy import lazy_import
-
-np = lazy_import("numpy")
-sitk = lazy_import("SimpleITK")
+import numpy as np
+import SimpleITK as sitk
 
 BTCV_LABELS = {"background": 0, "spleen": 1, "right kidney": 2, "left kidney": 3, "gallbladder": 4,
                "esophagus": 5, "liver": 6, "stomach": 7, "aorta": 8, "inferior vena cava": 9,
@@ -253,37 +250,3 @@ def convert_btcv(src, dataset_id: int, raw_folder=None, name: str = "BTCV") -> P
 def convert_flare21(src, dataset_id: int, raw_folder=None, name: str = "FLARE21") -> Path:
     """FLARE21 download -> ``DatasetXXX_NAME`` (cases ``FLARE21_train_000``; test ``FLARE21_validation_001``)."""
     return convert_challenge(src, dataset_id, FLARE21, raw_folder, name)
-
-
-# ------------------------------------------------------------------------------------------------------- CLI
-
-EXAMPLES = {
-    "convert-btcv": "nnunet-sacl convert-btcv ~/Downloads/RawData -d 17\n"
-                    "# -> $nnUNet_raw/Dataset017_BTCV",
-    "convert-flare21": "nnunet-sacl convert-flare21 ~/Downloads/FLARE21 -d 21\n"
-                       "# -> $nnUNet_raw/Dataset021_FLARE21",
-}
-
-
-def _run(convert: Callable[..., Path], args) -> int:
-    try:
-        print(convert(args.src, args.d, raw_folder=args.raw, name=args.name))
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``convert-btcv`` and ``convert-flare21`` on the ``nnunet-sacl`` subparsers."""
-    import argparse
-    for command, convert, layout in (("convert-btcv", convert_btcv, BTCV),
-                                     ("convert-flare21", convert_flare21, FLARE21)):
-        p = subparsers.add_parser(command, help=f"convert the {layout.title} download into an nnU-Net raw dataset",
-                                  description=f"Expected layout: {layout.example_tree}.",
-                                  epilog=EXAMPLES[command], formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("src", metavar="SRC", help=f"the downloaded {layout.title} folder")
-        p.add_argument("-d", type=int, required=True, metavar="ID", help="nnU-Net dataset id (1..999)")
-        p.add_argument("--raw", metavar="FOLDER", help="nnUNet_raw folder (default: $nnUNet_raw)")
-        p.add_argument("--name", default=layout.title, help=f"dataset name (default {layout.title})")
-        p.set_defaults(func=lambda args, convert=convert: _run(convert, args))

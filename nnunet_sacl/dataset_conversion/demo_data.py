@@ -14,11 +14,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS
-from nnunet_sacl.lazy import lazy_import
+import numpy as np
+import SimpleITK as sitk
 
-np = lazy_import("numpy")
-sitk = lazy_import("SimpleITK")
+from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS
 
 SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"
 SDIST_REQUIREMENT = "totalsegmentator==2.18.0"
@@ -408,36 +407,3 @@ def build_demo_dataset(dataset_id: int, raw_folder=None, sdist=None, num_trainin
         write_dataset(work / "dataset", load_sources(source, work / "sources"), num_training, seed)
         os.replace(work / "dataset", out)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-EXAMPLE = ("nnunet-sacl demo-data -d 992    # into $nnUNet_raw/Dataset992_SACLDemoCT\n"
-           "nnunet-sacl demo-data -d 992 --sdist totalsegmentator-2.18.0.tar.gz \\\n"
-           "      --raw nnUNet_raw            # offline")
-
-
-def _demo_data(args) -> int:
-    try:
-        print(build_demo_dataset(args.d, raw_folder=args.raw, sdist=args.sdist, num_training=args.num_training,
-                                 seed=args.seed))
-    except (DemoDataUnavailable, FileExistsError, ValueError) as err:
-        print(err, file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_cli(subparsers):
-    """Registers ``demo-data`` on the ``nnunet-sacl`` sub-command parser."""
-    import argparse
-    p = subparsers.add_parser("demo-data", help="write the real-CT demo dataset (BTCV labels) from the "
-                              "TotalSegmentator 2.18.0 sdist", epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", type=int, required=True, help="dataset id")
-    p.add_argument("--sdist", help=f"a local {SDIST_NAME} (default: the cache folder, else download from PyPI)")
-    p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
-    p.add_argument("--num-training", type=int, default=20,
-                   help="number of training cases, seeded perturbations of the one CT (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the perturbations (default 0)")
-    p.set_defaults(func=_demo_data)
-    return p

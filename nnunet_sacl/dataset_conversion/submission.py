@@ -15,17 +15,15 @@ staged and only appears when every case passed.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
+import SimpleITK as sitk
+
 from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, geometry, geometry_mismatch,
                                                        staged_folder)
-from nnunet_sacl.lazy import lazy_import
-
-np = lazy_import("numpy")
-sitk = lazy_import("SimpleITK")
 
 TEST_IMAGE_SUFFIX = "_0000.nii.gz"
 
@@ -123,32 +121,3 @@ def export_submission(prediction_folder, out_folder, challenge: str, test_images
         for name, image in images:
             sitk.WriteImage(image, str(tmp / name), True)
     return out_folder
-
-
-EXAMPLE = ("nnunet-sacl export-submission -i pred_btcv -o submission_btcv --challenge btcv \\\n"
-           "      --images $nnUNet_raw/Dataset017_BTCV/imagesTs")
-
-
-def _run(args) -> int:
-    try:
-        out = export_submission(args.i, args.o, args.challenge, args.images)
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    """Registers ``export-submission`` on the ``nnunet-sacl`` subparsers."""
-    import argparse
-    p = subparsers.add_parser("export-submission", help="rename and check nnUNetv2_predict output for a "
-                                                        "challenge submission", epilog=EXAMPLE,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", required=True, metavar="PRED", help="nnUNetv2_predict output folder")
-    p.add_argument("-o", required=True, metavar="OUT",
-                   help="new folder for the submission files (must not exist, or be empty)")
-    p.add_argument("--challenge", required=True, choices=sorted(FORMATS), help="which challenge's format")
-    p.add_argument("--images", required=True, metavar="IMAGES_TS",
-                   help="the converted dataset's imagesTs (the images predicted on)")
-    p.set_defaults(func=_run)

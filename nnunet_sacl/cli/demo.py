@@ -1,0 +1,35 @@
+"""``nnunet-sacl demo``: baseline vs SACL on a small dataset, each step nnU-Net's own command
+(``nnunet_sacl.demo``)."""
+from nnunet_sacl.cli import Command, default_device, refusing
+
+# nnunet_sacl.demo's DEFAULT_TRAINERS and DEFAULT_CONFIGURATION (tests/test_cli.py checks they agree)
+DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "SACLTrainer_demo")
+DEFAULT_CONFIGURATION = "2d"
+EXAMPLE = ("# real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d:\n"
+           "nnunet-sacl demo\n"
+           "nnunet-sacl demo --synthetic      # generated shapes, no download")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--workdir", default="sacl_demo", help="holds nnUNet_raw/preprocessed/results of the demo")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
+    p.add_argument("-tr", nargs="+", default=list(DEFAULT_TRAINERS),
+                   help="trainers to compare, the first is the baseline (default: %(default)s)")
+    p.add_argument("-c", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration (default: %(default)s)")
+    p.add_argument("-f", type=int, default=0, help="fold (default 0)")
+    p.add_argument("--synthetic", action="store_true", help="use the generated shapes instead of the real CT")
+    p.add_argument("--sdist", help="a local totalsegmentator-2.18.0.tar.gz (offline; see docs/demo-data.md)")
+
+
+def run(args) -> int:
+    from nnunet_sacl.dataset_conversion.demo_data import DemoDataUnavailable
+    from nnunet_sacl.demo import run_demo
+    with refusing(DemoDataUnavailable):   # the real CT's source could not be found, downloaded or verified
+        run_demo(args.workdir, default_device(args.device), args.d, args.tr, args.c, args.f,
+                 synthetic=args.synthetic, sdist=args.sdist)
+    return 0
+
+
+COMMANDS = [Command("demo", "baseline vs SACL on a small real CT dataset: plan, train both, predict, compare", EXAMPLE,
+                    add_arguments, run)]

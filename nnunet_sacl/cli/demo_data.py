@@ -1,0 +1,28 @@
+"""``nnunet-sacl demo-data``: the real-CT demo dataset (``nnunet_sacl.dataset_conversion.demo_data``)."""
+from nnunet_sacl.cli import Command, refusing
+
+SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"   # demo_data.SDIST_NAME (tests/test_cli.py checks they agree)
+EXAMPLE = ("nnunet-sacl demo-data -d 992    # into $nnUNet_raw/Dataset992_SACLDemoCT\n"
+           "nnunet-sacl demo-data -d 992 --sdist totalsegmentator-2.18.0.tar.gz \\\n"
+           "      --raw nnUNet_raw            # offline")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("-d", type=int, required=True, help="dataset id")
+    p.add_argument("--sdist", help=f"a local {SDIST_NAME} (default: the cache folder, else download from PyPI)")
+    p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
+    p.add_argument("--num-training", type=int, default=20,
+                   help="number of training cases, seeded perturbations of the one CT (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the perturbations (default 0)")
+
+
+def run(args) -> int:
+    from nnunet_sacl.dataset_conversion.demo_data import DemoDataUnavailable, build_demo_dataset
+    with refusing(DemoDataUnavailable, FileExistsError, ValueError):
+        print(build_demo_dataset(args.d, raw_folder=args.raw, sdist=args.sdist, num_training=args.num_training,
+                                 seed=args.seed))
+    return 0
+
+
+COMMANDS = [Command("demo-data", "write the real-CT demo dataset (BTCV labels) from the TotalSegmentator 2.18.0 sdist",
+                    EXAMPLE, add_arguments, run)]

@@ -1,0 +1,90 @@
+"""``nnunet-sacl study``: trainers x folds through nnU-Net's own commands, then the paired comparison with the first
+trainer and each run's cost (``nnunet_sacl.analysis.study``)."""
+import shlex
+import sys
+from pathlib import Path
+
+from nnunet_sacl.cli import Command, CommandError, default_device, refusing
+
+DEFAULT_FOLDS = 5   # study.DEFAULT_FOLDS, nnU-Net's split (tests/test_cli.py checks they agree)
+EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
+           "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
+           "nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
+           "    --slurm-array runs.sbatch")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("-d", required=True, help="dataset name or id")
+    p.add_argument("-c", required=True, help="configuration (2d, 3d_fullres, ...)")
+    p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER",
+                   help="trainers; the first is the baseline every other one is compared with")
+    p.add_argument("-f", nargs="+", type=int, default=list(range(DEFAULT_FOLDS)), metavar="FOLD",
+                   help="folds (default 0 1 2 3 4)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-device", "--device", dest="device", default=None,
+                   help="cuda, cpu or mps, as nnUNetv2_train's -device (default: cuda if available)")
+    p.add_argument("--test-images", help="evaluate on these images (nnU-Net's imagesTs layout) instead of the "
+                                         "validation folds; each fold's model predicts them")
+    p.add_argument("--test-labels", help="labels of --test-images (one per case)")
+    p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--nsd-method", choices=("voxel", "surface"), default="voxel",
+                   help="NSD by boundary voxels (default) or by area-weighted surface elements, as FLARE scores it "
+                        "(see docs/evaluation.md)")
+    p.add_argument("--weights", nargs="+", metavar="LABEL=FILE",
+                   help="weights files for arms written -tr TRAINER@LABEL: that arm is TRAINER trained with "
+                        "nnUNetv2_train -pretrained_weights FILE (FILE may hold {fold}), under its own plans "
+                        "identifier PLANS_weights_LABEL so that its output folder is its own")
+    p.add_argument("--train-cases", nargs="+", metavar="K",
+                   help="regimes: each fold trains on K of its training cases (validation and test cases "
+                        "unchanged; a seeded, nested subset, the same for every trainer) through a derived nnU-Net "
+                        "dataset per K; 'all' = the dataset itself. Each regime reports in STUDY_DIR/K<k>")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --train-cases subsets (default 0)")
+    p.add_argument("-o", default="study", metavar="STUDY_DIR", help="output folder (default ./study)")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one nnUNetv2_train line per unfinished run and stop (for a cluster)")
+    p.add_argument("--slurm-array", metavar="FILE", help="write an sbatch array script of the unfinished runs and stop")
+
+
+def command_line(args) -> str:
+    """The study's own command, for the report (reproducible as written)."""
+    cmd = ["nnunet-sacl", "study", "-d", args.d, "-c", args.c, "-tr", *args.tr, "-f", *map(str, args.f), "-p", args.p,
+           "-device", args.device, "-o", args.o, "--tolerance", f"{args.tolerance:g}", "--nsd-method", args.nsd_method]
+    if args.test_images:
+        cmd += ["--test-images", args.test_images, "--test-labels", args.test_labels]
+    if args.weights:
+        cmd += ["--weights", *args.weights]
+    if args.train_cases:
+        cmd += ["--train-cases", *map(str, args.train_cases), "--subset-seed", str(args.subset_seed)]
+    return shlex.join(cmd)
+
+
+def run(args) -> int:
+    from nnunet_sacl.analysis.study import (StudyError, make_study, pending_commands, regime_studies, run_regimes,
+                                            slurm_array_script)
+    args.device = default_device(args.device)
+    stop_after_commands = bool(args.print_commands or args.slurm_array)
+    # a failed training or prediction (RuntimeError) and unreadable inputs are one line too, exit code 1
+    with refusing(StudyError, RuntimeError, ValueError, FileNotFoundError):
+        study = make_study(args.d, args.c, args.tr, args.f, args.p, args.device, args.o, args.test_images,
+                           args.test_labels, args.tolerance, args.nsd_method, args.weights, args.train_cases,
+                           weights_files_needed=not stop_after_commands)
+        studies = regime_studies(study, args.train_cases, args.subset_seed)
+        if stop_after_commands:
+            commands = pending_commands(studies)
+            if args.print_commands:
+                print("\n".join(commands))
+            if args.slurm_array:
+                if not commands:
+                    raise CommandError("every run has finished: no array script to write; run study without "
+                                       "--slurm-array to evaluate")
+                Path(args.slurm_array).write_text(slurm_array_script(study, commands))
+                print(f"{len(commands)} run(s) written to {args.slurm_array} (sbatch {args.slurm_array})",
+                      file=sys.stderr)
+            return 0
+        report = run_regimes(studies, command_line(args))
+    print(f"report: {report}")
+    return 0
+
+
+COMMANDS = [Command("study", "train trainers x folds with nnU-Net, compare them with the first (paired statistics) "
+                             "and report cost", EXAMPLE, add_arguments, run)]
