@@ -38,7 +38,7 @@ def test_env_right_path_among_others_is_accepted(tmp_path):
 
 def test_every_subcommand_has_help_with_an_example(capsys):
     from nnunet_sacl.cli import main
-    for sub in ("env", "synthetic-data", "demo", "convert-btcv", "convert-flare21", "demo-data",
+    for sub in ("env", "synthetic-data", "demo", "convert-btcv", "convert-flare21", "merge-datasets", "demo-data",
                 "export-submission", "evaluate", "compare", "embeddings", "check-weights", "study"):
         with pytest.raises(SystemExit) as exit_info:   # argparse exits after printing --help
             main([sub, "--help"])

@@ -71,7 +71,7 @@ def test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources(raw):
     assert dataset["channel_names"] == {"0": "CT"} and dataset["numTraining"] == 5
     assert dataset["sacl_partial_labels"] is True
     record = read_annotated_organs(out)
-    assert record["partial"] is True and set(record["cases"]) == {
+    assert (out / RECORD_FILE).is_file() and record["partial"] is True and set(record["cases"]) == {
         f"D{folder[7:10]}_{case}" for folder, (_, cases) in SOURCES.items() for case in cases}
     for folder, (labels, cases) in SOURCES.items():
         for case in cases:
@@ -203,3 +203,15 @@ def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(i
             build(cls, True)
         build(cls, False)
     assert build(SACLPretrainer_smoke, True).stop_after_pretraining
+
+
+def test_command_line_merges_and_refuses_in_one_line(raw, capsys):
+    from nnunet_sacl.cli import main
+    assert main(["merge-datasets", "-d", "101", "102", "-o", "130", "--name", "Pre", "--raw", str(raw)]) == 0
+    out = capsys.readouterr().out
+    assert str(raw / "Dataset130_Pre") in out and "postcava -> inferior_vena_cava" in out and "Partial labels" in out
+    make_source(raw, "Dataset109_Odd", {"livr": 1}, ("o1",), seed=10)
+    assert main(["merge-datasets", "-d", "101", "109", "-o", "131", "--raw", str(raw)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl merge-datasets: error: Dataset109_Odd: label 'livr' matches no organ name")
+    assert err.count("\n") == 1 and not (raw / "Dataset131_Merged").exists()

@@ -19,8 +19,8 @@ from typing import Callable, Optional
 PROG = "nnunet-sacl"
 RAW = argparse.RawDescriptionHelpFormatter  # examples keep their lines (argparse would re-wrap them mid-argument)
 # the modules of this package that define the commands, in the order of ``nnunet-sacl --help``
-COMMAND_MODULES = ("env", "synthetic_data", "convert", "demo", "demo_data", "export_submission", "evaluate",
-                   "embeddings", "check_weights", "train", "study")
+COMMAND_MODULES = ("env", "synthetic_data", "convert", "merge_datasets", "demo", "demo_data", "export_submission",
+                   "evaluate", "embeddings", "check_weights", "train", "study")
 
 
 @dataclass(frozen=True)
