@@ -43,9 +43,10 @@ def choose_backend(requested: str, device: str) -> str:
     return requested
 
 
-def check_trainer(name: str) -> None:
-    """Refuses a trainer nnU-Net cannot find (``-tr``), before anything starts, naming the closest names it could
-    find: nnU-Net's own trainers, nnunet-sacl's and the classes in the folders of nnUNet_extTrainer."""
+def check_trainer(name: str) -> type:
+    """The trainer class ``-tr`` names, as nnU-Net finds it; refuses one nnU-Net cannot find, before anything
+    starts, naming the closest names it could find: nnU-Net's own trainers, nnunet-sacl's and the classes in the
+    folders of nnUNet_extTrainer."""
     import warnings
     from contextlib import redirect_stdout
     from io import StringIO
@@ -55,8 +56,7 @@ def check_trainer(name: str) -> None:
         # nnU-Net narrates its search, and the modules it imports warn about their own dependencies
         with warnings.catch_warnings(), redirect_stdout(StringIO()):
             warnings.simplefilter("ignore")
-            recursive_find_trainer_class_by_name(name)
-        return
+            return recursive_find_trainer_class_by_name(name)
     except RuntimeError:                    # nnU-Net's "Could not find requested nnunet trainer"
         pass
     from nnunet_sacl.environment import ext_trainer_problems
@@ -200,6 +200,21 @@ def _load_trainer(args, base: str, plans: dict, device, continue_training: bool)
                          dataset_json=load_json(join(base, "dataset.json")), device=device)
 
 
+def check_partial_labels(args, trainer_class: type) -> None:
+    """Refuses segmentation training, by any trainer, on a merged dataset with partial labels (its preprocessed
+    dataset.json says ``sacl_partial_labels``); pretraining trainers (``stop_after_pretraining``) may train on it."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
+    if getattr(trainer_class, "stop_after_pretraining", False):
+        return
+    base, _, plans = _read_plans(args)
+    try:
+        refuse_partial_labels(load_json(join(base, "dataset.json")), plans["dataset_name"], args.tr)
+    except RuntimeError as e:
+        raise LaunchError(str(e)) from None
+
+
 def _has_checkpoint(trainer) -> bool:
     return any(isfile(join(trainer.output_folder, f"checkpoint_{n}.pth")) for n in ("final", "latest", "best"))
 
@@ -295,7 +310,7 @@ def launch(args) -> int:
     """``args`` as ``nnunet-sacl train`` parses them: one torchrun worker under torchrun, else one process exactly as
     nnUNetv2_train. LaunchError: a setting that cannot work, found before any training."""
     env = torchrun_environment()
-    check_trainer(args.tr)
+    check_partial_labels(args, check_trainer(args.tr))
     if env is None:
         return run_single(args)
     return run_worker(args, env)

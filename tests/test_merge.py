@@ -215,3 +215,24 @@ def test_command_line_merges_and_refuses_in_one_line(raw, capsys):
     err = capsys.readouterr().err
     assert err.startswith("nnunet-sacl merge-datasets: error: Dataset109_Odd: label 'livr' matches no organ name")
     assert err.count("\n") == 1 and not (raw / "Dataset131_Merged").exists()
+
+
+def test_launcher_refuses_any_segmentation_trainer_on_partial_labels(in_process_env, tmp_path, monkeypatch, capsys):
+    """nnunet-sacl train refuses stock nnU-Net too (not only our trainers) on a dataset whose preprocessed
+    dataset.json says sacl_partial_labels, before anything trains; the message names the pretraining path."""
+    from nnunet_sacl.cli import main
+    from nnunet_sacl.nnunet.partial_labels import PARTIAL_KEY
+    from tests.helpers import DATASET_NAME
+    source = Path(in_process_env["nnUNet_preprocessed"]) / DATASET_NAME
+    folder = tmp_path / "pre" / "Dataset993_Partial"
+    folder.mkdir(parents=True)
+    plans = json.loads((source / "nnUNetPlans.json").read_text())
+    (folder / "nnUNetPlans.json").write_text(json.dumps(dict(plans, dataset_name=folder.name)))
+    dataset_json = json.loads((source / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(dict(dataset_json, **{PARTIAL_KEY: True})))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    assert main(["train", "993", "3d_fullres", "0", "-tr", "nnUNetTrainer_smoke", "-device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-sacl train: error: nnUNetTrainer_smoke: Dataset993_Partial has partial labels")
+    assert "-tr SACLPretrainer" in err and not (tmp_path / "results").exists()
