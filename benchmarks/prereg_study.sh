@@ -3,8 +3,11 @@
 # the pre-registered choices of S and B read from the stage-1/2 comparison tables. Resumable: run it again after
 # an interruption and it trains only what is missing.
 #   bash benchmarks/prereg_study.sh WORKDIR
+#   bash benchmarks/prereg_study.sh WORKDIR --stage3 B    # stage 3 only (K = 1, 2), with B as chosen earlier
+# (stage 3 in a later sitting on a fresh machine: the K = all models are not needed there, see the amendments)
 set -euo pipefail
 W=$(realpath -m "${1:-sacl_study}"); mkdir -p "$W"
+STAGE3_B=""; [ "${2:-}" = "--stage3" ] && STAGE3_B="${3:?--stage3 needs the arm B}"
 export nnUNet_raw=$W/nnUNet_raw nnUNet_preprocessed=$W/nnUNet_preprocessed nnUNet_results=$W/nnUNet_results
 export nnUNet_extTrainer="$(python -c 'import nnunet_sacl; print(nnunet_sacl.trainers_folder())')"
 [ -d "$nnUNet_raw/Dataset990_SACLDemoCT" ] || nnunet-sacl demo-data -d 990
@@ -24,6 +27,13 @@ print(max(arms, key=lambda a: (diff[a], -arms.index(a))))
 PY
 }
 
+stage3() {  # stage3(B, train cases...): baseline, B, joint 0.1
+  local B=$1; shift
+  study -tr nnUNetTrainer_prereg "$B" SACLTrainer_joint_prereg --train-cases "$@" -o "$P/k_val"
+  study -tr nnUNetTrainer_prereg "$B" SACLTrainer_joint_prereg --train-cases "$@" -o "$P/k_test" $TEST
+}
+if [ -n "$STAGE3_B" ]; then stage3 "$STAGE3_B" 1 2; exit 0; fi
+
 # stage 1 (K = all): arms 1-5, 7, 8
 study -tr $ALL --train-cases all -o "$P/stage1"
 S=$(best "$P/stage1/Kall/comparison.csv" SACLTrainer_prereg_eqseg SACLTrainer_prereg_eqseg_ftconvention \
@@ -39,5 +49,4 @@ echo "B = $B, arm 9 = ${B}_t01" | tee "$P/choices.txt"; echo "S = $S, arm 6 = $A
 study -tr $ALL $EXTRA "${B}_t01" --train-cases all -o "$P/all_val"
 study -tr $ALL $EXTRA "${B}_t01" --train-cases all -o "$P/all_test" $TEST
 # stage 3 (K = 1, 2, all): baseline, B, joint 0.1
-study -tr nnUNetTrainer_prereg "$B" SACLTrainer_joint_prereg --train-cases 1 2 all -o "$P/k_val"
-study -tr nnUNetTrainer_prereg "$B" SACLTrainer_joint_prereg --train-cases 1 2 all -o "$P/k_test" $TEST
+stage3 "$B" 1 2 all
