@@ -208,7 +208,10 @@ def check_partial_labels(args, trainer_class: type) -> None:
     from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
     if getattr(trainer_class, "stop_after_pretraining", False):
         return
-    base, _, plans = _read_plans(args)
+    try:
+        base, _, plans = _read_plans(args)
+    except RuntimeError as e:    # nnU-Net's own: a folder variable not set, a dataset it cannot find
+        raise LaunchError(" ".join(str(e).split())) from None
     try:
         refuse_partial_labels(load_json(join(base, "dataset.json")), plans["dataset_name"], args.tr)
     except RuntimeError as e:
