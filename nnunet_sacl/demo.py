@@ -202,11 +202,22 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
 
 def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration: str, preprocessed_folder: Path,
                           device: str) -> dict:
-    """The pretraining's visible effect: organ embeddings cluster (silhouette before vs after, t-SNE PNG)."""
+    """The pretraining's visible effect: organ embeddings cluster (silhouette before vs after, t-SNE PNG). Scores
+    computed for this very encoder file (same size and modification time) are reused, said so."""
     from nnunet_sacl.analysis.embeddings import embeddings_before_after
-    png = model_folder / f"fold_{fold}" / "embeddings_tsne.png"
-    scores = embeddings_before_after(str(model_folder), fold, configuration, str(preprocessed_folder),
-                                     max_cases=EMBEDDING_CASES, out_png=str(png), device=device)
+    folder = model_folder / f"fold_{fold}"
+    png, cache = folder / "embeddings_tsne.png", folder / "embeddings_silhouettes.json"
+    encoder = folder / "checkpoint_sacl_encoder.pth"
+    key = {"encoder_bytes": encoder.stat().st_size, "encoder_mtime_ns": encoder.stat().st_mtime_ns,
+           "cases": EMBEDDING_CASES, "configuration": configuration}
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("key") == key and png.is_file():
+        scores = cached["scores"]
+        print(f"\nReusing the silhouettes of {trainer}'s encoder from {cache}")
+    else:
+        scores = embeddings_before_after(str(model_folder), fold, configuration, str(preprocessed_folder),
+                                         max_cases=EMBEDDING_CASES, out_png=str(png), device=device)
+        cache.write_text(json.dumps({"key": key, "scores": scores}, indent=1))
     print(f"\nOrgan embeddings of {trainer}'s encoder (silhouette, cosine; higher = organs form tighter clusters):")
     for title, score in scores.items():
         print(f"  {title:20s} {score:.3f}")

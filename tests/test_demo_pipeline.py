@@ -51,7 +51,7 @@ def test_demo_compares_baseline_and_sacl_on_real_ct(nnunet_env, sdist, tmp_path)
 
     logs = sorted(tmp_path.rglob("training_log_*.txt"))
     second = run(cmd, env, timeout=300).stdout
-    check_second_run(tmp_path, second, logs, table)
+    check_second_run(tmp_path, first, second, logs, table)
 
 
 def check_first_run(workdir, first: str) -> dict:
@@ -86,9 +86,12 @@ def check_first_run(workdir, first: str) -> dict:
     return table
 
 
-def check_second_run(workdir, second: str, logs_before: list, table: dict):
+def check_second_run(workdir, first: str, second: str, logs_before: list, table: dict):
     """Nothing trained again (no new training log), the same table printed."""
     assert second.count("Reusing the finished training") == 2 and "nnUNetv2_train" not in second
+    assert "Reusing the silhouettes of SACLTrainer_demo_smoke's encoder" in second    # not computed again
+    for line in ("before pretraining", "after pretraining"):
+        assert re.search(rf"{line}\s+{NUMBER}", second).group(1) == re.search(rf"{line}\s+{NUMBER}", first).group(1)
     assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
     again = printed_table(second)
     assert list(again) == list(table)
