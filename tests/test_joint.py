@@ -57,6 +57,22 @@ def test_step_loss_is_segmentation_loss_plus_weight_times_reference_supcon(in_pr
     assert float(out["loss"]) == pytest.approx(segmentation + 0.7 * supcon, rel=1e-5)
 
 
+def test_encoder_features_are_kept_only_in_training_steps(in_process_env):
+    """The forward hook keeps nothing from validation or inference (eval mode), and a training step clears what
+    it used."""
+    trainer = joint_trainer()
+    batch = first_batch(trainer)
+    trainer.train_step(batch)
+    assert trainer._encoder_features is None
+    trainer.network.eval()
+    with torch.no_grad():
+        trainer.network(batch["data"])                     # as nnU-Net's validation step and predictor do
+    assert trainer._encoder_features is None
+    trainer.network.train()
+    trainer.network(batch["data"])
+    assert trainer._encoder_features is not None
+
+
 def test_gradients_reach_encoder_decoder_and_head(in_process_env):
     trainer = joint_trainer()
     batch = first_batch(trainer)

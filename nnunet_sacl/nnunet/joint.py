@@ -44,7 +44,10 @@ class SACLTrainer_joint(SACLTrainer):
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
     def _keep_encoder_features(self, module, inputs, output):
-        self._encoder_features = output
+        # only a training forward's features feed the contrastive term: validation and inference run the network
+        # in eval mode, and keeping their features would hold a whole batch of skips until the next step
+        if module.training:
+            self._encoder_features = output
 
     def configure_optimizers(self):
         optimizer, scheduler = super().configure_optimizers()
