@@ -37,6 +37,8 @@ def test_train_runs_both_phases_with_finite_losses(trained_sacl):
     assert log.index("SACL pretraining done") < log.index("Epoch 0")
     for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress.png", "progress_pretraining.png"):
         assert isfile(join(trained_sacl, name)), name
+    from PIL import Image          # SACLTrainer.on_epoch_end put the pretraining panel on top of nnU-Net's three
+    assert Image.open(join(trained_sacl, "progress.png")).size == (3000, 1800 + 5400)
     final = torch.load(join(trained_sacl, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
     assert final["sacl"]["phase"] == "segmentation" and final["sacl"]["pretrain_epoch"] == 3
     # phase 2 trained the pretrained encoder, from nnU-Net's initial learning rate (a fresh poly schedule)

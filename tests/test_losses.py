@@ -45,13 +45,14 @@ def test_no_positive_pair_is_a_zero_with_graph_and_counted(labels):
     head = ProjectionHead(8, 16, 4)
     z = head(torch.randn(len(labels), 8))
     criterion = SupConLoss()
-    loss = criterion(z, torch.tensor(labels, dtype=torch.long))
+    loss, statistics = criterion(z, torch.tensor(labels, dtype=torch.long), with_statistics=True)
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters())
-    assert criterion.batches_without_positive.item() == 1
-    criterion(F.normalize(torch.randn(2, 4), dim=1), torch.tensor([5, 5]))
-    assert criterion.batches_without_positive.item() == 1  # a batch with positives is not counted
+    assert (statistics["anchors"].item(), statistics["rows"].item()) == (0, len(labels))
+    _, statistics = criterion(F.normalize(torch.randn(3, 4), dim=1), torch.tensor([5, 5, 1]), with_statistics=True)
+    assert (statistics["anchors"].item(), statistics["rows"].item()) == (2, 3)   # the two 5s have a positive
+    assert not list(criterion.buffers())                                          # no state kept between calls
 
 
 def test_one_organ_in_every_patch_is_finite():

@@ -1,18 +1,23 @@
-"""progress.png: the pretraining panel is drawn in nnU-Net's panel style, and nnU-Net's pseudo-Dice axis says that
-it is the mean over organs. The figures are inspected as they are saved (``Figure.savefig`` spied on)."""
+"""progress.png: the pretraining panel is drawn in nnU-Net's panel style and put on top of nnU-Net's own panels, and
+nnU-Net's pseudo-Dice axis says that it is the mean over organs (as SACLTrainer.on_epoch_end does it: nnU-Net's
+LocalLogger draws, then the panel goes on top). The figures are inspected as they are saved (``Figure.savefig`` spied
+on)."""
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
-from nnunet_sacl.nnunet.progress import PSEUDO_DICE_LABEL, SACLLocalLogger, new_pretrain_log, plot_pretraining
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+from nnunet_sacl.nnunet.progress import (PSEUDO_DICE_LABEL, add_pretraining_panel, new_pretrain_log, plot_pretraining,
+                                         pseudo_dice_axis_named_as_mean)
 
 
-def fill_logs(logger: SACLLocalLogger, pretrain_epochs=4, epochs=3):
+def fill_logs(logger: LocalLogger, pretrain_log: dict, pretrain_epochs=4, epochs=3):
     for e in range(pretrain_epochs):
         for key, value in zip(("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds"),
                               (3.0 - 0.3 * e, 0.01 * (1 - e / pretrain_epochs), 5.0, 0, 1.0)):
-            logger.pretrain_log[key].append(value)
+            pretrain_log[key].append(value)
     for e in range(epochs):
         for key, value in (("mean_fg_dice", 0.05 * e), ("ema_fg_dice", 0.04 * e), ("dice_per_class_or_region", [0.1]),
                            ("train_losses", -0.1 * e), ("val_losses", -0.05 * e), ("lrs", 0.01),
@@ -47,15 +52,18 @@ def spy_on_savefig(saved: list):
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    """SACLLocalLogger.plot_progress_png once (nnU-Net's panels, then ours on top): the folder and saved figures."""
+    """nnU-Net's LocalLogger.plot_progress_png with the pseudo-Dice axis named as the mean, then the pretraining
+    panel on top (SACLTrainer.on_epoch_end's order): the folder and saved figures."""
     folder = tmp_path_factory.mktemp("progress")
     saved = []
     original_set_ylabel = Axes.set_ylabel
     original = spy_on_savefig(saved)
     try:
-        logger = SACLLocalLogger(new_pretrain_log())
-        fill_logs(logger)
-        logger.plot_progress_png(str(folder))
+        logger, pretrain_log = LocalLogger(), new_pretrain_log()
+        fill_logs(logger, pretrain_log)
+        with pseudo_dice_axis_named_as_mean():
+            logger.plot_progress_png(str(folder))
+        add_pretraining_panel(pretrain_log, str(folder))
     finally:
         Figure.savefig = original
     assert Axes.set_ylabel is original_set_ylabel          # restored after drawing

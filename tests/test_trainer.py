@@ -39,7 +39,7 @@ def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, conf
     assert type(net).__name__ == ("ResidualEncoderUNet" if "ResEnc" in plans else "PlainConvUNet")
 
 
-def test_patches_without_organs_or_positives_train_on_without_nan(in_process_env):
+def test_patches_without_organs_or_positives_train_on_without_nan(in_process_env, tmp_path):
     trainer = make_trainer("SACLTrainer_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
@@ -47,13 +47,15 @@ def test_patches_without_organs_or_positives_train_on_without_nan(in_process_env
     no_organ = dict(batch, target=[torch.zeros_like(target)])
     one_organ = dict(batch, target=[torch.where(target == 2, target, torch.zeros_like(target))])
     one_organ["target"][0][1:] = 0      # organ 2 in the first patch only: no positive pair
-    for b in (no_organ, one_organ):
-        out = trainer.pretrain_step(b)
-        assert out["loss"].item() == 0.0
-    assert trainer.contrastive_loss.batches_without_positive.item() == 2
+    outputs = [trainer.pretrain_step(b) for b in (no_organ, one_organ)]
+    assert all(out["loss"].item() == 0.0 and bool(out["without_positive"]) for out in outputs)
     assert all(torch.isfinite(p).all() for p in trainer.pretraining_parameters())
-    assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
-    assert trainer.contrastive_loss.batches_without_positive.item() == 2
+    outputs.append(trainer.pretrain_step(batch))
+    assert torch.isfinite(outputs[-1]["loss"]) and not bool(outputs[-1]["without_positive"])
+    trainer.output_folder, trainer.log_file = str(tmp_path), str(tmp_path / "log.txt")   # not the session's model
+    trainer.on_pretrain_epoch_end(outputs, 1.0)        # the epoch's count comes from the steps' own outputs
+    assert trainer.pretrain_log["batches_without_positive"][-1] == 2
+    assert "batches without a positive pair 2" in (tmp_path / "log.txt").read_text()
 
 
 def test_pretraining_checkpoint_round_trip(in_process_env, tmp_path):

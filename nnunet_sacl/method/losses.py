@@ -16,9 +16,10 @@ class SupConLoss(nn.Module):
         L = mean_{i: |P(i)| > 0}  -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
 
     with P(i) = {p != i : y_p = y_i}. Anchors without a positive are skipped; a batch in which no anchor has one
-    gives a zero that keeps its graph (training goes on) and increments ``batches_without_positive``. Computed
-    in float32 even under autocast (float16 overflows for small t). The counter is a device tensor, so the loss
-    never synchronises with the host.
+    gives a zero that keeps its graph (training goes on). Computed in float32 even under autocast (float16
+    overflows for small t). The loss keeps no state: ``with_statistics=True`` also returns the batch's statistics,
+    ``{"anchors": rows with a positive, "rows": rows}`` (of the gathered batch under DDP), as device tensors, so
+    that the loss never synchronises with the host; a batch without a positive pair has 0 anchors.
     """
 
     def __init__(self, temperature: float = 0.07, gather_distributed: bool = True):
@@ -27,17 +28,17 @@ class SupConLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.gather_distributed = gather_distributed
-        self.register_buffer("batches_without_positive", torch.zeros((), dtype=torch.long), persistent=False)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, with_statistics: bool = False):
         if self.gather_distributed and is_distributed():
             embeddings, labels = gather_embeddings(embeddings, labels)
-        return self.loss(embeddings, labels)
+        return self.loss(embeddings, labels, with_statistics=with_statistics)
 
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor,
-             negative_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The loss of already gathered rows; ``negative_weights`` [N, N] scales the logits of negative pairs
-        in the denominator (``IntensityWeightedSupConLoss``)."""
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, negative_weights: Optional[torch.Tensor] = None,
+             with_statistics: bool = False):
+        """The loss of already gathered rows (and, ``with_statistics``, the batch's statistics);
+        ``negative_weights`` [N, N] scales the logits of negative pairs in the denominator
+        (``IntensityWeightedSupConLoss``)."""
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             z = embeddings.float()
             n = z.shape[0]
@@ -54,7 +55,8 @@ class SupConLoss(nn.Module):
             mean_log_prob_pos = log_prob.masked_fill(~positive, 0).sum(1) / num_positive.clamp_min(1)
             num_anchors = has_positive.sum()
             loss = (-mean_log_prob_pos * has_positive).sum() / num_anchors.clamp_min(1)
-        self.batches_without_positive += (num_anchors == 0).to(self.batches_without_positive.device)
+        if with_statistics:
+            return loss, {"anchors": num_anchors, "rows": torch.tensor(n, device=z.device)}
         return loss
 
 
@@ -79,8 +81,10 @@ class IntensityWeightedSupConLoss(SupConLoss):
         self.register_buffer("intensity_range", torch.as_tensor(intensity_range, dtype=torch.float32).reshape(-1),
                              persistent=False)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, intensities: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, intensities: torch.Tensor,
+                with_statistics: bool = False):
         """intensities: ``[N, C]`` mean input intensity of each row's organ (``pooling.organ_mean_intensity``)."""
         if self.gather_distributed and is_distributed():
             embeddings, labels, intensities = gather_embeddings(embeddings, labels, intensities)
-        return self.loss(embeddings, labels, contrast_correlation(intensities, self.intensity_range))
+        return self.loss(embeddings, labels, contrast_correlation(intensities, self.intensity_range),
+                         with_statistics=with_statistics)

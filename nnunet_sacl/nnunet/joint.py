@@ -72,23 +72,26 @@ class SACLTrainer_joint(SACLTrainer):
             features, self._encoder_features = self._encoder_features, None
             if self.joint_contrastive_weight > 0:
                 z, organs, samples = self.embed_features(features, full_resolution)
-                contrastive = self.contrastive_term(z, organs, samples, data, full_resolution, batch.get('keys'))
+                contrastive, statistics = self.contrastive_term(z, organs, samples, data, full_resolution,
+                                                                batch.get('keys'))
                 loss = segmentation_loss + self.joint_contrastive_weight * contrastive
+                without_positive = float(statistics['anchors'] == 0)
             else:
-                contrastive, loss = None, segmentation_loss
+                contrastive, loss, without_positive = None, segmentation_loss, 0.0
         if not self.nonfinite.is_finite(loss, f"joint training epoch {self.current_epoch}"):
-            return {'loss': np.nan, 'segmentation': np.nan, 'contrastive': np.nan}
+            return {'loss': np.nan, 'segmentation': np.nan, 'contrastive': np.nan,
+                    'without_positive': without_positive}
         self.backward_and_step(loss, list(self.network.parameters()) + list(self.head.parameters()),
                                outside_ddp=list(self.head.parameters()))
         return {'loss': loss.detach().cpu().numpy(), 'segmentation': segmentation_loss.detach().cpu().numpy(),
-                'contrastive': np.nan if contrastive is None else contrastive.detach().cpu().numpy()}
+                'contrastive': np.nan if contrastive is None else contrastive.detach().cpu().numpy(),
+                'without_positive': without_positive}
 
     def on_train_epoch_end(self, train_outputs: list):
         finite = [o for o in train_outputs if np.isfinite(o['loss'])] or train_outputs
         terms = torch.tensor([[float(o['segmentation']), float(o['contrastive'])] for o in finite],
                              dtype=torch.float64).mean(0)
-        without_positive = self.contrastive_loss.batches_without_positive.clone().to(torch.float64).cpu()
-        self.contrastive_loss.batches_without_positive.zero_()
+        without_positive = torch.tensor(sum(o['without_positive'] for o in train_outputs), dtype=torch.float64)
         if is_distributed():
             stats = torch.cat([terms, without_positive.reshape(1)]).to(self.device)
             dist.all_reduce(stats)

@@ -1,4 +1,5 @@
-"""The pretraining phase's curves: kept per epoch, saved in checkpoints, drawn on top of nnU-Net's progress.png."""
+"""The pretraining phase's curves: kept per epoch by the trainer, saved in its checkpoints, drawn on top of
+nU-Net's progress.png."""
 from contextlib import contextmanager
 from os.path import isfile, join
 
@@ -7,7 +8,6 @@ import matplotlib
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
-from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
 PRETRAIN_KEYS = ("loss", "lr", "organs_per_batch", "batches_without_positive", "epoch_seconds")
 NNUNET_PSEUDO_DICE_LABEL = "pseudo dice"
@@ -69,22 +69,11 @@ def stack_png_on_top(top_png: str, bottom_png: str, out_png: str) -> None:
     canvas.save(out_png)
 
 
-class SACLLocalLogger(LocalLogger):
-    """nnU-Net's local logger whose progress.png also shows the pretraining phase above nnU-Net's own panels.
-
-    The pretraining curves live in their own dict (``pretrain_log``), not in ``my_fantastic_logging``: nnU-Net
-    requires every list there to have exactly one entry per segmentation epoch.
-    """
-
-    def __init__(self, pretrain_log: dict, verbose: bool = False):
-        super().__init__(verbose)
-        self.pretrain_log = pretrain_log
-
-    def plot_progress_png(self, output_folder):
-        with pseudo_dice_axis_named_as_mean():
-            super().plot_progress_png(output_folder)
-        if self.pretrain_log["loss"]:
-            pre = join(output_folder, "progress_pretraining.png")
-            if not isfile(pre):
-                plot_pretraining(self.pretrain_log, pre)
-            stack_png_on_top(pre, join(output_folder, "progress.png"), join(output_folder, "progress.png"))
+def add_pretraining_panel(pretrain_log: dict, output_folder: str) -> None:
+    """Puts the pretraining panel (drawn from ``pretrain_log`` once, when missing) on top of the progress.png that
+    nnU-Net has just drawn. The pretraining curves stay the trainer's own: nnU-Net's logger requires every list it
+    keeps to have exactly one entry per segmentation epoch, and it needs nothing of ours."""
+    pre, progress = join(output_folder, "progress_pretraining.png"), join(output_folder, "progress.png")
+    if not isfile(pre):
+        plot_pretraining(pretrain_log, pre)
+    stack_png_on_top(pre, progress, progress)

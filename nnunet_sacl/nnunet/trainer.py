@@ -27,7 +27,8 @@ from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
 from nnunet_sacl.method.nonfinite import NonFiniteLossGuard
-from nnunet_sacl.nnunet.progress import PRETRAIN_KEYS, SACLLocalLogger, new_pretrain_log, plot_pretraining
+from nnunet_sacl.nnunet.progress import (PRETRAIN_KEYS, add_pretraining_panel, new_pretrain_log, plot_pretraining,
+                                         pseudo_dice_axis_named_as_mean)
 from nnunet_sacl.method.phases import find_phases_file, organ_phase_labels, read_phases
 from nnunet_sacl.method.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
 
@@ -72,8 +73,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.pretrain_epoch = 0                 # next pretraining epoch to run
         self.head = self.contrastive_loss = self.pretrain_encoder = self.case_phase = None
         self.augment_settings = self.augment_generator = None
-        self.pretrain_log = new_pretrain_log()
-        self.logger.local_logger = SACLLocalLogger(self.pretrain_log)
+        self.pretrain_log = new_pretrain_log()    # the trainer's own (in its checkpoints), shared with no logger
         self.save_every_pretrain_epochs = 1
         self.nonfinite = NonFiniteLossGuard(self.max_nonfinite_in_a_row)
 
@@ -229,15 +229,16 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         embeddings, labels, samples = torch.cat([p[0] for p in pooled], 1), pooled[0][1], pooled[0][2]
         return self.head(embeddings), labels, samples
 
-    def contrastive_term(self, z, organs, samples, data, seg, keys) -> torch.Tensor:
-        """SupCon (or its intensity-weighted form) of one batch's projected organ embeddings."""
+    def contrastive_term(self, z, organs, samples, data, seg, keys):
+        """SupCon (or its intensity-weighted form) of one batch's projected organ embeddings, and the batch's
+        statistics (the loss's ``anchors`` and ``rows``, device tensors)."""
         with record_function("sacl.loss"):
             labels = self.contrastive_labels(organs, samples, keys)
             if self.intensity_weighted_negatives:   # intensities of the batch the encoder saw (augmented)
                 intensities = organ_mean_intensity(data, seg, self.label_manager.num_segmentation_heads,
                                                    self.label_manager.ignore_label)[samples, organs]
-                return self.contrastive_loss(z, labels, intensities)
-            return self.contrastive_loss(z, labels)
+                return self.contrastive_loss(z, labels, intensities, with_statistics=True)
+            return self.contrastive_loss(z, labels, with_statistics=True)
 
     def contrastive_labels(self, organ_labels, sample_index, keys):
         """Organ identity, or organ x phase when use_phase_labels is on."""
@@ -256,15 +257,18 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with self.amp_context():
             z, organs, samples = self.embed(data, seg)
-            loss = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))
+            loss, statistics = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))
+        without_positive = statistics['anchors'] == 0
         if not self.nonfinite.is_finite(loss, f"pretraining epoch {self.pretrain_epoch}"):
-            return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device), 'skipped': True}
+            return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device),
+                    'without_positive': without_positive, 'skipped': True}
         # the encoder runs outside nnU-Net's DDP wrapper in phase 1: average its (and the head's) gradients here
         self.backward_and_step(loss, self.pretraining_parameters(), average_over_ranks=is_distributed())
         # tensors, not floats: the logged numbers are copied to the host once, at the epoch's end. The step itself
         # still waits on the device a few times: the non-finite check (bool(isfinite)), the label check in
         # mask_pool (bool(bad.any())) and the organ lookup (nonzero) each synchronise.
-        return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device)}
+        return {'loss': loss.detach(), 'organs': torch.tensor(z.shape[0], device=self.device),
+                'without_positive': without_positive}
 
     def amp_context(self):
         """nnU-Net's mixed precision: autocast (float16) on CUDA, none elsewhere. One method for every step of every
@@ -315,13 +319,20 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
             self.print_to_log_file(skipped)
         super().on_train_epoch_end(finite or train_outputs)
 
+    def on_epoch_end(self):
+        # nnU-Net draws progress.png at the end of its on_epoch_end (rank 0): its pseudo-Dice axis is named as the
+        # mean over organs while it draws, and the pretraining panel goes on top afterwards
+        with pseudo_dice_axis_named_as_mean():
+            super().on_epoch_end()
+        if self.local_rank == 0 and self.pretrain_log["loss"]:
+            add_pretraining_panel(self.pretrain_log, self.output_folder)
+
     def on_pretrain_epoch_end(self, outputs: list, seconds: float):
         skipped = self.nonfinite.take_epoch_report()
+        without_positive = torch.stack([o['without_positive'] for o in outputs]).sum()   # skipped steps included
         outputs = [o for o in outputs if not o.get('skipped')] or outputs
         loss = torch.stack([o['loss'] for o in outputs]).mean()
         organs = torch.stack([o['organs'] for o in outputs]).float().mean()
-        without_positive = self.contrastive_loss.batches_without_positive.clone()
-        self.contrastive_loss.batches_without_positive.zero_()
         stats = torch.stack([loss.float(), organs, without_positive.float()])
         if is_distributed():
             dist.all_reduce(stats)
@@ -419,8 +430,7 @@ class SACLTrainer(FineTuneScheduleMixin, nnUNetTrainer):
         if not self.was_initialized:
             self.initialize()
         self.phase, self.pretrain_epoch = sacl['phase'], sacl['pretrain_epoch']
-        self.pretrain_log.clear()
-        self.pretrain_log.update(sacl['pretrain_log'])
+        self.pretrain_log = {key: list(values) for key, values in sacl['pretrain_log'].items()}
         try:
             if self.phase == PRETRAIN:
                 self.optimizer, self.lr_scheduler = self.configure_pretraining_optimizer()
