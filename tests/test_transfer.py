@@ -1,6 +1,8 @@
-"""Pretrain once, fine-tune anywhere: SACL pretraining on dataset A, fine-tuning on dataset B with other organs and
-another image size. B's own plans do not fit A's encoder (check-weights says why); A's plans moved to B do, and
-nnU-Net's -pretrained_weights training and prediction then work on B. Real nnU-Net commands as subprocesses."""
+"""Pretrain once, fine-tune anywhere: dataset A is a merge (``nnunet-sacl merge-datasets``) of two sources that
+name and number their organs differently and label different organs (partial labels); SACL pretraining on A,
+fine-tuning on dataset B with other organs and another image size. B's own plans do not fit A's encoder
+(check-weights says why); A's plans moved to B do, nnU-Net's -pretrained_weights training starts from the pretrained
+encoder (weights compared) and prediction works on B. Real nnU-Net commands as subprocesses."""
 import glob
 import json
 import os
@@ -57,10 +59,39 @@ def keep_two_organs(raw: Path) -> None:
     (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
 
 
+def rename_and_drop(raw: Path, labels: dict, remap: np.ndarray) -> None:
+    """A source's own label names and ids: every label file remapped voxel-wise, dataset.json's labels replaced."""
+    for label_file in glob.glob(str(raw / "labels*" / "*.nii.gz")):
+        image = sitk.ReadImage(label_file)
+        relabelled = sitk.GetImageFromArray(remap[sitk.GetArrayFromImage(image)])
+        relabelled.CopyInformation(image)
+        sitk.WriteImage(relabelled, label_file)
+    dataset = json.loads((raw / "dataset.json").read_text())
+    dataset["labels"] = labels
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+
+
 @pytest.fixture(scope="module")
-def encoder_file(env) -> str:
-    """Dataset A (3 organs, 20x48x48) planned and preprocessed, then SACLPretrainer_smoke: the encoder file."""
-    make_synthetic_dataset(env["nnUNet_raw"], A_ID, name="TransferA", num_training=5, num_test=0)
+def merged_a(env) -> Path:
+    """Dataset A = merge of source 995 (ellipsoid 1, box 2, tube 3) and source 996 ('Box' 1, 'Ellipsoid' 2, no
+    tube: partial labels), both 20x48x48; unknown organ names kept as organs of their own."""
+    from nnunet_sacl.dataset_conversion.merge import merge_datasets
+    make_synthetic_dataset(env["nnUNet_raw"], 995, name="SourceOne", num_training=3, num_test=0)
+    two = make_synthetic_dataset(env["nnUNet_raw"], 996, name="SourceTwo", num_training=3, num_test=0, seed=2)
+    rename_and_drop(two, {"background": 0, "Box": 1, "Ellipsoid": 2}, np.array([0, 2, 1, 0], np.uint8))
+    return merge_datasets([995, 996], A_ID, "TransferA", keep_unknown=True, raw_folder=env["nnUNet_raw"])
+
+
+def test_merged_a_has_partial_labels_and_one_id_per_organ(merged_a):
+    dataset = json.loads((merged_a / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "box": 1, "ellipsoid": 2, "tube": 3}
+    assert dataset["sacl_partial_labels"] is True and dataset["numTraining"] == 6
+
+
+@pytest.fixture(scope="module")
+def encoder_file(env, merged_a) -> str:
+    """Dataset A (the merge: 3 organs, 20x48x48) planned and preprocessed, then SACLPretrainer_smoke (partial
+    labels are fine for pretraining): the encoder file."""
     run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", "2"], env)
     run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
          "-device", "cpu"], train_env(env))
@@ -141,6 +172,31 @@ def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_fil
         pred = sitk.ReadImage(str(out / os.path.basename(image_file).replace("_0000.nii.gz", ".nii.gz")))
         assert pred.GetSize() == sitk.ReadImage(image_file).GetSize() == (64, 64, 16)
         assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= set(B_LABELS.values())
+
+
+def test_the_fine_tuned_run_started_from_the_pretrained_encoder(env, encoder_file, moved_plans):
+    """After 8 SGD steps from the merged encoder (the previous test's run), every encoder convolution is still
+    almost the pretrained one (correlation > 0.9), while nnU-Net's own random initialisation of the same network
+    is unrelated to it (|correlation| < 0.3): the run started from the file, not from scratch."""
+    from nnunet_sacl.analysis.weights import load_target_plans
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    pretrained = torch.load(encoder_file, weights_only=False, map_location="cpu")["network_weights"]
+    final = torch.load(os.path.join(env["nnUNet_results"], B_NAME, f"nnUNetTrainer_smoke__{moved_plans}__3d_fullres",
+                                    "fold_0", "checkpoint_final.pth"), weights_only=False, map_location="cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            mp.setenv(key, env[key])
+        plans_manager, config, _ = load_target_plans(B_ID, "3d_fullres", moved_plans)
+        torch.manual_seed(0)
+        fresh = nnUNetTrainer.build_network_architecture(plans_manager, config, 1, 3).state_dict()
+    convs = [k for k, w in pretrained.items() if k.startswith("encoder.stages.") and k.endswith("conv.weight")]
+    assert convs
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+    for key in convs:
+        assert corr(final["network_weights"][key], pretrained[key]) > 0.9, key
+        assert abs(corr(fresh[key], pretrained[key])) < 0.3, key
 
 
 def test_2d_configuration_against_a_3d_file_is_named(in_process, encoder_file):
