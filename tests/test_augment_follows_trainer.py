@@ -33,7 +33,7 @@ from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
 from nnunet_sacl.nnunet.short_runs import SACLTrainer_torchaug_smoke
 from tests.helpers import make_trainer
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,6 +135,7 @@ def settings_seen_in(transforms):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["3d_fullres", "3d_lowres", "2d"])
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_stock_variant_is_followed_or_refused(name, configuration):
@@ -212,6 +213,7 @@ CHANGED = dict(p_noise=0.5, noise_std_range=(0.0, 0.3), p_scaling=0.35, scale_ra
                p_blur_per_channel=0.8, gamma_inverted_range=(0.5, 2.0), p_contrast=0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer_class", [SACLChangedDA,
                                            type("ChangedDA", (OnDeviceAugmentationMixin, ChangedDA), {})],
                          ids=["SACLTrainer phase 1", "OnDeviceAugmentationMixin"])
@@ -226,6 +228,7 @@ def test_a_changed_probability_or_range_reaches_the_device(in_process_env, train
         assert getattr(settings, key) == pytest.approx(STOCK[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_transforms_are_read_with_the_arguments_nnunet_passes(in_process_env, configuration):
     """What training_transforms calls behind SACLTrainer's phase-1 override equals, attribute for attribute, what
@@ -326,6 +329,7 @@ def test_an_override_in_front_of_the_on_device_one_is_refused():
         augment_settings_from_trainer(trainer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer_class", [
     type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {}),
     type("nnUNetTrainerDA5", (OnDeviceAugmentationMixin, nnUNetTrainerDA5), {})], ids=["SACLTrainer", "mixin"])

@@ -15,7 +15,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 from nnunet_sacl.nnunet import short_runs
 from tests.helpers import nnunet_bin, run
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 ARMS = ["nnUNetTrainer_demo_smoke", "SACLTrainer_demo_smoke"]
 NUMBER = r"(nan|-?\d\.\d{3})"
@@ -41,6 +41,7 @@ def printed_table(stdout: str) -> dict:
     return {name.replace(" (absent)", ""): (float(a), float(b), float(d)) for name, a, b, d in rows}
 
 
+@pytest.mark.slow
 def test_demo_compares_baseline_and_sacl_on_real_ct(nnunet_env, sdist, tmp_path):
     env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_extTrainer"}  # the demo sets it itself
     env["nnUNet_n_proc_DA"] = "0"

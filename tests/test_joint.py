@@ -16,7 +16,7 @@ from tests.helpers import reference_supcon
 from tests.helpers import reference_mask_pool
 from tests.helpers import first_batch, make_trainer
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 JOINT = "SACLTrainer_joint_smoke"
 
@@ -120,6 +120,7 @@ def test_weight_zero_is_exactly_nnunets_step(in_process_env):
     assert all(torch.equal(p, q) for p, q in zip(joint.head.parameters(), head_before))
 
 
+@pytest.mark.slow
 def test_compiled_network_gives_the_eager_step(in_process_env, monkeypatch):
     """nnU-Net compiles the network on GPUs (inside initialize, before the joint trainer hooks the encoder). The
     hook must still see the encoder's output of the compiled forward: same step as eager, head trained. Dynamo's
@@ -185,6 +186,7 @@ def test_pretrained_weights_load_into_the_joint_network(in_process_env, tmp_path
     assert torch.isfinite(torch.as_tensor(joint.train_step(first_batch(joint))["loss"]))
 
 
+@pytest.mark.slow
 def test_joint_run_killed_mid_way_resumes_with_c_and_finishes(nnunet_env, preprocessed):
     env = train_env(nnunet_env)
     # fold 3: the in-process tests above write their logs (and a "Resumed from" line) into fold 0's folder
@@ -294,6 +296,7 @@ def _ddp_worker(rank, world, init_file, out_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_step_equals_one_process_on_the_whole_batch(tmp_path):
     """Under DDP: DDP averages the network's gradients (the contrastive term's reach the encoder through the DDP
     forward), the trainer averages the head's, and SupCon sees both ranks' organs; one step must equal a single

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "## Using it on your dataset"
@@ -38,6 +38,7 @@ def test_readme_block_is_the_cpu_recipe():
     assert smoke.count("SACLTrainer_smoke") == block.count("SACLTrainer") == 2
 
 
+@pytest.mark.slow
 def test_readme_section_runs_as_written(tmp_path):
     activate = Path(sys.prefix) / "bin" / "activate"
     if not activate.is_file():

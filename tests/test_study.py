@@ -17,7 +17,7 @@ from nnunet_sacl.analysis.study_stats import bootstrap_ci
 from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
 from tests.helpers import D, has_epoch_line, kill_when
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 CONFIG = "3d_fullres"
 BASELINE, SACL = "nnUNetTrainer_smoke", "SACLTrainer_smoke"
@@ -63,6 +63,7 @@ def organs(env):
     return [k for k in labels if k not in ("background", "ignore")]
 
 
+@pytest.mark.slow
 def test_outputs_exist_and_every_row_is_present(study):
     out = study["out"]
     for name in ("report.md", "per_case.csv", "comparison.csv", "comparison_nsd.csv", "cost.csv",
@@ -80,6 +81,7 @@ def test_outputs_exist_and_every_row_is_present(study):
     assert "nnunet-sacl study -d 991" in report and "Cost" in report and "95% CI" in report
 
 
+@pytest.mark.slow
 def test_comparison_equals_scipy_on_the_csv_pairs(study):
     rows = read_csv(study["out"] / "per_case.csv")
     table = read_csv(study["out"] / "comparison.csv")
@@ -105,6 +107,7 @@ def test_comparison_equals_scipy_on_the_csv_pairs(study):
     assert tested >= 1, f"every comparison was a tie; nothing to test against scipy: {table}"
 
 
+@pytest.mark.slow
 def test_stopped_run_was_resumed_not_restarted(study):
     assert f"{BASELINE} fold 0: resuming with --c" in study["first"]
     logs = logs_of(study["stopped"])
@@ -115,12 +118,14 @@ def test_stopped_run_was_resumed_not_restarted(study):
         assert f"{trainer} fold {fold}: training:" in study["first"]
 
 
+@pytest.mark.slow
 def test_second_call_trains_nothing(study):
     assert study["second"].count("finished, skipped") == 4
     assert "training:" not in study["second"] and "resuming" not in study["second"]
     assert study["after"] == study["before"]
 
 
+@pytest.mark.slow
 def test_cost_from_the_training_logs(study):
     cost = {(r["trainer"], r["fold"]): r for r in read_csv(study["out"] / "cost.csv")}
     assert set(cost) == {(t, f) for t in (BASELINE, SACL) for f in ("0", "1")}

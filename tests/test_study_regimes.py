@@ -20,7 +20,7 @@ from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
 from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
 from tests.helpers import D
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 CONFIG, BASELINE = "3d_fullres", "nnUNetTrainer_smoke"
 ARM = f"{BASELINE}@init"
@@ -85,6 +85,7 @@ def training_logs(folder):
     return "".join(p.read_text() for p in sorted(folder.glob("training_log_*.txt")))
 
 
+@pytest.mark.slow
 def test_every_run_trains_k_cases_from_its_regimes_splits(regimes):
     source = source_splits(regimes["source"], "nnUNetPlans", CONFIG)   # nnU-Net's own 5-fold split
     assert set(regimes["derived"]) == {1, 2}
@@ -112,6 +113,7 @@ def test_subsets_are_seeded_and_nested():
         assert set(subset_splits(splits, k, 0)[0]["train"]) <= set(subset_splits(splits, k + 1, 0)[0]["train"])
 
 
+@pytest.mark.slow
 def test_weights_arm_loaded_its_file_in_its_own_folder(regimes):
     assert f"-pretrained_weights {regimes['weights']}" in regimes["by_hand"]
     assert f"Loading pretrained weights from file  {regimes['weights']}" in regimes["manual"]
@@ -126,12 +128,14 @@ def test_weights_arm_loaded_its_file_in_its_own_folder(regimes):
         assert plans["plans_name"] == WEIGHTS_PLANS and plans["dataset_name"] == regimes["derived"][k].name
 
 
+@pytest.mark.slow
 def test_second_call_trains_nothing(regimes):
     assert regimes["second"].count("finished, skipped") == 4
     assert "training:" not in regimes["second"] and "resuming" not in regimes["second"]
     assert regimes["after"] == regimes["before"]
 
 
+@pytest.mark.slow
 def test_printed_and_sbatch_lines_are_nnunet_train_commands(regimes, monkeypatch):
     in_script = [line.strip().split(") ", 1)[1][:-len(" ;;")] for line in regimes["sbatch"].splitlines()
                  if line.strip()[:1].isdigit()]
@@ -142,6 +146,7 @@ def test_printed_and_sbatch_lines_are_nnunet_train_commands(regimes, monkeypatch
     assert {parse_with_nnunet(line, monkeypatch) for line in regimes["printed"]} == expected
 
 
+@pytest.mark.slow
 def test_each_regime_p_values_equal_scipy_on_its_per_case_csv(regimes):
     organs = [k for k in json.loads((regimes["source"] / "dataset.json").read_text())["labels"]
               if k not in ("background", "ignore")]
@@ -157,6 +162,7 @@ def test_each_regime_p_values_equal_scipy_on_its_per_case_csv(regimes):
             assert float(r["p_wilcoxon"]) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_regimes_report_plots_and_budgets(regimes):
     out = regimes["out"]
     for name in ("report.md", "regimes.csv", "dice_diff_vs_train_cases.png", "K1/report.md", "K2/report.md",

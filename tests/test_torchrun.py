@@ -20,7 +20,7 @@ import torch
 from tests.helpers import finish, nnunet_bin, run, RUN_TIMEOUT, start, torchrun, torchrun_env, train_args
 from tests.helpers import fold_folder, pretraining_losses, training_log
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -81,6 +81,7 @@ def standalone_run(nnunet_env, preprocessed, tmp_path_factory):
     return fold_folder(env, "SACLTrainer_smoke", 0), str(rank1), out
 
 
+@pytest.mark.slow
 def test_two_ranks_run_both_phases_and_only_rank_0_writes(standalone_run):
     folder, rank1_results, out = standalone_run
     assert "nnunet-sacl train: 2 rank(s), backend gloo, device cpu" in out
@@ -96,6 +97,7 @@ def test_two_ranks_run_both_phases_and_only_rank_0_writes(standalone_run):
     assert len(written) == 1, written
 
 
+@pytest.mark.slow
 def test_first_step_equals_one_process_on_the_concatenated_batch(nnunet_env, preprocessed, tmp_path):
     env = torchrun_env(nnunet_env, tmp_path)
     trainer = "SACLPretrainer_fixedbatch"
@@ -118,6 +120,7 @@ def test_first_step_equals_one_process_on_the_concatenated_batch(nnunet_env, pre
     assert "SACL pretraining epoch 0" in log and sum(v.abs().sum() for v in one_process.values()) > 0
 
 
+@pytest.mark.slow
 def test_two_node_rendezvous_on_one_machine(nnunet_env, preprocessed, tmp_path):
     """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1), one rank each, each with its own
     nnUNet_results: the folder of the rank that is not 0 shows what it wrote."""
@@ -139,6 +142,7 @@ def test_two_node_rendezvous_on_one_machine(nnunet_env, preprocessed, tmp_path):
     assert files_under(results[1 - rank0[0]]) == []   # the rank that is not 0 wrote nothing
 
 
+@pytest.mark.slow
 def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_env, preprocessed, tmp_path):
     env = torchrun_env(nnunet_env, tmp_path, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     folder = fold_folder(env, "SACLTrainer_tiny", 0)
@@ -154,6 +158,7 @@ def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_
     assert "Training done." in log and isfile(join(folder, "checkpoint_final.pth"))
 
 
+@pytest.mark.slow
 def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_on_one_process(
         nnunet_env, preprocessed, tmp_path):
     """No restarts: every process is gone within 120 s and torchrun names the lost rank. The run then continues
@@ -183,6 +188,7 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
     assert "Training done." in after
 
 
+@pytest.mark.slow
 def test_stock_baseline_on_two_ranks(nnunet_env, preprocessed, tmp_path):
     env = torchrun_env(nnunet_env, tmp_path)
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train",
@@ -224,6 +230,7 @@ def probed(env) -> dict:
     return {int(f.stem[4:]): json.loads(f.read_text()) for f in Path(env["PROBE_DIR"]).glob("rank*.json")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cuda_reported", [False, True], ids=["cpu", "cuda-reported"])
 def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp_path, cuda_reported):
     """Where training starts, a launcher worker has the cuDNN flags and threads that nnUNetv2_train (nnU-Net's
@@ -266,6 +273,7 @@ def test_threads_per_device_equal_nnunet_train_entry(device):
     assert found[0] == found[1] and len(found[0]) == 1, found
 
 
+@pytest.mark.slow
 def test_a_rank_gone_is_reported_with_its_traceback(nnunet_env, preprocessed, tmp_path):
     """Rank 1 exits; rank 0's next collective gets gloo's own error (a plain RuntimeError): the worker says it lost
     contact and keeps the traceback, on stderr and in the trainer's log."""
@@ -281,6 +289,7 @@ def test_a_rank_gone_is_reported_with_its_traceback(nnunet_env, preprocessed, tm
     assert "dist.all_reduce" in log and "Connection closed by peer" in log and "rank 0 of 2: lost contact" in log, log
 
 
+@pytest.mark.slow
 def test_an_error_that_says_timed_out_is_not_a_lost_rank(nnunet_env, preprocessed, tmp_path):
     env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="timeout_text")
     proc = start(torchrun("--standalone", "--nproc_per_node", "1", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
@@ -302,6 +311,7 @@ def test_only_communication_errors_are_lost_ranks():
                                             RuntimeError(f"Loading failed: {gloo}")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra_env, args, message", [
     ({"RANK": "0", "WORLD_SIZE": "2"}, [], "RANK is set (0) but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not"),
     ({"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, [],

@@ -19,7 +19,7 @@ from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 from nnunet_sacl.analysis.weights import check_weights
 from tests.helpers import make_nnunet_env, nnunet_bin, run
 
-pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
+# tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
 A_ID, B_ID = 993, 994
 A_NAME, B_NAME = f"Dataset{A_ID}_TransferA", f"Dataset{B_ID}_TransferB"
@@ -124,6 +124,7 @@ def check_weights_cli(env, *args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_b_own_plans_do_not_fit_and_the_report_says_why(env, encoder_file, planned_b):
     r = check_weights_cli(env, encoder_file, "-d", str(B_ID), "-c", "3d_fullres")
     print(r.stdout)
@@ -139,6 +140,7 @@ def test_b_own_plans_do_not_fit_and_the_report_says_why(env, encoder_file, plann
     assert f"-tp {MOVED_PLANS}" in r.stdout                                        # the fix names nnU-Net's recipe
 
 
+@pytest.mark.slow
 def test_report_agrees_with_nnunets_loader(in_process, encoder_file, planned_b):
     """nnU-Net's own load_pretrained_weights refuses B's network on a key that the report lists."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
@@ -153,6 +155,7 @@ def test_report_agrees_with_nnunets_loader(in_process, encoder_file, planned_b):
     assert first_bad_key in {m.key for m in report.mismatches}
 
 
+@pytest.mark.slow
 def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_file, moved_plans, planned_b,
                                                                  tmp_path):
     r = check_weights_cli(env, encoder_file, "-d", str(B_ID), "-c", "3d_fullres", "-p", moved_plans)
@@ -174,6 +177,7 @@ def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_fil
         assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= set(B_LABELS.values())
 
 
+@pytest.mark.slow
 def test_the_fine_tuned_run_started_from_the_pretrained_encoder(env, encoder_file, moved_plans):
     """After 8 SGD steps from the merged encoder (the previous test's run), every encoder convolution is still
     almost the pretrained one (correlation > 0.9), while nnU-Net's own random initialisation of the same network
@@ -199,6 +203,7 @@ def test_the_fine_tuned_run_started_from_the_pretrained_encoder(env, encoder_fil
         assert abs(corr(fresh[key], pretrained[key])) < 0.3, key
 
 
+@pytest.mark.slow
 def test_2d_configuration_against_a_3d_file_is_named(in_process, encoder_file):
     report = check_weights(encoder_file, A_ID, "2d")
     assert not report.fits
@@ -213,6 +218,7 @@ def hand_made_file(tmp_path, weights: dict) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_other_number_of_input_channels_is_named(in_process, encoder_file, tmp_path):
     weights = torch.load(encoder_file, weights_only=False)["network_weights"]
     for key, w in list(weights.items()):
@@ -225,6 +231,7 @@ def test_other_number_of_input_channels_is_named(in_process, encoder_file, tmp_p
     assert all(m.file_shape[1] == 2 and m.target_shape[1] == 1 for m in report.mismatches)
 
 
+@pytest.mark.slow
 def test_ddp_or_compile_prefixes_are_named(in_process, encoder_file, tmp_path):
     weights = torch.load(encoder_file, weights_only=False)["network_weights"]
     report = check_weights(hand_made_file(tmp_path, {f"module._orig_mod.{k}": v for k, v in weights.items()}),
@@ -232,6 +239,7 @@ def test_ddp_or_compile_prefixes_are_named(in_process, encoder_file, tmp_path):
     assert not report.fits and len(report.causes) == 1 and "'module.' (DDP)" in report.causes[0], report.causes
 
 
+@pytest.mark.slow
 def test_other_architecture_class_is_named(in_process, encoder_file, tmp_path):
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
     resenc = ResidualEncoderUNet(1, 4, [32, 64, 128, 256], torch.nn.Conv3d, 3, [1, 2, 2, 2], [1, 1, 1, 1], 4,
@@ -242,6 +250,7 @@ def test_other_architecture_class_is_named(in_process, encoder_file, tmp_path):
                             "PlainConvUNet") for c in report.causes), report.causes
 
 
+@pytest.mark.slow
 def test_errors_name_the_file_and_the_choices(in_process, encoder_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="Checkpoint .*nope.pth does not exist"):
         check_weights(str(tmp_path / "nope.pth"), A_ID, "3d_fullres")
@@ -259,6 +268,7 @@ def test_errors_name_the_file_and_the_choices(in_process, encoder_file, tmp_path
         check_weights(encoder_file, A_ID, "3d_lowres")
 
 
+@pytest.mark.slow
 def test_cli_help_and_error_exit_code(env, tmp_path):
     r = check_weights_cli(env, "--help")
     assert r.returncode == 0 and "nnunet-sacl check-weights" in r.stdout
