@@ -3,8 +3,9 @@ organs matched by name (``nnunet_sacl.dataset_conversion.merge``)."""
 from nnunet_sacl.cli import Command, refusing
 
 EXAMPLE = ("nnunet-sacl merge-datasets -d 17 218 219 -o 300 --name AbdomenPretrain\n"
-           "# -> $nnUNet_raw/Dataset300_AbdomenPretrain: BTCV + AMOS + WORD, organs matched by name,\n"
-           "#    which organs each case annotates in sacl_annotated_organs.json; pretrain it with -tr SACLPretrainer")
+           "# -> $nnUNet_raw/Dataset300_AbdomenPretrain: BTCV + AMOS + WORD,\n"
+           "#    organs matched by name, which organs each case annotates in\n"
+           "#    sacl_annotated_organs.json; pretrain it with -tr SACLPretrainer")
 
 
 def add_arguments(p) -> None:
