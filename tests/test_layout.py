@@ -11,6 +11,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 import nnunet_sacl
 from nnunet_sacl.nnunet import short_runs, variants
+from nnunet_sacl.train import stock_trainer_names
 
 
 def package_trainer_classes() -> dict:
@@ -25,18 +26,6 @@ def package_trainer_classes() -> dict:
                     and not name.startswith("_")):
                 found[name] = obj
     return found
-
-
-def stock_trainer_names() -> set:
-    import nnunetv2.training.nnUNetTrainer as stock
-    names = set()
-    for info in pkgutil.walk_packages(stock.__path__, stock.__name__ + "."):
-        try:
-            module = importlib.import_module(info.name)
-        except ImportError:                  # a variant that needs an optional package
-            continue
-        names |= {n for n, o in vars(module).items() if isinstance(o, type) and issubclass(o, nnUNetTrainer)}
-    return names
 
 
 def test_every_trainer_class_is_found_by_nnunet_train():

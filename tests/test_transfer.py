@@ -49,14 +49,7 @@ def in_process(env, monkeypatch):
 
 def keep_two_organs(raw: Path) -> None:
     """B's label set: box and tube only, renumbered 1, 2 (A has ellipsoid 1, box 2, tube 3)."""
-    for label_file in glob.glob(str(raw / "labels*" / "*.nii.gz")):
-        image = sitk.ReadImage(label_file)
-        relabelled = sitk.GetImageFromArray(A_TO_B[sitk.GetArrayFromImage(image)])
-        relabelled.CopyInformation(image)
-        sitk.WriteImage(relabelled, label_file)
-    dataset = json.loads((raw / "dataset.json").read_text())
-    dataset["labels"] = B_LABELS
-    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    rename_and_drop(raw, B_LABELS, A_TO_B)
 
 
 def rename_and_drop(raw: Path, labels: dict, remap: np.ndarray) -> None:
