@@ -254,6 +254,7 @@ def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp
             workers, probed(env), out[-2000:])
 
 
+@pytest.mark.slow   # a Python subprocess per device (about 9 s each)
 @pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
 def test_threads_per_device_equal_nnunet_train_entry(device):
     """set_threads against nnU-Net's run_training_entry (its argparse and thread set-up, with run_training replaced
