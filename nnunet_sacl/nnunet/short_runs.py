@@ -210,4 +210,10 @@ class SACLTrainer_prereg_eqseg_splitlr_t01(_Temperature01, SACLTrainer_prereg_eq
     """SACLTrainer_prereg_eqseg_splitlr at temperature 0.1."""
 
 
+class SACLPretrainer_transfer(_PreregRun, SACLPretrainer):
+    """The transfer study's SACL pretraining (docs/pretraining.md, "Evidence"): 11 epochs of 75 iterations at batch
+    5, as many iterations as its supervised rival nnUNetTrainer_prereg on the same merged dataset."""
+    pretrain_epochs = 11
+
+
 __all__ = trainer_names(globals(), __name__)
