@@ -58,14 +58,14 @@ def fmt_p(p):
     return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
 
-def plot_vs_k(points: dict, out_png: Path, all_cases: int = 16) -> None:
+def plot_vs_k(points: dict, out_png: Path, all_cases: int = 16, order=("1", "2", "all")) -> None:
     """points: {arm: {k: (val diff, ci low, ci high, held-out diff, [held-out diff per fold])}}; K = all at
     ``all_cases`` training cases. Two panels: validation case mean and held-out scan, difference to the baseline."""
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    order = ["1", "2", "all"]                       # evenly spaced: K = 1, 2 and all (16 per fold)
+    order = list(order)                             # evenly spaced, e.g. K = 1, 2 and all (16 per fold)
     xs = lambda ks: [order.index(k) for k in ks]
     for i, (arm, by_k) in enumerate(sorted(points.items())):
         ks = sorted(by_k, key=order.index)
@@ -79,8 +79,8 @@ def plot_vs_k(points: dict, out_png: Path, all_cases: int = 16) -> None:
     for ax, title in ((left, "validation crops: case-mean Dice difference (95% CI)"),
                       (right, "held-out scan: mean Dice difference (line: mean of folds; dots: folds)")):
         ax.axhline(0, color="k", lw=1)
-        ax.set_xticks([0, 1, 2])
-        ax.set_xticklabels(["1", "2", f"all ({all_cases})"])
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"all ({all_cases})" if k == "all" else k for k in order])
         ax.set_xlabel("labelled training cases per fold (K)")
         ax.set_title(title, fontsize=10)
     left.set_ylabel("arm - baseline")
@@ -90,11 +90,18 @@ def plot_vs_k(points: dict, out_png: Path, all_cases: int = 16) -> None:
     plt.close(fig)
 
 
-def main(prereg: Path, labels_dir: Path, dataset_json: Path) -> None:
+def prereg_regimes(prereg: Path) -> list:
+    """(K, validation study folder, test study folder) of the pre-registered study's calls."""
+    return [("all", prereg / "all_val" / "Kall", prereg / "all_test" / "Kall")] + \
+           [(k, prereg / "k_val" / f"K{k}", prereg / "k_test" / f"K{k}") for k in ("1", "2")]
+
+
+def main(prereg: Path, labels_dir: Path, dataset_json: Path, regimes=None, baseline: str = BASELINE) -> dict:
+    """Prints the endpoint and cost tables; returns {arm: {K: (val diff, CI low, CI high, held-out diff,
+    [held-out diff per fold])}}."""
     organs = organs_present(labels_dir, dataset_json)
     points = {}
-    regimes = [("all", prereg / "all_val" / "Kall", prereg / "all_test" / "Kall")] + \
-              [(k, prereg / "k_val" / f"K{k}", prereg / "k_test" / f"K{k}") for k in ("1", "2")]
+    regimes = regimes or prereg_regimes(prereg)
     print(f"Held-out organs ({len(organs)}): {', '.join(organs)}\n")
     print("| K | arm | budget | n | mean diff (val, case mean) | 95% CI | p | wins / ties / losses | "
           "held-out mean, folds 0 / 1 / 2 | held-out mean over folds | diff | folds above baseline | pays off |")
@@ -105,9 +112,9 @@ def main(prereg: Path, labels_dir: Path, dataset_json: Path) -> None:
             continue
         budget = {r["trainer"]: r["budget"] for r in rows(val / "budget.csv")}
         held = heldout(rows(test / "per_case.csv"), organs) if (test / "per_case.csv").is_file() else {}
-        base = held.get(BASELINE, {})
+        base = held.get(baseline, {})
         base_mean = float(np.mean(list(base.values()))) if base else math.nan
-        print(f"| {k} | {BASELINE} (baseline) | - | | | | | | "
+        print(f"| {k} | {baseline} (baseline) | - | | | | | | "
               + " / ".join(fmt(base.get(f)) for f in sorted(base)) + f" | {fmt(base_mean)} | | | |")
         for r in rows(val / "comparison.csv"):
             if r["organ"] != "mean":
@@ -125,7 +132,8 @@ def main(prereg: Path, labels_dir: Path, dataset_json: Path) -> None:
                   + " / ".join(fmt(mine.get(f)) for f in sorted(mine))
                   + f" | {fmt(mean)} | {fmt(mean - base_mean, sign=True)} | {above} of {len(mine)} | "
                   f"{'yes' if pays else 'no'} |")
-    plot_vs_k({t: v for t, v in points.items() if len(v) > 1} or points, prereg / "endpoints_vs_train_cases.png")
+    plot_vs_k({t: v for t, v in points.items() if len(v) > 1} or points, prereg / "endpoints_vs_train_cases.png",
+              order=[k for k, _, _ in sorted(regimes, key=lambda r: (r[0] == "all", r[0].zfill(4)))])
     print("\nCost per run (mean over the 3 folds, from the training logs):\n")
     print("| K | arm | pretraining iterations | segmentation iterations | pretraining s | segmentation epochs s | "
           "wall s | fastest fold's wall s |")
@@ -142,6 +150,7 @@ def main(prereg: Path, labels_dir: Path, dataset_json: Path) -> None:
                   f"{m('epochs') * m('iterations_per_epoch'):.0f} | {m('pretrain_seconds'):.0f} | "
                   f"{m('epoch_seconds'):.0f} | {m('wall_seconds'):.0f} | "
                   f"{min(float(r['wall_seconds']) for r in rs):.0f} |")
+    return points
 
 
 if __name__ == "__main__":
