@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prereg_report import fmt, main as endpoint_tables, rows  # noqa: E402
 
-BASELINE = "nnUNetTrainer_prereg"
+BASELINE = "nnUNetTrainer_transfer"
 SACL, SUPERVISED = f"{BASELINE}@sacl", f"{BASELINE}@supervised"
 KS = ("1", "2", "5")
 

@@ -16,13 +16,13 @@ TARGET=Dataset990_SACLDemoCT MERGE=Dataset995_TSVessels P=nnUNetPlans_fromTSVess
 [ -d "$nnUNet_raw/Dataset994_TSHeartReport" ] || nnunet-sacl demo-data -d 994 --pretraining-source heart
 [ -d "$nnUNet_raw/$MERGE" ] || nnunet-sacl merge-datasets -d 993 994 -o 995 --name TSVessels --keep-unknown
 
-# 2. pretraining on the merge (fold all), both at 11 epochs of 75 iterations, batch 5
+# 2. pretraining on the merge (fold all), both at 6 epochs of 75 iterations, batch 5
 [ -f "$nnUNet_preprocessed/$MERGE/nnUNetPlans.json" ] || nnUNetv2_plan_and_preprocess -d 995 -c 2d -np 2
 R=$nnUNet_results/$MERGE
 SACL_W=$R/SACLPretrainer_transfer__nnUNetPlans__2d/fold_all/checkpoint_sacl_encoder.pth
-SUP_W=$R/nnUNetTrainer_prereg__nnUNetPlans__2d/fold_all/checkpoint_final.pth
+SUP_W=$R/nnUNetTrainer_transfer__nnUNetPlans__2d/fold_all/checkpoint_final.pth
 [ -f "$SACL_W" ] || nnUNetv2_train 995 2d all -tr SACLPretrainer_transfer -device cpu
-[ -f "$SUP_W" ] || nnUNetv2_train 995 2d all -tr nnUNetTrainer_prereg -device cpu
+[ -f "$SUP_W" ] || nnUNetv2_train 995 2d all -tr nnUNetTrainer_transfer -device cpu
 
 # 3. the target gets the merge's network: plans moved under a new name, preprocessed with them
 [ -f "$nnUNet_preprocessed/$TARGET/dataset.json" ] || nnUNetv2_plan_and_preprocess -d 990 --no_pp -np 2
@@ -32,11 +32,11 @@ SUP_W=$R/nnUNetTrainer_prereg__nnUNetPlans__2d/fold_all/checkpoint_final.pth
 nnunet-sacl check-weights "$SACL_W" -d 990 -c 2d -p $P
 nnunet-sacl check-weights "$SUP_W" -d 990 -c 2d -p $P
 
-# 4. fine-tuning, every arm at 11 epochs of 75 iterations on the moved plans: validation crops, then held-out scan
+# 4. fine-tuning, every arm at 6 epochs of 75 iterations on the moved plans: validation crops, then held-out scan
 TEST="--test-images $nnUNet_raw/$TARGET/imagesTs --test-labels $nnUNet_raw/$TARGET/labelsTs"
 study() {
   nnunet-sacl study -d 990 -c 2d -p $P -f 0 1 2 -device cpu --train-cases 1 2 5 \
-      -tr nnUNetTrainer_prereg nnUNetTrainer_prereg@sacl nnUNetTrainer_prereg@supervised \
+      -tr nnUNetTrainer_transfer nnUNetTrainer_transfer@sacl nnUNetTrainer_transfer@supervised \
       --weights sacl="$SACL_W" supervised="$SUP_W" "$@"
 }
 study -o "$W/transfer/val"

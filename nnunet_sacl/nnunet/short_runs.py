@@ -210,10 +210,22 @@ class SACLTrainer_prereg_eqseg_splitlr_t01(_Temperature01, SACLTrainer_prereg_eq
     """SACLTrainer_prereg_eqseg_splitlr at temperature 0.1."""
 
 
-class SACLPretrainer_transfer(_PreregRun, SACLPretrainer):
-    """The transfer study's SACL pretraining (docs/pretraining.md, "Evidence"): 11 epochs of 75 iterations at batch
-    5, as many iterations as its supervised rival nnUNetTrainer_prereg on the same merged dataset."""
-    pretrain_epochs = 11
+class _TransferRun(_DemoRun):
+    """The transfer study's run length (docs/pretraining.md, "Evidence"): the demo's epochs of 75 iterations at batch
+    5 without mirroring, 6 epochs (450 iterations), so that its 27 fine-tuning runs fit in about an hour of a 2-core
+    CPU."""
+    run_epochs = 6
+
+
+class nnUNetTrainer_transfer(_TransferRun, nnUNetTrainer):
+    """The transfer study's fine-tuning (and its supervised pretraining on the merge): stock nnU-Net, 6 epochs of
+    75 iterations."""
+
+
+class SACLPretrainer_transfer(_TransferRun, SACLPretrainer):
+    """The transfer study's SACL pretraining on the merge: 6 epochs of 75 iterations, as many as its supervised rival
+    (nnUNetTrainer_transfer on the same data)."""
+    pretrain_epochs = 6
 
 
 __all__ = trainer_names(globals(), __name__)
