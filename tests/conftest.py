@@ -3,7 +3,7 @@ helpers the test modules share are in helpers.py."""
 import pytest
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from tests.helpers import DATASET_ID, make_nnunet_env, nnunet_bin, run
+from tests.helpers import DATASET_ID, make_nnunet_env, nnunet_bin, run, run_readme_block
 
 
 def pytest_configure(config):
@@ -49,3 +49,11 @@ def sdist():
         pytest.skip(f"the TotalSegmentator 2.18.0 sdist could not be downloaded (offline?): {err}")
 
 
+
+
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory):
+    """README's "Using it on your dataset" block, run once as a new user runs it (test_readme.py checks it). Its
+    trained SACLTrainer_smoke (fold 0 of the generated dataset 991) and its predictions are also what the end-to-end
+    and study tests examine: one training, not three."""
+    return run_readme_block(tmp_path_factory.mktemp("readme"))

@@ -26,6 +26,55 @@ from nnunet_sacl import trainers_folder
 from nnunet_sacl.environment import planning_env
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 
+# ---------------------------------------------------------------- README's recipe
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_SECTION = "## Using it on your dataset"
+# the CPU smoke trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000)
+README_SUBSTITUTIONS = [("-tr SACLTrainer ", "-tr SACLTrainer_smoke "), ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n")]
+
+
+def readme_block() -> str:
+    """The first ```bash block of README's "Using it on your dataset" section."""
+    text = README.read_text()
+    section = text[text.index(README_SECTION):]
+    section = section[:section.index("\n## ", len(README_SECTION))]
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+def run_readme_block(folder: Path) -> dict:
+    """README's block run by bash in the empty ``folder`` as a new user runs it (a clean shell: no nnUNet_* set, the
+    environment's bin not on PATH, ``.venv`` the environment of the first command), with the smoke trainer. Where the
+    tests do not run in a virtual environment (no bin/activate) its first line puts the environment on PATH instead
+    (``activated`` False). Returns the folder, the result and the nnU-Net environment of that folder."""
+    script = readme_block()
+    for old, new in README_SUBSTITUTIONS:
+        script = script.replace(old, new)
+    activated = (Path(sys.prefix) / "bin" / "activate").is_file()
+    if activated:
+        (folder / ".venv").symlink_to(sys.prefix)
+    else:
+        script = script.replace("source .venv/bin/activate\n", f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH\n", 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "VIRTUAL_ENV"}
+    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="f")   # as the rest of the suite
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p).resolve() != Path(sys.prefix, "bin").resolve())
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=folder, env=env, capture_output=True, text=True,
+                            timeout=1500)
+    nnunet = make_nnunet_env(folder)
+    nnunet.update(nnUNet_raw=str(folder / "nnUNet_raw"), nnUNet_preprocessed=str(folder / "nnUNet_preprocessed"),
+                  nnUNet_results=str(folder / "nnUNet_results"))
+    return {"folder": folder, "result": result, "activated": activated, "env": nnunet}
+
+
+def readme_model(readme_run: dict) -> str:
+    """The fold folder README's nnUNetv2_train wrote (SACLTrainer_smoke, fold 0); fails with the block's output if
+    the block failed."""
+    r = readme_run["result"]
+    assert r.returncode == 0, f"README block failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return fold_folder(readme_run["env"], "SACLTrainer_smoke", 0)
+
+
 # ---------------------------------------------------------------- the command line
 
 def cli_parsers() -> dict:

@@ -1,5 +1,7 @@
-"""The user's path with nnU-Net's real commands as subprocesses: plan/preprocess (conftest) -> nnUNetv2_train with
-SACL -> nnUNetv2_predict; the encoder file in stock training; a run killed in phase 1 finishes with --c."""
+"""The user's path with nnU-Net's real commands as subprocesses: README's recipe (plan and preprocess, nnUNetv2_train
+with SACL, nnUNetv2_predict; run once for the session by conftest's readme_run) checked for what came out: both
+phases, the predictions' geometry and Dice, organ clustering; a run killed in each phase finishes with --c. (The
+encoder file starting stock nnU-Net training, and SACLPretrainer's run: test_transfer.py.)"""
 import glob
 import math
 import re
@@ -10,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_losses, run, train_env,
-                           training_log)
+from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_losses, readme_model,
+                           run, train_env, training_log)
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 
@@ -22,10 +24,9 @@ def dice_of(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained_sacl(nnunet_env, preprocessed):
-    run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "0", "-tr", "SACLTrainer_smoke", "-device", "cpu"],
-        train_env(nnunet_env))
-    return fold_folder(nnunet_env, "SACLTrainer_smoke", 0)
+def trained_sacl(readme_run):
+    """README's nnUNetv2_train -tr SACLTrainer_smoke, fold 0 of dataset 991."""
+    return readme_model(readme_run)
 
 
 def test_train_runs_both_phases_with_finite_losses(trained_sacl):
@@ -49,12 +50,11 @@ def test_train_runs_both_phases_with_finite_losses(trained_sacl):
     assert re.search(r"Current learning rate: (\S+)", phase_2).group(1) == "0.01"   # nnUNetTrainer.initial_lr
 
 
-def test_predict_matches_input_geometry_and_label_range(trained_sacl, nnunet_env, preprocessed, tmp_path):
-    out = tmp_path / "pred"
-    run([nnunet_bin("nnUNetv2_predict"), "-i", str(preprocessed / "imagesTs"), "-o", str(out), "-d", D,
-         "-c", "3d_fullres", "-f", "0", "-tr", "SACLTrainer_smoke", "-device", "cpu", "-npp", "1", "-nps", "1"],
-        nnunet_env)
-    images = sorted(glob.glob(str(preprocessed / "imagesTs" / "*_0000.nii.gz")))
+def test_predict_matches_input_geometry_and_label_range(trained_sacl, readme_run):
+    """README's nnUNetv2_predict of the two test images."""
+    raw = readme_run["folder"] / "nnUNet_raw" / "Dataset991_SACLSynthetic"
+    out = readme_run["folder"] / "pred"
+    images = sorted(glob.glob(str(raw / "imagesTs" / "*_0000.nii.gz")))
     assert images
     dice = {1: [], 2: [], 3: []}
     for image_file in images:
@@ -65,7 +65,7 @@ def test_predict_matches_input_geometry_and_label_range(trained_sacl, nnunet_env
         np.testing.assert_allclose(pred.GetOrigin(), image.GetOrigin(), atol=1e-5)
         np.testing.assert_allclose(pred.GetDirection(), image.GetDirection(), atol=1e-6)
         assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 1, 2, 3}
-        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(preprocessed / "labelsTs" / f"{case}.nii.gz")))
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / f"{case}.nii.gz")))
         for organ in (1, 2, 3):
             dice[organ].append(round(float(dice_of(sitk.GetArrayFromImage(pred) == organ, reference == organ)), 3))
     # the box (label 2) is the largest organ: about 7 % of the volume, so labelling everything 'box' gives a Dice
@@ -74,18 +74,24 @@ def test_predict_matches_input_geometry_and_label_range(trained_sacl, nnunet_env
     assert np.mean(dice[2]) > 0.5, f"Dice per organ and test case: {dice}"
 
 
-def test_encoder_file_starts_stock_nnunet_training(trained_sacl, nnunet_env):
-    encoder_file = join(trained_sacl, "checkpoint_sacl_encoder.pth")
-    result = run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "1", "-tr", "nnUNetTrainer_smoke", "-device", "cpu",
-                  "-pretrained_weights", encoder_file], train_env(nnunet_env))
-    assert "Loading pretrained weights" in result.stdout
-    assert isfile(join(fold_folder(nnunet_env, "nnUNetTrainer_smoke", 1), "checkpoint_final.pth"))
+def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, readme_run, tmp_path):
+    png = tmp_path / "tsne.png"
+    result = run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", D, "-c", "3d_fullres", "-f", "0",
+                  "-tr", "SACLTrainer_smoke", "-o", str(png)], readme_run["env"])
+    scores = dict(re.findall(r"silhouette \(cosine\) (\w+) pretraining: (\S+)", result.stdout))
+    assert set(scores) == {"before", "after"}, result.stdout
+    assert float(scores["after"]) > float(scores["before"])   # SACL makes organs cluster
+    assert png.stat().st_size > 10_000
 
 
-def test_run_killed_in_pretraining_resumes_with_c(nnunet_env, preprocessed):
+def test_run_killed_in_each_phase_resumes_with_c(nnunet_env, preprocessed):
+    """Killed in pretraining, then (after --c) killed again in segmentation training: each --c goes on where the run
+    stopped. One run for both phases, and the on-device augmentation path of phase 1 (SACLTrainer_torchaug_smoke:
+    what CUDA runs use by default) end to end on CPU: its phase 1 feeds the hand-off, phase 2 gets nnU-Net's own
+    dataloaders."""
     env = train_env(nnunet_env)
-    folder = fold_folder(nnunet_env, "SACLTrainer_smoke", 2)
-    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "2", "-tr", "SACLTrainer_smoke", "-device", "cpu"]
+    folder = fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 4)
+    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"]
     latest = join(folder, "checkpoint_latest.pth")
     kill_when(cmd, env, lambda: isfile(latest))
     log = training_log(folder)
@@ -93,56 +99,23 @@ def test_run_killed_in_pretraining_resumes_with_c(nnunet_env, preprocessed):
     saved = torch.load(latest, weights_only=False, map_location="cpu")["sacl"]
     assert saved["phase"] == "pretrain" and 1 <= saved["pretrain_epoch"] < 3
 
-    run(cmd + ["--c"], env)
-    log = training_log(folder)
-    assert f"Resumed from {latest}: phase pretrain, pretraining epoch {saved['pretrain_epoch']}" in log
-    after_resume = log[log.index("Resumed from"):]
-    assert sorted(pretraining_losses(after_resume)) == list(range(saved["pretrain_epoch"], 3))
-    assert "SACL pretraining done" in after_resume and "Training done." in after_resume
-    assert isfile(join(folder, "checkpoint_final.pth"))
-
-
-def test_pretrainer_ends_with_the_encoder_file(nnunet_env, preprocessed):
-    result = run([nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "3", "-tr", "SACLPretrainer_smoke", "-device", "cpu"],
-                 train_env(nnunet_env))
-    folder = fold_folder(nnunet_env, "SACLPretrainer_smoke", 3)
-    log = training_log(folder)
-    assert sorted(pretraining_losses(log)) == [0, 1, 2]
-    assert "Epoch 0" not in log and "nothing to validate" in result.stdout
-    encoder = torch.load(join(folder, "checkpoint_sacl_encoder.pth"), weights_only=False)
-    assert encoder["sacl"]["pretrain_epochs"] == 3 and encoder["trainer_name"] == "SACLPretrainer_smoke"
-    assert all(v.device.type == "cpu" for v in encoder["network_weights"].values())
-    assert isfile(join(folder, "checkpoint_final.pth")) and not isfile(join(folder, "checkpoint_latest.pth"))
-
-
-def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, nnunet_env, tmp_path):
-    png = tmp_path / "tsne.png"
-    result = run([nnunet_bin("nnunet-sacl"), "embeddings", "-d", D, "-c", "3d_fullres", "-f", "0",
-                  "-tr", "SACLTrainer_smoke", "-o", str(png)], nnunet_env)
-    scores = dict(re.findall(r"silhouette \(cosine\) (\w+) pretraining: (\S+)", result.stdout))
-    assert set(scores) == {"before", "after"}, result.stdout
-    assert float(scores["after"]) > float(scores["before"])   # SACL makes organs cluster
-    assert png.stat().st_size > 10_000
-
-
-def test_run_killed_in_segmentation_training_resumes_with_c(nnunet_env, preprocessed):
-    """Also the on-device augmentation path of phase 1 (SACLTrainer_torchaug_smoke: what CUDA runs use by default)
-    end to end on CPU: its phase 1 feeds the hand-off, phase 2 gets nnU-Net's own dataloaders."""
-    env = train_env(nnunet_env)
-    folder = fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 4)
-    cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"]
-    kill_when(cmd, env, lambda: has_epoch_line(training_log(folder), 1))
-    log = training_log(folder)
-    assert "Training done." not in log, "the run finished before it could be killed"
-    losses = pretraining_losses(log)
+    def resumed(log):
+        return log[log.index("Resumed from"):] if "Resumed from" in log else ""
+    kill_when(cmd + ["--c"], env, lambda: has_epoch_line(resumed(training_log(folder)), 1))
+    after_first = resumed(training_log(folder))
+    assert f"Resumed from {latest}: phase pretrain, pretraining epoch {saved['pretrain_epoch']}" in after_first
+    assert sorted(pretraining_losses(after_first)) == list(range(saved["pretrain_epoch"], 3))
+    assert "SACL pretraining done" in after_first and "Training done." not in after_first, \
+        "the run finished before it could be killed in segmentation training"
+    losses = pretraining_losses(training_log(folder))
     assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
-    saved = torch.load(join(folder, "checkpoint_latest.pth"), weights_only=False, map_location="cpu")
+    saved = torch.load(latest, weights_only=False, map_location="cpu")
     assert saved["sacl"]["phase"] == "segmentation" and saved["current_epoch"] == 1
 
     run(cmd + ["--c"], env)
     log = training_log(folder)
-    after_resume = log[log.index("Resumed from"):]
-    assert "phase segmentation, pretraining epoch 3, segmentation epoch 1" in after_resume
-    assert "SACL pretraining epoch" not in after_resume and not has_epoch_line(after_resume, 0)
-    assert has_epoch_line(after_resume, 1) and "Training done." in after_resume
-
+    after_second = log[log.rindex("Resumed from"):]
+    assert "phase segmentation, pretraining epoch 3, segmentation epoch 1" in after_second
+    assert "SACL pretraining epoch" not in after_second and not has_epoch_line(after_second, 0)
+    assert has_epoch_line(after_second, 1) and "Training done." in after_second
+    assert isfile(join(folder, "checkpoint_final.pth"))

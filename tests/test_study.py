@@ -1,5 +1,5 @@
-"""``nnunet-sacl study`` with nnU-Net's real commands: two smoke trainers x two folds of the session's dataset (one
-run killed beforehand and resumed by the study), outputs checked against scipy and the splits, a second call that
+"""``nnunet-sacl study`` with nnU-Net's real commands: two smoke trainers x two folds of README's dataset (README's
+own SACL run reused, one run killed beforehand and resumed by the study), outputs checked against scipy and the splits, a second call that
 trains nothing; refusals before training; printed and sbatch commands parsed back by nnU-Net's own argparse."""
 import csv
 import glob
@@ -15,7 +15,7 @@ from scipy import stats
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.study_stats import bootstrap_ci
 from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
-from tests.helpers import D, has_epoch_line, kill_when
+from tests.helpers import D, has_epoch_line, kill_when, readme_model
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -41,10 +41,12 @@ def read_csv(path):
 
 
 @pytest.fixture(scope="module")
-def study(nnunet_env, preprocessed, tmp_path_factory):
-    """A stopped run (killed after its first epoch), then study twice; its own results folder."""
+def study(readme_run, tmp_path_factory):
+    """In README's folders (conftest's readme_run): its SACLTrainer_smoke fold 0, trained by hand with
+    nnUNetv2_train, is reused; a stopped run (killed after its first epoch) is resumed; then the study once more."""
+    readme_model(readme_run)                                # README's block ran
     root = tmp_path_factory.mktemp("study")
-    env = dict(nnunet_env, nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="0")
+    env = dict(readme_run["env"], nnUNet_n_proc_DA="0")
     stopped = run_folder(env["nnUNet_results"], BASELINE, 0)
     kill_when([nnunet_bin("nnUNetv2_train"), D, CONFIG, "0", "-tr", BASELINE, "-device", "cpu"], env,
               lambda: any(has_epoch_line(open(f).read(), 1) for f in logs_of(stopped)), timeout=1800)
@@ -114,8 +116,9 @@ def test_stopped_run_was_resumed_not_restarted(study):
     assert len(logs) == 2, logs
     resumed = open(logs[-1]).read()
     assert not has_epoch_line(resumed, 0) and has_epoch_line(resumed, 1) and "Training done." in resumed
-    for trainer, fold in ((BASELINE, 1), (SACL, 0), (SACL, 1)):
+    for trainer, fold in ((BASELINE, 1), (SACL, 1)):
         assert f"{trainer} fold {fold}: training:" in study["first"]
+    assert f"{SACL} fold 0: finished, skipped" in study["first"]    # README's run, trained by hand
 
 
 @pytest.mark.slow

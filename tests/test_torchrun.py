@@ -192,16 +192,20 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
 def test_stock_baseline_on_two_ranks(nnunet_env, preprocessed, tmp_path):
     env = torchrun_env(nnunet_env, tmp_path)
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train",
-                          *train_args("nnUNetTrainer_smoke", 0)), env)
+                          *train_args("nnUNetTrainer_smoke_noval", 0)), env)
     out = finish(proc)
     assert proc.returncode == 0, out[-6000:]
-    folder = fold_folder(env, "nnUNetTrainer_smoke", 0)
+    folder = fold_folder(env, "nnUNetTrainer_smoke_noval", 0)
     log = training_log(folder)
     assert "Training done." in log and len(re.findall(r"train_loss", log)) == 2
-    assert torch.load(join(folder, "checkpoint_final.pth"), weights_only=False)["trainer_name"] == "nnUNetTrainer_smoke"
+    assert torch.load(join(folder, "checkpoint_final.pth"),
+                      weights_only=False)["trainer_name"] == "nnUNetTrainer_smoke_noval"
 
 
 PROBE = "nnUNetTrainer_probe"
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                      "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT",
+                      "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
 SETUP = ("cudnn.benchmark", "cudnn.deterministic", "num_threads", "num_interop_threads")
 PROBE_SITE = """import os
 if "PROBE_DIR" in os.environ:
@@ -243,15 +247,16 @@ def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp
     nnunet = probed(stock)[0]
     assert nnunet["num_threads"] == cores and (nnunet["cudnn.benchmark"], nnunet["cudnn.deterministic"]) == (
         (True, False) if cuda_reported else (False, True))
-    for workers, omp in ((1, 1), (2, cores)):
-        env = probe_env(nnunet_env, tmp_path / f"launcher{workers}", cuda_reported, OMP_NUM_THREADS=str(omp))
-        proc = start(torchrun("--standalone", "--nproc_per_node", str(workers), "-m", "nnunet_sacl.train",
-                              *train_args(PROBE, 0)), env)
-        out = finish(proc)
-        assert proc.returncode == 0, out[-6000:]
-        expected = dict(nnunet, num_threads=max(1, cores // workers))   # the cores shared by the node's workers
-        assert omp != expected["num_threads"] and probed(env) == {r: expected for r in range(workers)}, (
-            workers, probed(env), out[-2000:])
+    # 2 workers (one worker's threads are nnUNetv2_train's: test_threads_per_device_equal_nnunet_train_entry)
+    workers = 2
+    env = probe_env(nnunet_env, tmp_path / "launcher", cuda_reported, OMP_NUM_THREADS=str(cores))
+    proc = start(torchrun("--standalone", "--nproc_per_node", str(workers), "-m", "nnunet_sacl.train",
+                          *train_args(PROBE, 0)), env)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-6000:]
+    expected = dict(nnunet, num_threads=max(1, cores // workers))   # the cores shared by the node's workers
+    assert cores != expected["num_threads"] and probed(env) == {r: expected for r in range(workers)}, (
+        probed(env), out[-2000:])
 
 
 @pytest.mark.slow   # a Python subprocess per device (about 9 s each)
@@ -312,7 +317,6 @@ def test_only_communication_errors_are_lost_ranks():
                                             RuntimeError(f"Loading failed: {gloo}")))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("extra_env, args, message", [
     ({"RANK": "0", "WORLD_SIZE": "2"}, [], "RANK is set (0) but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not"),
     ({"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, [],
@@ -325,12 +329,17 @@ def test_only_communication_errors_are_lost_ranks():
       "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}, [],
      "torchrun --max-restarts 1 needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"),
 ], ids=["no-master-addr", "no-world-size", "batch-below-world", "cpu-with-nccl", "restarts-with-shared-store"])
-def test_bad_settings_refused_before_training(nnunet_env, preprocessed, tmp_path, extra_env, args, message):
-    env = torchrun_env(nnunet_env, tmp_path, **extra_env)
-    result = subprocess.run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_smoke", 0), *args],
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "nnunet-sacl train: error: " in result.stderr, result.stderr[-3000:]
-    assert message in result.stderr, result.stderr[-3000:]
+def test_bad_settings_refused_before_training(in_process_env, monkeypatch, capsys, extra_env, args, message):
+    """``python -m nnunet_sacl.train`` as a torchrun worker would start it, in this process: every refusal comes
+    before a process group or a trainer exists."""
+    from nnunet_sacl.cli.train import standalone
+    for key in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in extra_env.items():
+        monkeypatch.setenv(key, value)
+    assert standalone([*train_args("SACLTrainer_smoke", 0), *args]) == 1
+    err = capsys.readouterr().err
+    assert "nnunet-sacl train: error: " in err and message in err, err[-3000:]
 
 
 def test_help_shows_torchrun_lines_and_imports_no_torch(capsys):

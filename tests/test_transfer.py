@@ -82,14 +82,31 @@ def test_merged_a_has_partial_labels_and_one_id_per_organ(merged_a):
 
 
 @pytest.fixture(scope="module")
-def encoder_file(env, merged_a) -> str:
+def pretrained(env, merged_a) -> dict:
     """Dataset A (the merge: 3 organs, 20x48x48) planned and preprocessed, then SACLPretrainer_smoke (partial
-    labels are fine for pretraining): the encoder file."""
+    labels are fine for pretraining): its fold folder and what nnUNetv2_train printed."""
     run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", "2"], env)
-    run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
-         "-device", "cpu"], train_env(env))
-    return os.path.join(env["nnUNet_results"], A_NAME, "SACLPretrainer_smoke__nnUNetPlans__3d_fullres", "fold_0",
-                        "checkpoint_sacl_encoder.pth")
+    result = run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
+                  "-device", "cpu"], train_env(env))
+    return {"folder": Path(env["nnUNet_results"]) / A_NAME / "SACLPretrainer_smoke__nnUNetPlans__3d_fullres" / "fold_0",
+            "stdout": result.stdout}
+
+
+@pytest.fixture(scope="module")
+def encoder_file(pretrained) -> str:
+    return str(pretrained["folder"] / "checkpoint_sacl_encoder.pth")
+
+
+@pytest.mark.slow
+def test_pretrainer_ends_with_the_encoder_file(pretrained):
+    folder = pretrained["folder"]
+    log = "\n".join(p.read_text() for p in sorted(folder.glob("training_log_*.txt")))
+    assert sorted(int(e) for e in re.findall(r"SACL pretraining epoch (\d+): contrastive loss", log)) == [0, 1, 2]
+    assert "Epoch 0" not in log and "nothing to validate" in pretrained["stdout"]
+    encoder = torch.load(folder / "checkpoint_sacl_encoder.pth", weights_only=False)
+    assert encoder["sacl"]["pretrain_epochs"] == 3 and encoder["trainer_name"] == "SACLPretrainer_smoke"
+    assert all(v.device.type == "cpu" for v in encoder["network_weights"].values())
+    assert (folder / "checkpoint_final.pth").is_file() and not (folder / "checkpoint_latest.pth").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +166,7 @@ def test_report_agrees_with_nnunets_loader(in_process, encoder_file, planned_b):
 
 
 @pytest.mark.slow
-def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_file, moved_plans, planned_b,
-                                                                 tmp_path):
+def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_file, moved_plans, planned_b):
     r = check_weights_cli(env, encoder_file, "-d", str(B_ID), "-c", "3d_fullres", "-p", moved_plans)
     print(r.stdout)
     assert r.returncode == 0 and "YES: the weights fit" in r.stdout, r.stdout + r.stderr
@@ -158,15 +174,14 @@ def test_moved_plans_fit_fine_tune_and_predict_in_b_label_range(env, encoder_fil
     trained = run([nnunet_bin("nnUNetv2_train"), str(B_ID), "3d_fullres", "0", "-tr", "nnUNetTrainer_smoke",
                    "-p", moved_plans, "-device", "cpu", "-pretrained_weights", encoder_file], train_env(env))
     assert "Loading pretrained weights" in trained.stdout
-    out = tmp_path / "pred"
-    run([nnunet_bin("nnUNetv2_predict"), "-i", str(planned_b / "imagesTs"), "-o", str(out), "-d", str(B_ID),
-         "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_smoke", "-p", moved_plans, "-device", "cpu",
-         "-npp", "1", "-nps", "1"], env)
-    images = sorted(glob.glob(str(planned_b / "imagesTs" / "*_0000.nii.gz")))
-    assert images
-    for image_file in images:
-        pred = sitk.ReadImage(str(out / os.path.basename(image_file).replace("_0000.nii.gz", ".nii.gz")))
-        assert pred.GetSize() == sitk.ReadImage(image_file).GetSize() == (64, 64, 16)
+    # the run's final validation is nnU-Net's predictor with the moved plans on B's own images
+    validation = Path(env["nnUNet_results"]) / B_NAME / f"nnUNetTrainer_smoke__{moved_plans}__3d_fullres" / \
+        "fold_0" / "validation"
+    predictions = sorted(validation.glob("*.nii.gz"))
+    assert predictions
+    for prediction in predictions:
+        pred = sitk.ReadImage(str(prediction))
+        assert pred.GetSize() == sitk.ReadImage(str(planned_b / "labelsTr" / prediction.name)).GetSize() == (64, 64, 16)
         assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= set(B_LABELS.values())
 
 

@@ -10,7 +10,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
+from nnunet_sacl.nnunet.short_runs import (SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke,
+                                          nnUNetTrainer_smoke)
 
 
 class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
@@ -87,6 +88,14 @@ class SACLTrainer_tiny(SACLTrainer_smoke):
     """SACLTrainer_smoke, shorter: 3 pretraining epochs of 2 iterations, 1 segmentation epoch of 2 iterations, no
     final validation (SACLTrainer_smoke's run in test_torchrun.py covers it under torchrun)."""
     run_epochs, run_iterations, run_val_iterations = 1, 2, 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
+
+
+class nnUNetTrainer_smoke_noval(nnUNetTrainer_smoke):
+    """Stock nnUNetTrainer_smoke without the final validation (SACLTrainer_smoke's run in test_torchrun.py covers
+    nnU-Net's final validation under torchrun)."""
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("final validation skipped (test trainer)")
