@@ -4,6 +4,7 @@
 # the merge, then fine-tuning on the demo dataset with K = 1, 2, 5 labelled crops against training from scratch.
 # Resumable: run it again after an interruption and it trains only what is missing.
 #   bash benchmarks/transfer_study.sh WORKDIR
+#   bash benchmarks/transfer_study.sh WORKDIR --until-pretraining   # steps 1-3 only (data, pretraining, plans)
 set -euo pipefail
 W=$(realpath -m "${1:-transfer_study}"); mkdir -p "$W"
 export nnUNet_raw=$W/nnUNet_raw nnUNet_preprocessed=$W/nnUNet_preprocessed nnUNet_results=$W/nnUNet_results
@@ -31,6 +32,7 @@ SUP_W=$R/nnUNetTrainer_transfer__nnUNetPlans__2d/fold_all/checkpoint_final.pth
 [ -d "$nnUNet_preprocessed/$TARGET/${P}_2d" ] || nnUNetv2_preprocess -d 990 -plans_name $P -c 2d -np 2
 nnunet-sacl check-weights "$SACL_W" -d 990 -c 2d -p $P
 nnunet-sacl check-weights "$SUP_W" -d 990 -c 2d -p $P
+[ "${2:-}" = "--until-pretraining" ] && exit 0
 
 # 4. fine-tuning, every arm at 6 epochs of 75 iterations on the moved plans: validation crops, then held-out scan
 TEST="--test-images $nnUNet_raw/$TARGET/imagesTs --test-labels $nnUNet_raw/$TARGET/labelsTs"
