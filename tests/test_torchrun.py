@@ -101,11 +101,13 @@ def test_two_ranks_run_both_phases_and_only_rank_0_writes(standalone_run):
 def test_first_step_equals_one_process_on_the_concatenated_batch(nnunet_env, preprocessed, tmp_path):
     env = torchrun_env(nnunet_env, tmp_path)
     trainer = "SACLPretrainer_fixedbatch"
+    # the 2-rank run (fold 0) and the one-process run (fold 1) side by side
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--no-python", nnunet_bin("nnunet-sacl"), "train",
                           *train_args(trainer, 0)), env)
-    out = finish(proc)
+    single = start([sys.executable, "-m", "nnunet_sacl.train", *train_args(trainer, 1)], env)
+    out, single_out = finish(proc), finish(single)
     assert proc.returncode == 0, out[-6000:]
-    run([sys.executable, "-m", "nnunet_sacl.train", *train_args(trainer, 1)], env, timeout=RUN_TIMEOUT)
+    assert single.returncode == 0, single_out[-6000:]
 
     def encoder(fold):
         weights = torch.load(join(fold_folder(env, trainer, fold), "checkpoint_sacl_encoder.pth"),
@@ -242,41 +244,45 @@ def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp
     torch.cuda.is_available() answers True in both, so nnU-Net sets its cuDNN flags there. Two workers on one node
     share the cores; OMP_NUM_THREADS makes every process start with other threads than nnU-Net's."""
     cores = multiprocessing.cpu_count()
+    # nnUNetv2_train and 2 launcher workers (one worker's threads are nnUNetv2_train's:
+    # test_threads_per_device_equal_nnunet_train_entry), started together: each records its state and stops
     stock = probe_env(nnunet_env, tmp_path / "stock", cuda_reported, OMP_NUM_THREADS="1")
-    run([nnunet_bin("nnUNetv2_train"), *train_args(PROBE, 0)], stock, timeout=RUN_TIMEOUT)
-    nnunet = probed(stock)[0]
-    assert nnunet["num_threads"] == cores and (nnunet["cudnn.benchmark"], nnunet["cudnn.deterministic"]) == (
-        (True, False) if cuda_reported else (False, True))
-    # 2 workers (one worker's threads are nnUNetv2_train's: test_threads_per_device_equal_nnunet_train_entry)
+    stock_proc = start([nnunet_bin("nnUNetv2_train"), *train_args(PROBE, 0)], stock)
     workers = 2
     env = probe_env(nnunet_env, tmp_path / "launcher", cuda_reported, OMP_NUM_THREADS=str(cores))
     proc = start(torchrun("--standalone", "--nproc_per_node", str(workers), "-m", "nnunet_sacl.train",
                           *train_args(PROBE, 0)), env)
-    out = finish(proc)
+    stock_out, out = finish(stock_proc), finish(proc)
+    assert stock_proc.returncode == 0, stock_out[-6000:]
+    nnunet = probed(stock)[0]
+    assert nnunet["num_threads"] == cores and (nnunet["cudnn.benchmark"], nnunet["cudnn.deterministic"]) == (
+        (True, False) if cuda_reported else (False, True))
     assert proc.returncode == 0, out[-6000:]
     expected = dict(nnunet, num_threads=max(1, cores // workers))   # the cores shared by the node's workers
     assert cores != expected["num_threads"] and probed(env) == {r: expected for r in range(workers)}, (
         probed(env), out[-2000:])
 
 
-@pytest.mark.slow   # a Python subprocess per device (about 9 s each)
-@pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
-def test_threads_per_device_equal_nnunet_train_entry(device):
+@pytest.mark.slow   # six Python subprocesses, started together (each about 5 s of importing)
+def test_threads_per_device_equal_nnunet_train_entry():
     """set_threads against nnU-Net's run_training_entry (its argparse and thread set-up, with run_training replaced
-    by a report: nnU-Net sets the threads inline there), per device; a CPU machine can ask for cuda and mps."""
+    by a report: nnU-Net sets the threads inline there), per device; a CPU machine can ask for cuda and mps. One
+    process each (interop threads can be set once per process)."""
     report = "import torch; print('THREADS', torch.get_num_threads(), torch.get_num_interop_threads())\n"
-    nnunet = (f"import sys\nimport nnunetv2.run.run_training as rt\nrt.run_training = lambda *a, **k: report()\n"
-              f"sys.argv = ['nnUNetv2_train', '1', '3d_fullres', '0', '-device', '{device}']\n"
-              f"rt.run_training_entry()\n")
-    ours = f"from nnunet_sacl.train import set_threads\nset_threads('{device}')\nreport()\n"
-    # every process starts with other threads than nnU-Net sets: 1 where it sets all cores, all cores elsewhere
-    env = dict(os.environ, OMP_NUM_THREADS="1" if device == "cpu" else str(multiprocessing.cpu_count()))
-    found = []
-    for code in (nnunet, ours):
-        r = subprocess.run([sys.executable, "-c", f"def report():\n    {report}{code}"], capture_output=True,
-                           text=True, timeout=120, env=env)
-        found.append(re.findall(r"THREADS \d+ \d+", r.stdout))
-    assert found[0] == found[1] and len(found[0]) == 1, found
+    procs = {}
+    for device in ("cpu", "cuda", "mps"):
+        nnunet = (f"import sys\nimport nnunetv2.run.run_training as rt\nrt.run_training = lambda *a, **k: report()\n"
+                  f"sys.argv = ['nnUNetv2_train', '1', '3d_fullres', '0', '-device', '{device}']\n"
+                  f"rt.run_training_entry()\n")
+        ours = f"from nnunet_sacl.train import set_threads\nset_threads('{device}')\nreport()\n"
+        # every process starts with other threads than nnU-Net sets: 1 where it sets all cores, all cores elsewhere
+        env = dict(os.environ, OMP_NUM_THREADS="1" if device == "cpu" else str(multiprocessing.cpu_count()))
+        for side, code in (("nnunet", nnunet), ("ours", ours)):
+            procs[device, side] = subprocess.Popen([sys.executable, "-c", f"def report():\n    {report}{code}"],
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    found = {key: re.findall(r"THREADS \d+ \d+", p.communicate(timeout=120)[0]) for key, p in procs.items()}
+    for device in ("cpu", "cuda", "mps"):
+        assert found[device, "nnunet"] == found[device, "ours"] and len(found[device, "ours"]) == 1, (device, found)
 
 
 @pytest.mark.slow
