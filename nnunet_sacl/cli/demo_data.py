@@ -5,8 +5,8 @@ SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"   # demo_data.SDIST_NAME (tests/te
 EXAMPLE = ("nnunet-sacl demo-data -d 992    # into $nnUNet_raw/Dataset992_SACLDemoCT\n"
            "nnunet-sacl demo-data -d 992 --sdist totalsegmentator-2.18.0.tar.gz \\\n"
            "      --raw nnUNet_raw            # offline\n"
-           "nnunet-sacl demo-data -d 993 --pretraining-source aorta   # Dataset993_TSAortaReport\n"
-           "nnunet-sacl demo-data -d 994 --pretraining-source heart   # Dataset994_TSHeartReport")
+           "nnunet-sacl demo-data -d 993 --pretraining-source aorta   # TSAortaReport\n"
+           "nnunet-sacl demo-data -d 994 --pretraining-source heart   # TSHeartReport")
 
 
 def add_arguments(p) -> None:
