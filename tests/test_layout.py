@@ -55,7 +55,9 @@ def test_test_modules_import_no_other_test_module():
     tests = Path(__file__).parent
     for path in sorted(tests.glob("*.py")):
         imports = re.findall(r"^\s*(?:from|import) tests\.(\w+)", path.read_text(), re.M)
-        assert set(imports) <= {"helpers"}, f"{path.name} imports {imports}: shared helpers go to tests/helpers.py"
+        # helpers: the shared helpers; mutants: docs/testing.md's mutant table, runnable (no test module)
+        assert set(imports) <= {"helpers", "mutants"}, \
+            f"{path.name} imports {imports}: shared helpers go to tests/helpers.py"
 
 
 def test_the_command_line_lives_in_the_cli_package_only():
@@ -66,3 +68,16 @@ def test_the_command_line_lives_in_the_cli_package_only():
     offenders = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
                  if cli not in path.parents and re.search(r"\bargparse\b|\badd_cli\b", path.read_text())]
     assert not offenders, f"argparse outside nnunet_sacl/cli: {offenders}"
+
+
+def test_every_mutant_site_is_in_the_code_once():
+    """tests/mutants.py, docs/testing.md's mutants made runnable: every deliberate bug's site is still in the code
+    exactly once and its tests exist, so that the table cannot go stale when code moves."""
+    from tests.mutants import MUTANTS, ROOT
+    assert len(MUTANTS) >= 30
+    for number, mutant in enumerate(MUTANTS, 1):
+        assert (ROOT / mutant.file).read_text().count(mutant.old) == 1, (number, mutant.promise, mutant.file)
+        assert mutant.new != mutant.old and mutant.tests, number
+        for node in mutant.tests:
+            path, _, name = node.partition("::")
+            assert f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), (number, node)

@@ -1,0 +1,219 @@
+"""The mutants of docs/testing.md ("What each promise is guarded by"), runnable: each puts one deliberate bug into the
+code, runs the tests named for it, expects them to fail, and restores the file (also on Ctrl-C).
+
+    .venv/bin/python tests/mutants.py            # every mutant
+    .venv/bin/python tests/mutants.py 3 15       # some, by number
+    .venv/bin/python tests/mutants.py --list
+    .venv/bin/python tests/mutants.py --check     # every mutant's site is in the code once (nothing run)
+
+A mutant is "killed" when pytest reports failed tests (exit code 1); any other outcome (passed, a collection or
+usage error) is reported as such. Not collected by pytest (no test_ prefix); run it from the repository root with the
+test environment. Slow mutants (nnU-Net subprocesses, torchrun, a collective timeout) take minutes each.
+"""
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Mutant:
+    promise: str
+    file: str
+    old: str
+    new: str
+    tests: tuple
+
+
+T = "nnunet_sacl/nnunet/trainer.py"
+MUTANTS = [
+    Mutant("phase 2 starts from the pretrained encoder, with the decoder phase 1 never touched", T,
+           "        self.phase = SEGMENTATION\n        self.current_epoch = 0\n",
+           "        from dynamic_network_architectures.initialization.weight_init import InitWeights_He\n"
+           "        self.network.apply(InitWeights_He(1e-2))\n"
+           "        self.phase = SEGMENTATION\n        self.current_epoch = 0\n",
+           ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
+    Mutant("phase 2 trains the whole network with a fresh optimizer and poly schedule", T,
+           "        self.optimizer, self.lr_scheduler = self.configure_optimizers()\n"
+           "        self.print_to_log_file(f\"SACL pretraining done",
+           "        self.print_to_log_file(f\"SACL pretraining done",
+           ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
+    Mutant("a NaN/inf loss in phase 2 skips its step, is counted, and K in a row stop the run", T,
+           "        if not self.nonfinite.is_finite(loss, f\"segmentation epoch {self.current_epoch}\"):\n"
+           "            return {'loss': np.nan}\n", "",
+           ("tests/test_finetune.py::test_nonfinite_segmentation_losses_are_skipped_counted_and_stop_the_run",)),
+    Mutant("a kill never leaves half a checkpoint under its final name", "nnunet_sacl/nnunet/checkpoints.py",
+           "    tmp = f\"{filename}.tmp\"\n", "    return torch.save(obj, filename)\n    tmp = f\"{filename}.tmp\"\n",
+           ("tests/test_checkpoints.py::test_sigkill_during_save_leaves_a_whole_checkpoint_and_the_next_save_works",
+            "tests/test_checkpoints.py::test_failed_save_removes_its_tmp_and_keeps_the_old_file")),
+    Mutant("a trained model segments: nnUNetv2_predict finds the organs", T,
+           "            'network_weights': unwrap(self.network).state_dict(),\n",
+           "            'network_weights': {k: v * 0 if '.seg_layers.' in k else v\n"
+           "                                for k, v in unwrap(self.network).state_dict().items()},\n",
+           ("tests/test_end_to_end.py::test_predict_matches_input_geometry_and_label_range",)),
+    Mutant("pretrain_epochs = 0 skips pretraining", T,
+           "        self.phase = PRETRAIN if self.pretrain_epochs > 0 else SEGMENTATION\n",
+           "        self.phase = PRETRAIN\n",
+           ("tests/test_handoff.py::test_pretrain_epochs_zero_skips_pretraining",)),
+    Mutant("phase 2's step and checkpoint are nnU-Net's own", T,
+           "        self.optimizer.zero_grad(set_to_none=True)\n        with self.amp_context():\n"
+           "            loss = self.loss(self.network(data), target)\n",
+           "        with self.amp_context():\n            loss = self.loss(self.network(data), target)\n",
+           ("tests/test_handoff.py::test_phase_two_step_and_checkpoint_equal_stock_nnunet",)),
+    Mutant("every rank skips a step whose loss is NaN/inf on any rank", "nnunet_sacl/method/nonfinite.py",
+           "        if not is_distributed():\n            return [0] if bool(bad) else []\n",
+           "        return [0] if bool(bad) else []\n",
+           ("tests/test_ranks_agree.py::test_a_nan_on_one_rank_is_skipped_by_every_rank",)),
+    Mutant("a frozen encoder works under DDP and keeps the ranks equal", "nnunet_sacl/nnunet/finetune.py",
+           "            if isinstance(self.network, DDP):\n"
+           "                self.network = DDP(self.network.module, device_ids=self.network.device_ids)\n", "",
+           ("tests/test_ranks_agree.py::test_a_nan_on_one_rank_is_skipped_by_every_rank[SACLTrainer_nan_frozen-2]",)),
+    Mutant("the GradScaler branch of the update equals the eager step", T,
+           "            self.grad_scaler.unscale_(self.optimizer)\n", "            pass\n",
+           ("tests/test_cuda_branches.py::test_grad_scaler_update_equals_the_eager_step",)),
+    Mutant("phase 1 runs under the trainer's autocast", T,
+           "        with self.amp_context():\n            z, organs, samples = self.embed(data, seg)\n",
+           "        with dummy_context():\n            z, organs, samples = self.embed(data, seg)\n",
+           ("tests/test_cuda_branches.py::test_bfloat16_autocast_with_grad_scaler_follows_the_eager_step[phase1]",)),
+    Mutant("phase 1 compiles its encoder when nnU-Net compiles", T,
+           "        self.pretrain_encoder = torch.compile(encoder) if self._do_i_compile() else encoder\n",
+           "        self.pretrain_encoder = encoder\n",
+           ("tests/test_cuda_branches.py::test_compiled_phase_one_encoder_equals_the_eager_step",)),
+    Mutant("the on-device augmentation applies the trainer's own settings, not nnU-Net's defaults",
+           "nnunet_sacl/nnunet/augment_settings.py",
+           "                               initial_patch_size=initial_patch_size, **reader.fields)\n",
+           "                               initial_patch_size=initial_patch_size,\n"
+           "                               rotation_range=reader.fields['rotation_range'],\n"
+           "                               mirror_axes=reader.fields['mirror_axes'])\n",
+           ("tests/test_augment_follows_trainer.py::test_stock_variant_is_followed_or_refused",
+            "tests/test_augment_follows_trainer.py::test_a_changed_probability_or_range_reaches_the_device")),
+    Mutant("the trainer's transforms are built with the arguments nnU-Net's get_dataloaders passes",
+           "nnunet_sacl/nnunet/augment_settings.py",
+           "        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), "
+           "mirror_axes,\n",
+           "        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), None,\n",
+           ("tests/test_augment_follows_trainer.py::test_transforms_are_read_with_the_arguments_nnunet_passes",)),
+    Mutant("the launcher applies nnU-Net's cuDNN flags where training starts", "nnunet_sacl/train.py",
+           "        set_cudnn_for_training()\n", "",
+           ("tests/test_torchrun.py::test_training_starts_with_nnunet_trains_set_up[cuda-reported]",)),
+    Mutant("the launcher applies nnU-Net's threads, the cores shared by a node's workers", "nnunet_sacl/train.py",
+           "        torch.set_num_threads(max(1, multiprocessing.cpu_count() // local_workers))\n",
+           "        torch.set_num_threads(multiprocessing.cpu_count())\n",
+           ("tests/test_torchrun.py::test_training_starts_with_nnunet_trains_set_up[cpu]",)),
+    Mutant("the launcher's threads per device are nnUNetv2_train's", "nnunet_sacl/train.py",
+           "        torch.set_num_interop_threads(1)\n", "        pass\n",
+           ("tests/test_torchrun.py::test_threads_per_device_equal_nnunet_train_entry",)),
+    Mutant("'lost contact' only for communication errors", "nnunet_sacl/train.py",
+           "    return isinstance(error, dist.DistError) or (\n",
+           "    import re\n    if re.search(r'timed out|Timeout|Connection', str(error)):\n        return True\n"
+           "    return isinstance(error, dist.DistError) or (\n",
+           ("tests/test_torchrun.py::test_only_communication_errors_are_lost_ranks",
+            "tests/test_torchrun.py::test_an_error_that_says_timed_out_is_not_a_lost_rank")),
+    Mutant("a rank lost under gloo is reported as one, with its traceback", "nnunet_sacl/train.py",
+           "    return isinstance(error, dist.DistError) or (\n"
+           "        isinstance(error, RuntimeError) and bool(GLOO_TRANSPORT_ERROR.match(str(error))))\n",
+           "    return isinstance(error, dist.DistError)\n",
+           ("tests/test_torchrun.py::test_a_rank_gone_is_reported_with_its_traceback",)),
+    Mutant("a checkpoint that cannot be read says why", "nnunet_sacl/nnunet/checkpoints.py",
+           "    if not os.path.exists(filename):\n", "    if False:\n",
+           ("tests/test_messages.py::test_a_checkpoint_that_cannot_be_read_says_why",
+            "tests/test_messages.py::test_embeddings_without_the_encoder_file_says_it_does_not_exist")),
+    Mutant("at resume, out of memory is no mismatch", T,
+           "        except torch.OutOfMemoryError as e:   # a RuntimeError, but no mismatch: the checkpoint may be fine\n",
+           "        except ZeroDivisionError as e:\n",
+           ("tests/test_trainer.py::test_errors_at_resume_that_are_no_mismatch_say_what_they_are",)),
+    Mutant("a per-group schedule sets each group's own LR", "nnunet_sacl/method/schedules.py",
+           "        for group, lr in zip(self.optimizer.param_groups, lrs):\n            group['lr'] = lr\n",
+           "        for group in self.optimizer.param_groups:\n            group['lr'] = lrs[0]\n",
+           ("tests/test_lr_schedules.py::test_group_curves_and_scheduler",)),
+    Mutant("each --train-cases regime trains every fold on K of its training cases",
+           "nnunet_sacl/analysis/study_regimes.py",
+           "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed)[:k]), \"val\": list(s[\"val\"])}\n",
+           "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed)), \"val\": list(s[\"val\"])}\n",
+           ("tests/test_study_regimes.py::test_regimes_and_weights_arms_in_nnunet_files_without_training",)),
+    Mutant("the subsets are nested (K=1's case within K=2's)", "nnunet_sacl/analysis/study_regimes.py",
+           "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed)[:k]), \"val\": list(s[\"val\"])}\n",
+           "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed + k)[:k]), \"val\": list(s[\"val\"])}\n",
+           ("tests/test_study_regimes.py::test_subsets_are_seeded_and_nested",)),
+    Mutant("a weights arm is trained with -pretrained_weights FILE", "nnunet_sacl/analysis/study.py",
+           "        if run.weights is not None and state == \"new\":",
+           "        if False:",
+           ("tests/test_study_regimes.py::test_regimes_and_weights_arms_in_nnunet_files_without_training",)),
+    Mutant("the pseudo-Dice curve keeps the last run of an epoch repeated by --c", "nnunet_sacl/analysis/training_cost.py",
+           "                curve[epoch] = sum(finite) / len(finite) if finite else math.nan\n",
+           "                curve.setdefault(epoch, sum(finite) / len(finite) if finite else math.nan)\n",
+           ("tests/test_study_regimes.py::test_pseudo_dice_curve_reads_nnunet_log_lines",)),
+    Mutant("a refused input is one line `nnunet-sacl COMMAND: error: MESSAGE` with exit code 1",
+           "nnunet_sacl/cli/__init__.py", "    return f\"{PROG} {command}: error: {text}\"\n",
+           "    return f\"{command}: {text}\"\n",
+           ("tests/test_cli.py::test_a_refusal_is_one_line_naming_the_command_with_exit_code_1",)),
+    Mutant("every public trainer class is found by -tr", "nnunet_sacl/nnunet/variants.py",
+           "if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and not name.startswith(\"_\")",
+           "if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and not name.startswith(\"_\")"
+           " and not name.endswith(\"_t01\")",
+           ("tests/test_layout.py::test_every_trainer_class_is_found_by_nnunet_train",)),
+    Mutant("a merge's label maps are the sources' remapped by name, voxel for voxel",
+           "nnunet_sacl/dataset_conversion/merge.py",
+           "    organs = sorted({c for m in mapping.values() for c in m.values()}, key=lambda c: (vocab.order(c), c))\n",
+           "    organs = sorted({c for m in mapping.values() for c in m.values()})\n",
+           ("tests/test_merge.py::test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources",)),
+    Mutant("the annotated-organs record says which organs each case annotates",
+           "nnunet_sacl/dataset_conversion/merge.py",
+           "            annotated = [o for o in organs if o in mapping[f].values()]\n",
+           "            annotated = list(organs)\n",
+           ("tests/test_merge.py::test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources",)),
+    Mutant("left/right spellings and word order match one organ", "nnunet_sacl/dataset_conversion/merge.py",
+           "    return \" \".join(rest + sides) if rest else \" \".join(words)\n",
+           "    return \" \".join(rest) if rest else \" \".join(words)\n",
+           ("tests/test_merge.py::test_normalization_and_lookup",)),
+    Mutant("images are linked, not copied", "nnunet_sacl/dataset_conversion/merge.py",
+           "        os.link(src, dst)\n", "        shutil.copy2(src, dst)\n",
+           ("tests/test_merge.py::test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources",)),
+    Mutant("the pretraining panel of progress.png: one legend, whole epochs", "nnunet_sacl/nnunet/progress.py",
+           "    ax.xaxis.set_major_locator(MaxNLocator(integer=True))\n", "",
+           ("tests/test_progress.py::test_pretraining_panel_legends_do_not_overlap_and_epochs_are_whole",)),
+]
+
+
+def run(number: int, mutant: Mutant) -> str:
+    path = ROOT / mutant.file
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        return f"SITE NOT FOUND ({original.count(mutant.old)} matches in {mutant.file})"
+    path.write_text(original.replace(mutant.old, mutant.new))
+    try:
+        start = time.time()
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests],
+                           cwd=ROOT, capture_output=True, text=True)
+        seconds = time.time() - start
+    finally:
+        path.write_text(original)
+    last = (r.stdout.strip().splitlines() or [""])[-1]
+    verdict = "killed" if r.returncode == 1 else f"NOT KILLED (pytest exit code {r.returncode})"
+    return f"{verdict} in {seconds:.0f} s: {last}"
+
+
+def main(argv) -> int:
+    if argv[:1] == ["--check"]:      # every site occurs exactly once (nothing run)
+        bad = [(i, m.file, (ROOT / m.file).read_text().count(m.old)) for i, m in enumerate(MUTANTS, 1)
+               if (ROOT / m.file).read_text().count(m.old) != 1]
+        print("\n".join(f"{i}. {f}: {n} matches" for i, f, n in bad) or f"all {len(MUTANTS)} sites found once")
+        return 1 if bad else 0
+    if argv[:1] == ["--list"]:
+        for i, m in enumerate(MUTANTS, 1):
+            print(f"{i:2d}. {m.promise}  [{m.file}]  {' '.join(m.tests)}")
+        return 0
+    chosen = [int(a) for a in argv] or range(1, len(MUTANTS) + 1)
+    survived = 0
+    for i in chosen:
+        outcome = run(i, MUTANTS[i - 1])
+        survived += not outcome.startswith("killed")
+        print(f"{i:2d}. {MUTANTS[i - 1].promise}: {outcome}", flush=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
