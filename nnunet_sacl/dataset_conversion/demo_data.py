@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -388,22 +389,36 @@ def write_dataset(out: Path, sources: dict, num_training: int, seed: int):
     (out / "dataset.json").write_text(json.dumps(dataset_json(mapping, num_training, seed, perturbations), indent=2))
 
 
+def target_folder(dataset_id: int, name: str, raw_folder=None) -> Path:
+    """``raw_folder/DatasetXXX_name`` (default raw folder: $nnUNet_raw); refused if it exists."""
+    raw = raw_folder or os.environ.get("nnUNet_raw")
+    if not raw:
+        raise ValueError("nnUNet_raw is not set: export it or pass raw_folder (--raw FOLDER)")
+    out = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
+    if out.exists():
+        raise FileExistsError(f"{out} exists already; remove it or pick another dataset id")
+    return out
+
+
+@contextmanager
+def built_in_place(out: Path):
+    """A temporary work folder next to ``out`` (with ``sources/`` for extracted files): what the caller writes to
+    its ``dataset/`` becomes ``out`` at the end, so a failure leaves no half dataset."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        work = Path(tmp)
+        (work / "sources").mkdir()
+        yield work
+        os.replace(work / "dataset", out)
+
+
 def build_demo_dataset(dataset_id: int, raw_folder=None, sdist=None, num_training: int = 20, seed: int = 0) -> Path:
     """Writes ``raw_folder/DatasetXXX_SACLDemoCT`` (default raw folder: $nnUNet_raw) and returns it. Built in a
     temporary folder next to it and moved into place at the end, so a failure leaves no half dataset."""
     if num_training < 2:
         raise ValueError(f"num_training must be at least 2 (nnU-Net's cross-validation), got {num_training}")
-    raw = raw_folder or os.environ.get("nnUNet_raw")
-    if not raw:
-        raise ValueError("nnUNet_raw is not set: export it or pass raw_folder (--raw FOLDER)")
-    out = Path(raw) / f"Dataset{dataset_id:03d}_{DATASET_NAME}"
-    if out.exists():
-        raise FileExistsError(f"{out} exists already; remove it or pick another dataset id")
+    out = target_folder(dataset_id, DATASET_NAME, raw_folder)
     source = fetch_totalsegmentator_sdist(sdist=sdist)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        work = Path(tmp)
-        (work / "sources").mkdir()
+    with built_in_place(out) as work:
         write_dataset(work / "dataset", load_sources(source, work / "sources"), num_training, seed)
-        os.replace(work / "dataset", out)
     return out

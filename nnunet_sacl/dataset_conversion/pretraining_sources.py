@@ -15,17 +15,16 @@ perturbation (rotation, scaling, shift, contrast enhancement, gamma, contrast, n
 only where no earlier structure of the list has one (the masks are separate files and may touch).
 """
 import json
-import os
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.demo_data import (IDENTITY, REFERENCE, SDIST_NAME, SDIST_SHA256, SPACING_MM,
-                                                      derive_case, draw_perturbation, fetch_totalsegmentator_sdist,
-                                                      grid, image_bounds_mm, read_nifti, resample)
+                                                      built_in_place, derive_case, draw_perturbation,
+                                                      fetch_totalsegmentator_sdist, grid, image_bounds_mm, read_nifti,
+                                                      resample, target_folder)
 
 AORTA_MODELS = f"{REFERENCE}/aorta_report/test_result/models"
 PULMONARY_MODELS = f"{REFERENCE}/pulmonary_report/models"
@@ -65,18 +64,10 @@ def build_pretraining_source(kind: str, dataset_id: int, raw_folder=None, sdist=
         raise ValueError(f"unknown pretraining source {kind!r}: use one of {sorted(SOURCES)}")
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}")
-    raw = raw_folder or os.environ.get("nnUNet_raw")
-    if not raw:
-        raise ValueError("nnUNet_raw is not set: export it or pass raw_folder (--raw FOLDER)")
     name, ct_member, structures = SOURCES[kind]
-    out = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
-    if out.exists():
-        raise FileExistsError(f"{out} exists already; remove it or pick another dataset id")
+    out = target_folder(dataset_id, name, raw_folder)
     source = fetch_totalsegmentator_sdist(sdist=sdist)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        work = Path(tmp)
-        (work / "sources").mkdir()
+    with built_in_place(out) as work:
         with tarfile.open(source) as tar:
             ct = read_nifti(tar, ct_member, work / "sources")
             masks = [read_nifti(tar, member, work / "sources") for _, member in structures]
@@ -114,5 +105,4 @@ def build_pretraining_source(kind: str, dataset_id: int, raw_folder=None, sdist=
             "left_out_below_voxels": {structures[i][0]: int(c) for i, c in enumerate(counts) if i not in kept},
             "spacing_mm": SPACING_MM, "seed": seed, "perturbations": perturbations,
         }, indent=2))
-        os.replace(dataset, out)
     return out
