@@ -208,3 +208,8 @@ def test_printed_and_sbatch_commands_are_nnunet_train_commands(empty_results, tm
                 for t in (BASELINE, SACL) for f in (0, 1)}
     assert {parse_with_nnunet(line, monkeypatch) for line in printed} == expected
     assert not (run_folder(empty_results, BASELINE, 0)).exists()    # nothing trained
+    # a GPU only for GPU runs
+    assert "--gres" not in text
+    args = study_args("--slurm-array", str(script))
+    args[args.index("-device") + 1] = "cuda"
+    assert main(args) == 0 and "#SBATCH --gres=gpu:1" in script.read_text()

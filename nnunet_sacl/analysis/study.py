@@ -236,7 +236,7 @@ def slurm_array_script(study: Study, commands: list) -> str:
     lines = ["#!/bin/bash",
              f"#SBATCH --job-name=sacl-study-{study.dataset}",
              f"#SBATCH --array=0-{len(commands) - 1}",
-             "#SBATCH --gres=gpu:1",
+             *(["#SBATCH --gres=gpu:1"] if study.device == "cuda" else []),
              "# One nnU-Net training run per array task. Add your site's --time/--partition/--mem lines.",
              "# Needs nnUNet_raw, nnUNet_preprocessed, nnUNet_results and nnUNet_extTrainer (nnunet-sacl env) set.",
              "# When every task has finished, run the same nnunet-sacl study command again to evaluate.",

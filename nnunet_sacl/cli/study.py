@@ -7,9 +7,9 @@ from pathlib import Path
 from nnunet_sacl.cli import Command, CommandError, default_device, refusing
 
 DEFAULT_FOLDS = 5   # study.DEFAULT_FOLDS, nnU-Net's split (tests/test_cli.py checks they agree)
-EXAMPLE = ("nnunet-sacl study -d 4 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
+EXAMPLE = ("nnunet-sacl study -d 17 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
            "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
-           "nnunet-sacl study -d 4 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
+           "nnunet-sacl study -d 17 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
            "    --slurm-array runs.sbatch")
 
 
