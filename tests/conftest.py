@@ -1,9 +1,17 @@
 """Shared fixtures: one generated dataset, planned and preprocessed by nnU-Net's own commands, per test session. The
 helpers the test modules share are in helpers.py."""
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from tests.helpers import DATASET_ID, make_nnunet_env, nnunet_bin, run, run_readme_block
+from tests.helpers import DATASET_ID, DATASET_NAME, make_nnunet_env, nnunet_bin, run, run_readme_block
+
+# a folder where the generated dataset, planned and preprocessed once, is kept for later pytest sessions (e.g.
+# tests/mutants.py, which runs pytest once per mutant); unset, every session makes its own
+DATA_CACHE = "SACL_TEST_DATA"
 
 
 def pytest_configure(config):
@@ -13,13 +21,23 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def nnunet_env(tmp_path_factory):
-    """The session's nnU-Net environment (dataset 991 lives there)."""
-    return make_nnunet_env(tmp_path_factory.mktemp("nnunet"))
+    """The session's nnU-Net environment (dataset 991 lives there). With $SACL_TEST_DATA set, its raw and
+    preprocessed folders are there (kept for later sessions); nnUNet_results is always the session's own."""
+    env = make_nnunet_env(tmp_path_factory.mktemp("nnunet"))
+    cache = os.environ.get(DATA_CACHE)
+    if cache:
+        env.update(nnUNet_raw=str(Path(cache) / "raw"), nnUNet_preprocessed=str(Path(cache) / "preprocessed"))
+    return env
 
 
 @pytest.fixture(scope="session")
 def preprocessed(nnunet_env):
     """The synthetic dataset planned with nnUNetPlans (3d_fullres, 2d) and nnUNetResEncUNetMPlans (3d_fullres)."""
+    complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_complete"
+    if complete.is_file():          # made by an earlier session in $SACL_TEST_DATA
+        return Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):      # what an interrupted session left there
+        shutil.rmtree(Path(nnunet_env[key]) / DATASET_NAME, ignore_errors=True)
     raw = make_synthetic_dataset(nnunet_env["nnUNet_raw"], DATASET_ID)
     d = str(DATASET_ID)
     run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "2d", "-np", "2",
@@ -27,6 +45,7 @@ def preprocessed(nnunet_env):
     run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", d, "-pl", "nnUNetPlannerResEncM"], nnunet_env)
     run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
          "-np", "2"], nnunet_env)
+    complete.write_text("")
     return raw
 
 

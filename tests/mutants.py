@@ -10,8 +10,11 @@ A mutant is "killed" when pytest reports failed tests (exit code 1); any other o
 usage error) is reported as such. Not collected by pytest (no test_ prefix); run it from the repository root with the
 test environment. Slow mutants (nnU-Net subprocesses, torchrun, a collective timeout) take minutes each.
 """
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +181,7 @@ MUTANTS = [
 ]
 
 
-def run(number: int, mutant: Mutant) -> str:
+def run(number: int, mutant: Mutant, env: dict) -> str:
     path = ROOT / mutant.file
     original = path.read_text()
     if original.count(mutant.old) != 1:
@@ -187,7 +190,7 @@ def run(number: int, mutant: Mutant) -> str:
     try:
         start = time.time()
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests],
-                           cwd=ROOT, capture_output=True, text=True)
+                           cwd=ROOT, capture_output=True, text=True, env=env)
         seconds = time.time() - start
     finally:
         path.write_text(original)
@@ -207,11 +210,16 @@ def main(argv) -> int:
             print(f"{i:2d}. {m.promise}  [{m.file}]  {' '.join(m.tests)}")
         return 0
     chosen = [int(a) for a in argv] or range(1, len(MUTANTS) + 1)
+    # a kill (also in the background, where SIGINT is ignored) still restores the file under way
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     survived = 0
-    for i in chosen:
-        outcome = run(i, MUTANTS[i - 1])
-        survived += not outcome.startswith("killed")
-        print(f"{i:2d}. {MUTANTS[i - 1].promise}: {outcome}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sacl-mutants-") as data:
+        env = dict(os.environ, SACL_TEST_DATA=data)     # the generated dataset planned once, for every mutant
+        for i in chosen:
+            outcome = run(i, MUTANTS[i - 1], env)
+            survived += not outcome.startswith("killed")
+            print(f"{i:2d}. {MUTANTS[i - 1].promise}: {outcome}", flush=True)
     return 1 if survived else 0
 
 
