@@ -194,9 +194,11 @@ def run(number: int, mutant: Mutant, env: dict) -> str:
         seconds = time.time() - start
     finally:
         path.write_text(original)
-    last = (r.stdout.strip().splitlines() or [""])[-1]
+    lines = r.stdout.strip().splitlines()
+    last = (lines or [""])[-1]
+    why = next((line[1:].strip() for line in lines if line.startswith("E ")), "")   # the first failed assertion
     verdict = "killed" if r.returncode == 1 else f"NOT KILLED (pytest exit code {r.returncode})"
-    return f"{verdict} in {seconds:.0f} s: {last}"
+    return f"{verdict} in {seconds:.0f} s: {last}" + (f"\n      {why[:300]}" if why else "")
 
 
 def main(argv) -> int:
