@@ -31,7 +31,8 @@ from nnunet_sacl.nnunet.trainer import SACLTrainer
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_SECTION = "## Using it on your dataset"
 # the CPU smoke trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000)
-README_SUBSTITUTIONS = [("-tr SACLTrainer ", "-tr SACLTrainer_smoke "), ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n")]
+README_SUBSTITUTIONS = [("-tr SACLTrainer ", "-tr SACLTrainer_smoke "),
+                       ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n")]
 
 
 def readme_block() -> str:
@@ -54,7 +55,8 @@ def run_readme_block(folder: Path) -> dict:
     if activated:
         (folder / ".venv").symlink_to(sys.prefix)
     else:
-        script = script.replace("source .venv/bin/activate\n", f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH\n", 1)
+        bin_dir = shlex.quote(str(Path(sys.executable).parent))
+        script = script.replace("source .venv/bin/activate\n", f"export PATH={bin_dir}:$PATH\n", 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "VIRTUAL_ENV"}
     env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="f")   # as the rest of the suite
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)

@@ -97,7 +97,8 @@ MUTANTS = [
            "nnunet_sacl/nnunet/augment_settings.py",
            "        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), "
            "mirror_axes,\n",
-           "        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), None,\n",
+           "        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), "
+           "None,\n",
            ("tests/test_augment_follows_trainer.py::test_transforms_are_read_with_the_arguments_nnunet_passes",)),
     Mutant("the launcher applies nnU-Net's cuDNN flags where training starts", "nnunet_sacl/train.py",
            "        set_cudnn_for_training()\n", "",
@@ -125,7 +126,8 @@ MUTANTS = [
            ("tests/test_messages.py::test_a_checkpoint_that_cannot_be_read_says_why",
             "tests/test_messages.py::test_embeddings_without_the_encoder_file_says_it_does_not_exist")),
     Mutant("at resume, out of memory is no mismatch", T,
-           "        except torch.OutOfMemoryError as e:   # a RuntimeError, but no mismatch: the checkpoint may be fine\n",
+           "        except torch.OutOfMemoryError as e:   "
+           "# a RuntimeError, but no mismatch: the checkpoint may be fine\n",
            "        except ZeroDivisionError as e:\n",
            ("tests/test_trainer.py::test_errors_at_resume_that_are_no_mismatch_say_what_they_are",)),
     Mutant("a per-group schedule sets each group's own LR", "nnunet_sacl/method/schedules.py",
@@ -139,13 +141,15 @@ MUTANTS = [
            ("tests/test_study_regimes.py::test_regimes_and_weights_arms_in_nnunet_files_without_training",)),
     Mutant("the subsets are nested (K=1's case within K=2's)", "nnunet_sacl/analysis/study_regimes.py",
            "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed)[:k]), \"val\": list(s[\"val\"])}\n",
-           "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed + k)[:k]), \"val\": list(s[\"val\"])}\n",
+           "    return [{\"train\": sorted(subset_order(s[\"train\"], fold, seed + k)[:k]), "
+           "\"val\": list(s[\"val\"])}\n",
            ("tests/test_study_regimes.py::test_subsets_are_seeded_and_nested",)),
     Mutant("a weights arm is trained with -pretrained_weights FILE", "nnunet_sacl/analysis/study.py",
            "        if run.weights is not None and state == \"new\":",
            "        if False:",
            ("tests/test_study_regimes.py::test_regimes_and_weights_arms_in_nnunet_files_without_training",)),
-    Mutant("the pseudo-Dice curve keeps the last run of an epoch repeated by --c", "nnunet_sacl/analysis/training_cost.py",
+    Mutant("the pseudo-Dice curve keeps the last run of an epoch repeated by --c",
+           "nnunet_sacl/analysis/training_cost.py",
            "                curve[epoch] = sum(finite) / len(finite) if finite else math.nan\n",
            "                curve.setdefault(epoch, sum(finite) / len(finite) if finite else math.nan)\n",
            ("tests/test_study_regimes.py::test_pseudo_dice_curve_reads_nnunet_log_lines",)),
@@ -160,7 +164,8 @@ MUTANTS = [
            ("tests/test_layout.py::test_every_trainer_class_is_found_by_nnunet_train",)),
     Mutant("a merge's label maps are the sources' remapped by name, voxel for voxel",
            "nnunet_sacl/dataset_conversion/merge.py",
-           "    organs = sorted({c for m in mapping.values() for c in m.values()}, key=lambda c: (vocab.order(c), c))\n",
+           "    organs = sorted({c for m in mapping.values() for c in m.values()}, "
+           "key=lambda c: (vocab.order(c), c))\n",
            "    organs = sorted({c for m in mapping.values() for c in m.values()})\n",
            ("tests/test_merge.py::test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources",)),
     Mutant("the annotated-organs record says which organs each case annotates",
