@@ -202,11 +202,12 @@ def _load_trainer(args, base: str, plans: dict, device, continue_training: bool)
 
 def check_partial_labels(args, trainer_class: type) -> None:
     """Refuses segmentation training, by any trainer, on a merged dataset with partial labels (its preprocessed
-    dataset.json says ``sacl_partial_labels``); pretraining trainers (``stop_after_pretraining``) may train on it."""
+    dataset.json says ``sacl_partial_labels``); pretraining trainers (``PretrainingMixin``) may train on it."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
-    if getattr(trainer_class, "stop_after_pretraining", False):
+    from nnunet_sacl.nnunet.pretrainer import PretrainingMixin
+    if issubclass(trainer_class, PretrainingMixin):
         return
     try:
         base, _, plans = _read_plans(args)

@@ -159,11 +159,25 @@ def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=
     return trainer(plans_dict, configuration, fold, json.load(open(join(folder, "dataset.json"))), torch.device("cpu"))
 
 
+def make_pretrainer(trainer, **kwargs):
+    """Phase 1 of a SACLTrainer (its ``make_pretrainer``, working in fold_X/pretraining), or a SACLPretrainer."""
+    trainer = make_trainer(trainer, **kwargs)
+    return trainer.make_pretrainer() if isinstance(trainer, SACLTrainer) else trainer
+
+
+def stop_loaders(trainer) -> None:
+    """Stops the trainer's data loader workers, as nnU-Net's on_train_end does (without its checkpoint)."""
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+    trainer.dataloader_train = trainer.dataloader_val = None
+
+
 def first_batch(trainer):
     """One batch from the trainer's own training dataloader, whose workers are then stopped (stock trainers too)."""
     trainer.on_train_start()
     batch = next(trainer.dataloader_train)
-    SACLTrainer.on_train_end_without_checkpoint(trainer)
+    stop_loaders(trainer)
     return batch
 
 

@@ -7,7 +7,7 @@ from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke, _ShortRun
 from nnunet_sacl.nnunet.variants import nnUNetTrainer_frozen50
 from nnunet_sacl.method.schedules import warmup_poly_lr
-from tests.helpers import first_batch, make_trainer
+from tests.helpers import first_batch, make_pretrainer, make_trainer
 
 
 def test_warmup_poly_curve():
@@ -70,23 +70,23 @@ class _NaNLoss(torch.nn.Module):
 
 
 def test_nonfinite_pretraining_losses_are_skipped_counted_and_stop_the_run(in_process_env):
-    trainer = make_trainer("SACLTrainer_smoke")
+    trainer = make_pretrainer("SACLTrainer_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
     params = [p.detach().clone() for p in trainer.pretraining_parameters()]
     real_loss = trainer.contrastive_loss
     trainer.contrastive_loss = _NaNLoss()
-    outputs = [trainer.pretrain_step(batch) for _ in range(2)]
-    assert all(o["skipped"] for o in outputs)
+    outputs = [trainer.train_step(batch) for _ in range(2)]
+    assert all(np.isnan(o["loss"]) for o in outputs)
     assert all(torch.equal(p, q) for p, q in zip(trainer.pretraining_parameters(), params))  # no step taken
     trainer.contrastive_loss = real_loss
-    assert torch.isfinite(trainer.pretrain_step(batch)["loss"])      # the run goes on; the streak resets
+    assert np.isfinite(trainer.train_step(batch)["loss"])      # the run goes on; the streak resets
     assert trainer.nonfinite.take_epoch_count() == 2
     trainer.contrastive_loss = _NaNLoss()
     for _ in range(trainer.max_nonfinite_in_a_row - 1):
-        trainer.pretrain_step(batch)
+        trainer.train_step(batch)
     with pytest.raises(RuntimeError, match=r"5 non-finite losses in a row \(pretraining epoch 0\)"):
-        trainer.pretrain_step(batch)
+        trainer.train_step(batch)
 
 
 class _SegmentationOnly(SACLTrainer_smoke):
@@ -101,7 +101,7 @@ def _optimizer_state(trainer):
 
 def test_nonfinite_segmentation_losses_are_skipped_counted_and_stop_the_run(in_process_env):
     trainer = make_trainer(_SegmentationOnly)
-    assert trainer.phase == "segmentation"
+    assert trainer.pretraining_done
     trainer.initialize()
     batch = first_batch(trainer)
     assert np.isfinite(trainer.train_step(batch)["loss"])   # a real step first: momentum buffers exist

@@ -1,15 +1,17 @@
-"""The product's promise, in process on nnU-Net-planned data: phase 2 starts from the pretrained encoder (with the
-untouched decoder, a fresh optimizer and poly schedule), pretrain_epochs = 0 skips phase 1, and SACLTrainer's copies
+"""The product's promise, in process on nnU-Net-planned data: phase 1 is an nnU-Net training of its own in
+fold_X/pretraining, phase 2 starts from its network (pretrained encoder, decoder as initialised) with a fresh
+optimizer and poly schedule, pretrain_epochs = 0 skips phase 1, and SACLTrainer's copies
 of nnU-Net's train_step / save_checkpoint still do what the installed nnU-Net's do."""
 import glob
+import os
 from os.path import isfile, join
 
 import numpy as np
 import torch
 
-from nnunet_sacl.nnunet.network import unwrap
+from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke, nnUNetTrainer_smoke
-from tests.helpers import first_batch, make_trainer
+from tests.helpers import first_batch, make_trainer, stop_loaders
 
 
 class _HandOff(SACLTrainer_smoke):
@@ -43,35 +45,35 @@ def changed(before, after, keys):
 
 def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_process_env):
     trainer = make_trainer(_HandOff)
-    assert (trainer.phase, trainer.pretrain_epochs, trainer.num_iterations_per_epoch) == ("pretrain", 1, 2)
-    trainer.initialize()
-    initial = snapshot(trainer)
-    encoder_keys, decoder_keys = split_keys(initial)
+    assert (trainer.pretrain_epochs, trainer.num_iterations_per_epoch, trainer.pretraining_done) == (1, 2, False)
     try:
-        trainer.run_pretraining()      # the real epoch loop: dataloader, steps, checkpoint, encoder file
-        pretrained = snapshot(trainer)
-        assert len(changed(initial, pretrained, encoder_keys)) > len(encoder_keys) // 4, "pretraining did not train"
-        assert not changed(initial, pretrained, decoder_keys), "phase 1 changed the decoder"
+        trainer.run_pretraining()   # phase 1: nnU-Net's loop in fold_X/pretraining, the encoder file, the hand-off
+        folder = trainer.pretraining_folder
+        assert {"checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "debug.json"} <= set(os.listdir(folder))
+        phase_one_log = open(glob.glob(join(folder, "training_log_*.txt"))[0]).read()
+        assert "SACL pretraining epoch 0: contrastive loss" in phase_one_log and "Training done." in phase_one_log
+        phase_one = torch.load(join(folder, "checkpoint_final.pth"), weights_only=False)
+        assert phase_one["sacl"]["phase"] == "pretraining" and phase_one["current_epoch"] == 1
+        trained = phase_one["optimizer_state"]["state"]      # momentum for the encoder and the head only
+        assert len(trained) == len(list(encoder_of(trainer.network).parameters())) + 4
+
         encoder_file = torch.load(join(trainer.output_folder, "checkpoint_sacl_encoder.pth"), weights_only=False)
-        assert encoder_file["network_weights"].keys() == pretrained.keys()
-        assert not changed(encoder_file["network_weights"], pretrained, pretrained.keys())
-
-        head = {id(p) for p in trainer.head.parameters()}
-        trainer.start_segmentation_phase()
+        assert not changed(encoder_file["network_weights"], phase_one["network_weights"],
+                           phase_one["network_weights"].keys())
         handed_off = snapshot(trainer)
-        assert handed_off.keys() == pretrained.keys()
-        moved = sorted(changed(pretrained, handed_off, pretrained.keys()))
+        encoder_keys, decoder_keys = split_keys(handed_off)
+        assert encoder_file["network_weights"].keys() == handed_off.keys()
+        moved = sorted(changed(encoder_file["network_weights"], handed_off, handed_off.keys()))
         assert not moved, f"the hand-off changed {len(moved)} network tensors, e.g. {moved[:3]}"
-        assert not changed(encoder_file["network_weights"], handed_off, encoder_keys)
 
-        assert trainer.phase == "segmentation" and trainer.current_epoch == 0
+        assert trainer.pretraining_done and trainer.current_epoch == 0 and trainer.head is None
         in_optimizer = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
         network = [id(p) for p in trainer.network.parameters()]
-        assert not head & set(in_optimizer), "the projection head is in the segmentation optimizer"
         assert sorted(in_optimizer) == sorted(network), \
             f"the segmentation optimizer holds {len(in_optimizer)} tensors, not the network's {len(network)}"
         assert not trainer.optimizer.state, "the segmentation optimizer starts with momentum from pretraining"
         assert trainer.lr_scheduler.max_steps == trainer.num_epochs
+        trainer.on_train_start()        # nnU-Net's: new data loaders for phase 2
         trainer.on_train_epoch_start()  # nnU-Net's: schedule stepped at current_epoch, LR logged
         assert trainer.optimizer.param_groups[0]["lr"] == trainer.initial_lr
         assert "Current learning rate: 0.01" in open(trainer.log_file).read().split("SACL pretraining done")[-1]
@@ -84,22 +86,21 @@ def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_p
                                    k.endswith(".weight"))
         assert changed(handed_off, stepped, {full_resolution_head}), "the segmentation head did not train"
     finally:
-        trainer.on_train_end_without_checkpoint()
+        stop_loaders(trainer)
 
 
 def test_pretrain_epochs_zero_skips_pretraining(in_process_env):
     trainer = make_trainer(_NoPretraining)
-    assert trainer.phase == "segmentation"
+    assert trainer.pretraining_done
     trainer.run_training()    # nnU-Net's loop: one epoch of one step, one validation step, checkpoint_final
     log = open(trainer.log_file).read()
     assert "SACL pretraining" not in log and "Training done." in log
-    assert not glob.glob(join(trainer.output_folder, "progress_pretraining.png"))
+    assert not os.path.exists(trainer.pretraining_folder)
     assert not isfile(join(trainer.output_folder, trainer.encoder_file_name))
     in_optimizer = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
     assert sorted(in_optimizer) == sorted(id(p) for p in trainer.network.parameters())
     final = torch.load(join(trainer.output_folder, "checkpoint_final.pth"), weights_only=False)
-    assert final["sacl"]["phase"] == "segmentation" and final["sacl"]["pretrain_epoch"] == 0
-    assert final["sacl"]["head"] is None and final["current_epoch"] == 1
+    assert final["sacl"] == {"phase": "segmentation", "pretrain_epochs": 0} and final["current_epoch"] == 1
 
 
 def test_phase_two_step_and_checkpoint_equal_stock_nnunet(in_process_env, tmp_path):

@@ -58,8 +58,8 @@ def test_step_loss_is_segmentation_loss_plus_weight_times_reference_supcon(in_pr
 
 
 def test_encoder_features_are_kept_only_in_training_steps(in_process_env):
-    """The forward hook keeps nothing from validation or inference (eval mode), and a training step clears what
-    it used."""
+    """The forward hook keeps nothing outside a training step (validation, inference, a forward in train mode),
+    and a training step clears what it used."""
     trainer = joint_trainer()
     batch = first_batch(trainer)
     trainer.train_step(batch)
@@ -70,6 +70,9 @@ def test_encoder_features_are_kept_only_in_training_steps(in_process_env):
     assert trainer._encoder_features is None
     trainer.network.train()
     trainer.network(batch["data"])
+    assert trainer._encoder_features is None
+    with trainer._encoder_features_kept():
+        trainer.network(batch["data"])
     assert trainer._encoder_features is not None
 
 
@@ -98,7 +101,8 @@ def test_gradients_reach_encoder_decoder_and_head(in_process_env):
 
     # the contrastive term alone also reaches the encoder (not only through the segmentation loss)
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.network(batch["data"])
+    with trainer._encoder_features_kept():
+        trainer.network(batch["data"])
     z, organs, _ = trainer.embed_features(trainer._encoder_features, batch["target"][0])
     trainer.contrastive_loss(z, organs).backward()
     assert all(nonzero(encoder_weights))
@@ -202,7 +206,7 @@ def test_joint_run_killed_mid_way_resumes_with_c_and_finishes(nnunet_env, prepro
     run(cmd + ["--c"], env)
     log = training_log(folder)
     after_resume = log[log.index("Resumed from"):]
-    assert "phase segmentation, pretraining epoch 0, segmentation epoch 1" in after_resume
+    assert after_resume.startswith(f"Resumed from {join(folder, 'checkpoint_latest.pth')} at epoch 1")
     assert not has_epoch_line(after_resume, 0) and has_epoch_line(after_resume, 1)
     assert "SACL joint epoch 1: segmentation loss" in after_resume and "Training done." in after_resume
     assert "SACL pretraining" not in log

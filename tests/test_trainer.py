@@ -10,8 +10,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.trainer import SACLTrainer
-from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke
-from tests.helpers import DATASET_NAME, first_batch, make_trainer
+from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke
+from tests.helpers import DATASET_NAME, first_batch, make_pretrainer, make_trainer
 
 
 def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
@@ -22,14 +22,14 @@ def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
 @pytest.mark.parametrize("configuration,plans", [("3d_fullres", "nnUNetPlans"), ("2d", "nnUNetPlans"),
                                                  ("3d_fullres", "nnUNetResEncUNetMPlans")])
 def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, configuration, plans):
-    trainer = make_trainer("SACLTrainer_smoke", configuration, plans)
+    trainer = make_pretrainer("SACLTrainer_smoke", configuration=configuration, plans=plans)
     trainer.initialize()
     net = unwrap(trainer.network)
     encoder_names = {f"encoder.{k}" for k, _ in encoder_of(net).named_parameters()}
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
     head_before = [p.detach().clone() for p in trainer.head.parameters()]
-    out = trainer.pretrain_step(first_batch(trainer))
-    assert torch.isfinite(out["loss"]) and out["organs"] > 0
+    out = trainer.train_step(first_batch(trainer))
+    assert np.isfinite(out["loss"]) and out["organs"] > 0
     changed = {k for k, v in net.named_parameters() if not torch.equal(v, before[k])}
     assert changed <= encoder_names, f"changed outside the encoder: {sorted(changed - encoder_names)[:5]}"
     # every convolution weight moves (biases before an InstanceNorm get no gradient, so they may not)
@@ -40,37 +40,35 @@ def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, conf
 
 
 def test_patches_without_organs_or_positives_train_on_without_nan(in_process_env, tmp_path):
-    trainer = make_trainer("SACLTrainer_smoke")
+    trainer = make_pretrainer("SACLTrainer_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
     target = batch["target"][0]
     no_organ = dict(batch, target=[torch.zeros_like(target)])
     one_organ = dict(batch, target=[torch.where(target == 2, target, torch.zeros_like(target))])
     one_organ["target"][0][1:] = 0      # organ 2 in the first patch only: no positive pair
-    outputs = [trainer.pretrain_step(b) for b in (no_organ, one_organ)]
-    assert all(out["loss"].item() == 0.0 and bool(out["without_positive"]) for out in outputs)
+    outputs = [trainer.train_step(b) for b in (no_organ, one_organ)]
+    assert all(float(out["loss"]) == 0.0 and out["without_positive"] for out in outputs)
     assert all(torch.isfinite(p).all() for p in trainer.pretraining_parameters())
-    outputs.append(trainer.pretrain_step(batch))
-    assert torch.isfinite(outputs[-1]["loss"]) and not bool(outputs[-1]["without_positive"])
+    outputs.append(trainer.train_step(batch))
+    assert np.isfinite(outputs[-1]["loss"]) and not outputs[-1]["without_positive"]
     trainer.output_folder, trainer.log_file = str(tmp_path), str(tmp_path / "log.txt")   # not the session's model
-    trainer.on_pretrain_epoch_end(outputs, 1.0)        # the epoch's count comes from the steps' own outputs
-    assert trainer.pretrain_log["batches_without_positive"][-1] == 2
+    trainer.on_train_epoch_end(outputs)        # the epoch's count comes from the steps' own outputs
     assert "batches without a positive pair 2" in (tmp_path / "log.txt").read_text()
+    assert trainer.logger.get_value("train_losses", step=-1) == pytest.approx(float(outputs[-1]["loss"]) / 3)
 
 
 def test_pretraining_checkpoint_round_trip(in_process_env, tmp_path):
-    trainer = make_trainer("SACLTrainer_smoke")
+    trainer = make_pretrainer("SACLTrainer_smoke")
     trainer.initialize()
-    trainer.pretrain_step(first_batch(trainer))
-    trainer.pretrain_epoch = 2
-    trainer.pretrain_log["loss"] += [1.5, 1.2]
+    trainer.train_step(first_batch(trainer))
+    trainer.current_epoch = 2
     file = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(file)
 
-    resumed = make_trainer("SACLTrainer_smoke")
+    resumed = make_pretrainer("SACLTrainer_smoke")
     resumed.load_checkpoint(file)
-    assert (resumed.phase, resumed.pretrain_epoch, resumed.current_epoch) == ("pretrain", 2, 0)
-    assert resumed.pretrain_log["loss"] == [1.5, 1.2]
+    assert resumed.current_epoch == 3 and resumed.num_epochs == 3
     for p, q in zip(resumed.head.parameters(), trainer.head.parameters()):
         assert torch.equal(p, q)
     # the optimizer is the pretraining one (encoder + head) with its momentum restored
@@ -80,11 +78,11 @@ def test_pretraining_checkpoint_round_trip(in_process_env, tmp_path):
 
 def test_pretrained_encoder_file_loads_into_stock_network(in_process_env, tmp_path):
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-    sacl = make_trainer("SACLTrainer_smoke")
+    sacl = make_pretrainer("SACLTrainer_smoke")
     sacl.initialize()
-    sacl.pretrain_step(first_batch(sacl))
-    file = str(tmp_path / "encoder.pth")
-    sacl.save_pretrained_encoder(file)
+    sacl.train_step(first_batch(sacl))
+    file = sacl.encoder_file = str(tmp_path / "encoder.pth")
+    sacl.save_pretrained_encoder()
     stock = make_trainer("nnUNetTrainer_smoke", fold=1)
     stock.initialize()
     load_pretrained_weights(stock.network, file, verbose=False)
@@ -109,7 +107,7 @@ def test_unsupported_label_configs_are_refused(in_process_env, dataset_changes, 
 
 def test_pool_stage_outside_the_plan_is_refused(in_process_env):
 
-    class TooDeep(SACLTrainer_smoke):
+    class TooDeep(SACLPretrainer_smoke):
         pool_stages = (9,)
 
     trainer = make_trainer(TooDeep)
@@ -132,10 +130,10 @@ def test_foreign_or_truncated_checkpoint_is_refused_with_its_name(in_process_env
 
 def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
 
-    class WiderHead(SACLTrainer_smoke):
+    class WiderHead(SACLPretrainer_smoke):
         head_out_channels = 64
 
-    trainer = make_trainer("SACLTrainer_smoke")
+    trainer = make_trainer("SACLPretrainer_smoke")
     trainer.initialize()
     file = str(tmp_path / "checkpoint_latest.pth")
     trainer.save_checkpoint(file)
@@ -153,7 +151,7 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
 def test_errors_at_resume_that_are_no_mismatch_say_what_they_are(in_process_env, tmp_path, monkeypatch, error, says):
     """The optimizer's load_state_dict (it moves the momentum to the GPU) fails: out of memory is reported as one,
     another RuntimeError with its own text; neither says 'does not match'."""
-    trainer = make_trainer("SACLTrainer_smoke")
+    trainer = make_trainer("SACLPretrainer_smoke")
     trainer.initialize()
     file = str(tmp_path / "checkpoint_latest.pth")
     trainer.save_checkpoint(file)
@@ -163,7 +161,7 @@ def test_errors_at_resume_that_are_no_mismatch_say_what_they_are(in_process_env,
 
     monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict", fail)
     with pytest.raises(type(error)) as raised:
-        make_trainer("SACLTrainer_smoke").load_checkpoint(file)
+        make_trainer("SACLPretrainer_smoke").load_checkpoint(file)
     assert str(raised.value) == says.format(file=file) and "does not match" not in str(raised.value)
 
 
@@ -171,7 +169,7 @@ def test_organ_x_phase_labels(in_process_env):
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunet_sacl.method.phases import PHASES_FILE
 
-    class Phases(SACLTrainer_smoke):
+    class Phases(SACLPretrainer_smoke):
         use_phase_labels = True
 
     folder = join(str(nnUNet_preprocessed), DATASET_NAME)
@@ -194,14 +192,14 @@ def test_organ_x_phase_labels(in_process_env):
         labels = trainer.contrastive_labels(organs, samples, batch["keys"])
         expected = [int(o) * 2 + cases.index(batch["keys"][int(s)]) % 2 for o, s in zip(organs, samples)]
         assert labels.tolist() == expected
-        assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
+        assert np.isfinite(trainer.train_step(batch)["loss"])
     finally:
         import os
         os.remove(phases_file)
 
 
 def test_on_device_augmentation_crops_on_cpu_and_augments_the_batch(in_process_env):
-    trainer = make_trainer("SACLTrainer_torchaug_smoke")
+    trainer = make_pretrainer("SACLTrainer_torchaug_smoke")
     trainer.initialize()
     batch = first_batch(trainer)
     patch = list(trainer.configuration_manager.patch_size)
@@ -211,13 +209,12 @@ def test_on_device_augmentation_crops_on_cpu_and_augments_the_batch(in_process_e
     from nnunet_sacl.method.augment import augment_batch
     data, seg = augment_batch(batch["data"], batch["target"], trainer.augment_settings, trainer.augment_generator)
     assert list(data.shape[2:]) == patch and set(seg.unique().tolist()) <= {0, 1, 2, 3}
-    assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
+    assert np.isfinite(trainer.train_step(batch)["loss"])
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainer_torchaug", "SACLTrainer_torchaug"])
 def test_segmentation_step_with_on_device_augmentation(in_process_env, name):
     trainer = make_trainer(name)
-    trainer.phase = "segmentation"
     trainer.initialize()
     batch = first_batch(trainer)
     assert list(batch["data"].shape[2:]) == list(trainer.augment_settings.initial_patch_size)
@@ -227,7 +224,7 @@ def test_segmentation_step_with_on_device_augmentation(in_process_env, name):
     assert any(not torch.equal(p, q) for p, q in zip(trainer.network.parameters(), before))
 
 
-class DCC(SACLTrainer_smoke):
+class DCC(SACLPretrainer_smoke):
     intensity_weighted_negatives = True
 
 
@@ -252,8 +249,8 @@ def test_intensity_weighted_negatives(in_process_env):
     intensities = [[float(data[s, 0][seg[s, 0] == o].double().mean())] for o, s in zip(organs, samples)]
     reference = reference_intensity_weighted(z, organs.tolist(), intensities, [expected_range], trainer.temperature)
     assert abs(reference - reference_supcon(z, organs.tolist(), trainer.temperature)) > 1e-3  # the weights matter
-    out = trainer.pretrain_step(batch)
-    assert abs(out["loss"].item() - reference) < 1e-4
+    out = trainer.train_step(batch)
+    assert abs(float(out["loss"]) - reference) < 1e-4
 
 
 def test_intensity_weighted_negatives_refuse_a_dataset_without_fixed_range(in_process_env):

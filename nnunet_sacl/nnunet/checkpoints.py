@@ -71,3 +71,63 @@ def _why_unreadable(filename: str, error: Exception) -> str:
         return (f"it is not a torch file (torch.save writes a zip archive, which starts with {ZIP_START!r}; this "
                 f"file starts with {start!r}); pass a checkpoint_*.pth or checkpoint_sacl_encoder.pth")
     return error
+
+
+class AtomicCheckpointMixin:
+    """Put before ``nnUNetTrainer``: its checkpoints are written atomically (``save_atomically``), with the entry
+    ``checkpoint_extras()`` returns under ``'sacl'``."""
+
+    def checkpoint_extras(self) -> dict:
+        return {}
+
+    def save_checkpoint(self, filename: str) -> None:
+        # Copies the body of nnUNetTrainer.save_checkpoint: it builds and writes its dict in one go, with no hook to
+        # add an entry or to write atomically (tests/test_handoff.py compares the entries with nnU-Net's).
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file('No checkpoint written, checkpointing is disabled')
+            return
+        from nnunet_sacl.nnunet.network import unwrap
+        save_atomically({
+            'network_weights': unwrap(self.network).state_dict(),
+            'optimizer_state': self.optimizer.state_dict(),
+            'grad_scaler_state': self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            'logging': self.logger.get_checkpoint(),
+            '_best_ema': self._best_ema,
+            'current_epoch': self.current_epoch + 1,
+            'init_args': self.my_init_kwargs,
+            'trainer_name': self.__class__.__name__,
+            'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+            'sacl': self.checkpoint_extras(),
+        }, filename)
+
+    def check_checkpoint_extras(self, filename: str, extras) -> None:
+        """Raises when the checkpoint's ``'sacl'`` entry (None when it has none) cannot be resumed by this trainer."""
+
+    def load_checkpoint_extras(self, extras) -> None:
+        """Restores what ``checkpoint_extras`` saved (after nnU-Net's load_checkpoint)."""
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError(f"{self.__class__.__name__}.load_checkpoint takes a file name")
+        # nnU-Net's load_checkpoint works only with a file name (its dict branch never binds `checkpoint`), so the
+        # file is opened twice: here memory-mapped for the checks and the SACL entry, there for the rest
+        extras = read_checkpoint(filename_or_checkpoint).get('sacl')
+        self.check_checkpoint_extras(filename_or_checkpoint, extras)
+        if not self.was_initialized:
+            self.initialize()
+        try:
+            super().load_checkpoint(filename_or_checkpoint)
+            self.load_checkpoint_extras(extras)
+        except torch.OutOfMemoryError as e:   # a RuntimeError, but no mismatch: the checkpoint may be fine
+            raise torch.OutOfMemoryError(f"Out of memory on {self.device} while resuming from {filename_or_checkpoint} "
+                                         f"(free memory on it, e.g. other processes on this GPU): {e}") from e
+        except (RuntimeError, ValueError, KeyError) as e:
+            # torch's key/shape errors of load_state_dict; the optimizer's ValueError; an entry the checkpoint lacks
+            if isinstance(e, RuntimeError) and not str(e).startswith("Error(s) in loading state_dict"):
+                raise
+            # never start over silently with a re-initialised head or optimizer
+            raise RuntimeError(f"{filename_or_checkpoint} does not match this {self.__class__.__name__} (network, "
+                               f"projection head or optimizer differ: other plans or SACL settings?): {e}") from e
+        self.print_to_log_file(f"Resumed from {filename_or_checkpoint} at epoch {self.current_epoch}")

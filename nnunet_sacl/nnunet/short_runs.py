@@ -9,7 +9,8 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint
 from nnunet_sacl.nnunet.lr_schedules import EncoderDecoderLRMixin, PretrainedConventionMixin
-from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
+from nnunet_sacl.nnunet.trainer import SACLTrainer
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle, nnUNetTrainer_ftconvention, trainer_names
 
 

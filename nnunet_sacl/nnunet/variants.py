@@ -7,7 +7,8 @@ from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint  # noqa: F401 (exported: -tr finds it through trainers/)
 from nnunet_sacl.nnunet.lr_schedules import EncoderDecoderLRMixin, PretrainedConventionMixin
-from nnunet_sacl.nnunet.trainer import SACLPretrainer, SACLTrainer  # noqa: F401 (exported, as SACLTrainer_joint)
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer  # noqa: F401 (exported, as SACLTrainer_joint)
+from nnunet_sacl.nnunet.trainer import SACLTrainer
 
 
 def trainer_names(namespace: dict, module: str = "nnunet_sacl.") -> list:
