@@ -58,6 +58,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_sacl.method.augment import downsample_for_deep_supervision
 from nnunet_sacl.nnunet import variants
 from nnunet_sacl.nnunet.network import encoder_of
+from nnunet_sacl.nnunet.pretrainer import pretraining_class
 
 from label_values import AssumeFinite, LabelValues
 from step_benchmark import (REPO, add_plan_arguments, format_targets, load_json_file,
@@ -79,11 +80,11 @@ def counted_steps() -> List[CountedStep]:
     joint = getattr(variants, "SACLTrainer_joint", None)
     return [
         CountedStep("stock", nnUNetTrainer, "train_step", "nnUNetTrainer.train_step (whole U-Net, deep supervision)"),
-        CountedStep("sacl", variants.SACLTrainer, "pretrain_step", "SACLTrainer.pretrain_step"),
-        CountedStep("paper_style", variants.SACLTrainer_PaperStyle, "pretrain_step",
-                    "SACLTrainer_PaperStyle.pretrain_step (one encoder pass per organ)"),
-        CountedStep("dcc", variants.SACLTrainer_DCC, "pretrain_step",
-                    "SACLTrainer_DCC.pretrain_step (intensity-weighted negatives)"),
+        CountedStep("sacl", variants.SACLPretrainer, "train_step", "SACLPretrainer.train_step (SACL phase 1)"),
+        CountedStep("paper_style", pretraining_class(variants.SACLTrainer_PaperStyle), "train_step",
+                    "SACLTrainer_PaperStyle phase 1 (one encoder pass per organ)"),
+        CountedStep("dcc", pretraining_class(variants.SACLTrainer_DCC), "train_step",
+                    "SACLTrainer_DCC phase 1 (intensity-weighted negatives)"),
         CountedStep("joint", joint, "train_step",
                     "SACLTrainer_joint.train_step (segmentation loss + SupCon in one pass)"),
     ]
@@ -153,10 +154,7 @@ def fake_trainer(trainer_class: type, plans: dict, configuration: str, dataset_j
     for value in list(vars(trainer).values()):
         if isinstance(value, nn.Module):
             _fake_module(value, labels)
-    if getattr(trainer, "phase", None) == "pretrain":
-        trainer.optimizer, trainer.lr_scheduler = trainer.configure_pretraining_optimizer()
-    else:
-        trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+    trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
     trainer.grad_scaler = None
     return trainer
 

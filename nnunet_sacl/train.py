@@ -220,7 +220,9 @@ def check_partial_labels(args, trainer_class: type) -> None:
 
 
 def _has_checkpoint(trainer) -> bool:
-    return any(isfile(join(trainer.output_folder, f"checkpoint_{n}.pth")) for n in ("final", "latest", "best"))
+    """A checkpoint in the fold folder, or in SACLTrainer's phase-1 folder (fold_X/pretraining)."""
+    folders = [trainer.output_folder] + [f for f in [getattr(trainer, "pretraining_folder", None)] if f]
+    return any(isfile(join(f, f"checkpoint_{n}.pth")) for f in folders for n in ("final", "latest", "best"))
 
 
 def run_worker(args, env: dict) -> int:
@@ -254,10 +256,12 @@ def run_worker(args, env: dict) -> int:
     try:
         if args.device == "cuda":
             torch.cuda.set_device(int(env["LOCAL_RANK"]))   # nnU-Net: cuda:<global rank>, one node only
-        trainer = _load_trainer(args, base, plans, torch.device(args.device), args.c)
+        restart = restart_number()
+        # the trainer learns of --c from its plans, as from nnUNetv2_train (SACLTrainer resumes phase 1 from
+        # fold_X/pretraining by itself); a restart by torchrun continues as --c would
+        trainer = _load_trainer(args, base, plans, torch.device(args.device), args.c or (restart > 0 and not args.val))
         if args.disable_checkpointing:
             trainer.disable_checkpointing = True
-        restart = restart_number()
         # after a restart by torchrun, continue from the latest checkpoint (the pretrained weights are in it);
         # with no checkpoint written yet, start as the first attempt did
         resume = args.c or (restart > 0 and not args.val and _has_checkpoint(trainer))

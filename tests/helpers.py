@@ -196,6 +196,11 @@ def training_log(folder) -> str:
     return "\n".join(open(f).read() for f in sorted(glob.glob(join(folder, "training_log_*.txt"))))
 
 
+def pretraining_log(folder) -> str:
+    """The log of SACLTrainer's phase 1, an nnU-Net training of its own in fold_X/pretraining."""
+    return training_log(join(folder, "pretraining"))
+
+
 def has_epoch_line(log: str, epoch: int) -> bool:
     """nnU-Net's 'Epoch N' line (print_to_log_file ends each argument with a space)."""
     return re.search(rf": Epoch {epoch} ?$", log, re.M) is not None

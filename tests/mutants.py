@@ -32,19 +32,19 @@ class Mutant:
 
 
 T = "nnunet_sacl/nnunet/trainer.py"
+P = "nnunet_sacl/nnunet/pretrainer.py"
+U = "nnunet_sacl/nnunet/update.py"
+C = "nnunet_sacl/nnunet/checkpoints.py"
 MUTANTS = [
-    Mutant("phase 2 starts from the pretrained encoder, with the decoder phase 1 never touched", T,
-           "        self.phase = SEGMENTATION\n        self.current_epoch = 0\n",
-           "        from dynamic_network_architectures.initialization.weight_init import InitWeights_He\n"
-           "        self.network.apply(InitWeights_He(1e-2))\n"
-           "        self.phase = SEGMENTATION\n        self.current_epoch = 0\n",
+    Mutant("phase 2 starts from phase 1's network (the pretrained encoder)", T,
+           "        unwrap(self.network).load_state_dict(read_checkpoint(encoder_file)['network_weights'])\n",
+           "        pass\n",
            ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
-    Mutant("phase 2 trains the whole network with a fresh optimizer and poly schedule", T,
-           "        self.optimizer, self.lr_scheduler = self.configure_optimizers()\n"
-           "        self.print_to_log_file(f\"SACL pretraining done",
-           "        self.print_to_log_file(f\"SACL pretraining done",
+    Mutant("phase 1 is an nnU-Net training of its own in fold_X/pretraining, apart from phase 2's files", T,
+           "        pretrainer.output_folder, pretrainer.log_file = self.pretraining_folder, log_file\n",
+           "        pretrainer.log_file = log_file\n",
            ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
-    Mutant("a NaN/inf loss in phase 2 skips its step, is counted, and K in a row stop the run", T,
+    Mutant("a NaN/inf loss in phase 2 skips its step, is counted, and K in a row stop the run", U,
            "        if not self.nonfinite.is_finite(loss, f\"segmentation epoch {self.current_epoch}\"):\n"
            "            return {'loss': np.nan}\n", "",
            ("tests/test_finetune.py::test_nonfinite_segmentation_losses_are_skipped_counted_and_stop_the_run",)),
@@ -52,16 +52,16 @@ MUTANTS = [
            "    tmp = f\"{filename}.tmp\"\n", "    return torch.save(obj, filename)\n    tmp = f\"{filename}.tmp\"\n",
            ("tests/test_checkpoints.py::test_sigkill_during_save_leaves_a_whole_checkpoint_and_the_next_save_works",
             "tests/test_checkpoints.py::test_failed_save_removes_its_tmp_and_keeps_the_old_file")),
-    Mutant("a trained model segments: nnUNetv2_predict finds the organs", T,
+    Mutant("a trained model segments: nnUNetv2_predict finds the organs", C,
            "            'network_weights': unwrap(self.network).state_dict(),\n",
            "            'network_weights': {k: v * 0 if '.seg_layers.' in k else v\n"
            "                                for k, v in unwrap(self.network).state_dict().items()},\n",
            ("tests/test_end_to_end.py::test_predict_matches_input_geometry_and_label_range",)),
     Mutant("pretrain_epochs = 0 skips pretraining", T,
-           "        self.phase = PRETRAIN if self.pretrain_epochs > 0 else SEGMENTATION\n",
-           "        self.phase = PRETRAIN\n",
+           "        self.pretraining_done = self.pretrain_epochs == 0   # or a phase-2 checkpoint was loaded (--c)\n",
+           "        self.pretraining_done = False\n",
            ("tests/test_handoff.py::test_pretrain_epochs_zero_skips_pretraining",)),
-    Mutant("phase 2's step and checkpoint are nnU-Net's own", T,
+    Mutant("phase 2's step and checkpoint are nnU-Net's own", U,
            "        self.optimizer.zero_grad(set_to_none=True)\n        with self.amp_context():\n"
            "            loss = self.loss(self.network(data), target)\n",
            "        with self.amp_context():\n            loss = self.loss(self.network(data), target)\n",
@@ -74,16 +74,18 @@ MUTANTS = [
            "            if isinstance(self.network, DDP):\n"
            "                self.network = DDP(self.network.module, device_ids=self.network.device_ids)\n", "",
            ("tests/test_ranks_agree.py::test_a_nan_on_one_rank_is_skipped_by_every_rank[SACLTrainer_nan_frozen-2]",)),
-    Mutant("the GradScaler branch of the update equals the eager step", T,
+    Mutant("the GradScaler branch of the update equals the eager step", U,
            "            self.grad_scaler.unscale_(self.optimizer)\n", "            pass\n",
            ("tests/test_cuda_branches.py::test_grad_scaler_update_equals_the_eager_step",)),
-    Mutant("phase 1 runs under the trainer's autocast", T,
-           "        with self.amp_context():\n            z, organs, samples = self.embed(data, seg)\n",
-           "        with dummy_context():\n            z, organs, samples = self.embed(data, seg)\n",
+    Mutant("phase 1 runs under the trainer's autocast", P,
+           "        with self.amp_context():\n            z, organs, samples = self.embed(data, seg)\n"
+           "            loss, statistics",
+           "        with torch.enable_grad():\n            z, organs, samples = self.embed(data, seg)\n"
+           "            loss, statistics",
            ("tests/test_cuda_branches.py::test_bfloat16_autocast_with_grad_scaler_follows_the_eager_step[phase1]",)),
-    Mutant("phase 1 compiles its encoder when nnU-Net compiles", T,
-           "        self.pretrain_encoder = torch.compile(encoder) if self._do_i_compile() else encoder\n",
-           "        self.pretrain_encoder = encoder\n",
+    Mutant("phase 1 compiles its encoder when nnU-Net compiles", "nnunet_sacl/nnunet/contrastive.py",
+           "        self.contrastive_encoder = torch.compile(encoder) if self._do_i_compile() else encoder\n",
+           "        self.contrastive_encoder = encoder\n",
            ("tests/test_cuda_branches.py::test_compiled_phase_one_encoder_equals_the_eager_step",)),
     Mutant("the on-device augmentation applies the trainer's own settings, not nnU-Net's defaults",
            "nnunet_sacl/nnunet/augment_settings.py",
@@ -125,7 +127,7 @@ MUTANTS = [
            "    if not os.path.exists(filename):\n", "    if False:\n",
            ("tests/test_messages.py::test_a_checkpoint_that_cannot_be_read_says_why",
             "tests/test_messages.py::test_embeddings_without_the_encoder_file_says_it_does_not_exist")),
-    Mutant("at resume, out of memory is no mismatch", T,
+    Mutant("at resume, out of memory is no mismatch", C,
            "        except torch.OutOfMemoryError as e:   "
            "# a RuntimeError, but no mismatch: the checkpoint may be fine\n",
            "        except ZeroDivisionError as e:\n",
@@ -180,9 +182,24 @@ MUTANTS = [
     Mutant("images are linked, not copied", "nnunet_sacl/dataset_conversion/merge.py",
            "        os.link(src, dst)\n", "        shutil.copy2(src, dst)\n",
            ("tests/test_merge.py::test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources",)),
-    Mutant("the pretraining panel of progress.png: one legend, whole epochs", "nnunet_sacl/nnunet/progress.py",
-           "    ax.xaxis.set_major_locator(MaxNLocator(integer=True))\n", "",
-           ("tests/test_progress.py::test_pretraining_panel_legends_do_not_overlap_and_epochs_are_whole",)),
+    Mutant("progress.png names its pseudo-Dice axis for its curve (nearest-neighbour F1 in phase 1)",
+           "nnunet_sacl/nnunet/contrastive.py",
+           "        with pseudo_dice_axis_named(self.pseudo_dice_label):\n            super().on_epoch_end()\n",
+           "        super().on_epoch_end()\n",
+           ("tests/test_progress.py::test_each_trainer_names_the_axis_when_nnunet_draws",)),
+    Mutant("phase 1's validation scores nearest-neighbour organ classification (no embedding is its own neighbour)",
+           "nnunet_sacl/method/neighbours.py",
+           "    similarity.fill_diagonal_(float(\"-inf\"))\n", "",
+           ("tests/test_neighbours.py::test_counts_equal_a_loop_over_pairs",)),
+    Mutant("--c resumes phase 1 from fold_X/pretraining", T,
+           "        resume_from = next((f for f in checkpoints.values() if isfile(f)), None) if self.continue_training "
+           "else None\n",
+           "        resume_from = None\n",
+           ("tests/test_end_to_end.py::test_run_killed_in_each_phase_resumes_with_c",)),
+    Mutant("a checkpoint of the earlier phase-1 format is refused with a way on", T,
+           "        if extras.get('phase') == \"pretrain\":\n",
+           "        if False:\n",
+           ("tests/test_trainer.py::test_checkpoints_of_the_earlier_layout_resume_or_are_refused",)),
 ]
 
 

@@ -63,7 +63,7 @@ def test_a_convolution_counted_by_hand():
 
 
 def test_sacl_step_flops_equal_the_count_by_hand(tiny):
-    """The real SACLTrainer.pretrain_step at a tiny BTCV-like patch: encoder forward + backward (no input
+    """The real SACLPretrainer.train_step (phase 1) at a tiny BTCV-like patch: encoder forward + backward (no input
     gradient for the first convolution), mask pooling's matmul (gradient for the features only), the projection
     head and the loss's similarity matrix (gradients for both operands): every FLOP accounted for by hand."""
     plans, dataset_json = tiny
@@ -74,7 +74,7 @@ def test_sacl_step_flops_equal_the_count_by_hand(tiny):
     pool = 2 * (2 * BATCH * (ORGANS + 1) * prod(bottleneck) * channels)    # bmm over all classes, 1 backward bmm
     head = 3 * 2 * rows * (channels * 512 + 512 * 128)                      # forward, input grad, weight grad
     loss = 3 * 2 * rows * rows * 128                                          # z @ z.T and its two gradients
-    step = accounting.CountedStep("sacl", accounting.variants.SACLTrainer, "pretrain_step", "SACL")
+    step = accounting.CountedStep("sacl", accounting.variants.SACLPretrainer, "train_step", "SACL")
     with nnunet_workspace(plans, "3d_fullres"):
         row = accounting.count_step(step, plans, "3d_fullres", dataset_json, ORGANS, peak=False)
     assert row["encoder_flops"] == encoder

@@ -319,14 +319,25 @@ def test_batchgenerators_v1_transforms_are_refused():
 
 
 def test_an_override_in_front_of_the_on_device_one_is_refused():
-    """It would run on the CPU workers and again on the device."""
-    class InFront(SACLTrainer_torchaug_smoke):
+    """It would run on the CPU workers and again on the device. SACL's phase 1 puts its on-device override in front
+    of the whole variant, so there the variant's transforms are what the device applies."""
+    from nnunet_sacl.nnunet.pretrainer import pretraining_class
+    from nnunet_sacl.nnunet.variants import nnUNetTrainer_torchaug
+
+    class InFront(nnUNetTrainer_torchaug):
         get_training_transforms = staticmethod(ChangedDA.get_training_transforms)
 
     trainer = btcv_like_trainer(InFront, "3d_lowres")
     with pytest.raises(NotReproducible, match=r"^InFront: InFront.get_training_transforms comes before the on-device "
-                                              r"override \(SACLTrainer.get_training_transforms\)"):
+                                              r"override \(OnDeviceAugmentationMixin.get_training_transforms\)"):
         augment_settings_from_trainer(trainer)
+
+    class SACLInFront(SACLTrainer_torchaug_smoke):
+        get_training_transforms = staticmethod(ChangedDA.get_training_transforms)
+
+    phase_one = btcv_like_trainer(pretraining_class(SACLInFront), "3d_lowres")
+    changed = btcv_like_trainer(ChangedDA, "3d_lowres")
+    assert augment_settings_from_trainer(phase_one) == augment_settings_from_trainer(changed)
 
 
 @pytest.mark.slow

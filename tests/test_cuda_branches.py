@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.short_runs import SACLTrainer_joint_smoke, SACLTrainer_smoke
+from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
 from tests.helpers import first_batch, make_trainer
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
@@ -39,21 +39,21 @@ def trainer_pair(base, amp: bool, scaler: bool):
     if scaler:
         other.grad_scaler = torch.amp.GradScaler("cpu")
     unwrap(other.network).load_state_dict(unwrap(eager.network).state_dict())
-    other.head.load_state_dict(eager.head.state_dict())
+    if eager.head is not None:
+        other.head.load_state_dict(eager.head.state_dict())
     return eager, other
 
 
 def params(trainer) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in list(trainer.network.parameters())
-                      + list(trainer.head.parameters())]).clone()
+    head = list(trainer.head.parameters()) if trainer.head is not None else []
+    return torch.cat([p.detach().reshape(-1) for p in list(trainer.network.parameters()) + head]).clone()
 
 
 def step(trainer, batch, phase_one: bool) -> float:
-    out = trainer.pretrain_step(batch) if phase_one else trainer.train_step(batch)
-    return float(out["loss"])
+    return float(trainer.train_step(batch)["loss"])
 
 
-STEPS = [(SACLTrainer_smoke, True), (_Segmentation, False), (SACLTrainer_joint_smoke, False)]
+STEPS = [(SACLPretrainer_smoke, True), (_Segmentation, False), (SACLTrainer_joint_smoke, False)]
 IDS = ["phase1", "phase2", "joint"]
 
 
@@ -90,13 +90,13 @@ def test_compiled_phase_one_encoder_equals_the_eager_step(in_process_env, monkey
     compiles the encoder it runs in phase 1."""
     import functools
     backend = "inductor" if shutil.which("g++") or shutil.which("c++") else "aot_eager"
-    eager = make_trainer(SACLTrainer_smoke)
+    eager = make_trainer(SACLPretrainer_smoke)
     eager.initialize()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
-    monkeypatch.setattr(SACLTrainer_smoke, "_do_i_compile", lambda self: True)
-    compiled = make_trainer(SACLTrainer_smoke)
+    monkeypatch.setattr(SACLPretrainer_smoke, "_do_i_compile", lambda self: True)
+    compiled = make_trainer(SACLPretrainer_smoke)
     compiled.initialize()
-    assert isinstance(compiled.pretrain_encoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.contrastive_encoder, torch._dynamo.eval_frame.OptimizedModule)
     unwrap(compiled.network).load_state_dict(unwrap(eager.network).state_dict())
     compiled.head.load_state_dict(eager.head.state_dict())
     batch = first_batch(eager)

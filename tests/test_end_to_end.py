@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_losses, readme_model,
-                           run, train_env, training_log)
+from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_log, pretraining_losses,
+                           readme_model, run, train_env, training_log)
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
 
@@ -30,18 +30,24 @@ def trained_sacl(readme_run):
 
 
 def test_train_runs_both_phases_with_finite_losses(trained_sacl):
-    log = training_log(trained_sacl)
-    losses = pretraining_losses(log)
-    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values()), log[-3000:]
+    log, phase_one = training_log(trained_sacl), pretraining_log(trained_sacl)
+    losses = pretraining_losses(phase_one)
+    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values()), phase_one[-3000:]
+    # phase 1 is an nnU-Net training of its own: validation loss and nearest-neighbour organ F1 (its pseudo Dice)
+    f1 = [eval(v) for v in re.findall(r"Pseudo dice (\[.*\])", phase_one)]
+    assert len(f1) == 3 and all(len(v) == 3 and all(0 <= x <= 1 or math.isnan(x) for x in v) for v in f1)
+    assert len(re.findall(r"val_loss (\S+)", phase_one)) == 3 and "Training done." in phase_one
     seg_losses = [float(v) for v in re.findall(r"train_loss (\S+)", log)]
     assert len(seg_losses) == 2 and all(math.isfinite(v) for v in seg_losses)
     assert log.index("SACL pretraining done") < log.index("Epoch 0")
-    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress.png", "progress_pretraining.png"):
+    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress.png", "pretraining/progress.png",
+                 "pretraining/checkpoint_final.pth", "pretraining/checkpoint_best.pth"):
         assert isfile(join(trained_sacl, name)), name
-    from PIL import Image          # SACLTrainer.on_epoch_end put the pretraining panel on top of nnU-Net's three
-    assert Image.open(join(trained_sacl, "progress.png")).size == (3000, 1800 + 5400)
+    from PIL import Image          # nnU-Net's own three panels, in each phase
+    assert Image.open(join(trained_sacl, "progress.png")).size == (3000, 5400)
+    assert Image.open(join(trained_sacl, "pretraining", "progress.png")).size == (3000, 5400)
     final = torch.load(join(trained_sacl, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
-    assert final["sacl"]["phase"] == "segmentation" and final["sacl"]["pretrain_epoch"] == 3
+    assert final["sacl"] == {"phase": "segmentation", "pretrain_epochs": 3}
     # phase 2 trained the pretrained encoder, from nnU-Net's initial learning rate (a fresh poly schedule)
     pretrained = torch.load(join(trained_sacl, "checkpoint_sacl_encoder.pth"), weights_only=False)["network_weights"]
     encoder_keys = [k for k in pretrained if k.startswith("encoder.") and k.endswith(".weight")]
@@ -92,22 +98,21 @@ def test_run_killed_in_each_phase_resumes_with_c(nnunet_env, preprocessed):
     env = train_env(nnunet_env)
     folder = fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 4)
     cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"]
-    latest = join(folder, "checkpoint_latest.pth")
-    kill_when(cmd, env, lambda: isfile(latest))
-    log = training_log(folder)
-    assert "SACL pretraining done" not in log, "the run finished phase 1 before it could be killed"
-    saved = torch.load(latest, weights_only=False, map_location="cpu")["sacl"]
-    assert saved["phase"] == "pretrain" and 1 <= saved["pretrain_epoch"] < 3
+    phase_one_latest, latest = join(folder, "pretraining", "checkpoint_latest.pth"), join(folder, "checkpoint_latest.pth")
+    kill_when(cmd, env, lambda: isfile(phase_one_latest))
+    assert "SACL pretraining done" not in training_log(folder), "the run finished phase 1 before it could be killed"
+    saved = torch.load(phase_one_latest, weights_only=False, map_location="cpu")
+    assert saved["sacl"]["phase"] == "pretraining" and 1 <= saved["current_epoch"] < 3
 
-    def resumed(log):
-        return log[log.index("Resumed from"):] if "Resumed from" in log else ""
-    kill_when(cmd + ["--c"], env, lambda: has_epoch_line(resumed(training_log(folder)), 1))
-    after_first = resumed(training_log(folder))
-    assert f"Resumed from {latest}: phase pretrain, pretraining epoch {saved['pretrain_epoch']}" in after_first
-    assert sorted(pretraining_losses(after_first)) == list(range(saved["pretrain_epoch"], 3))
+    kill_when(cmd + ["--c"], env, lambda: has_epoch_line(training_log(folder), 1))   # phase 2's epoch 1
+    phase_one = pretraining_log(folder)
+    phase_one = phase_one[phase_one.index("Resumed from"):]
+    assert phase_one.startswith(f"Resumed from {phase_one_latest} at epoch {saved['current_epoch']}")
+    assert sorted(pretraining_losses(phase_one)) == list(range(saved["current_epoch"], 3))
+    after_first = training_log(folder).split("Resumed SACL pretraining from")[-1]
     assert "SACL pretraining done" in after_first and "Training done." not in after_first, \
         "the run finished before it could be killed in segmentation training"
-    losses = pretraining_losses(training_log(folder))
+    losses = pretraining_losses(pretraining_log(folder))
     assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
     saved = torch.load(latest, weights_only=False, map_location="cpu")
     assert saved["sacl"]["phase"] == "segmentation" and saved["current_epoch"] == 1
@@ -115,7 +120,8 @@ def test_run_killed_in_each_phase_resumes_with_c(nnunet_env, preprocessed):
     run(cmd + ["--c"], env)
     log = training_log(folder)
     after_second = log[log.rindex("Resumed from"):]
-    assert "phase segmentation, pretraining epoch 3, segmentation epoch 1" in after_second
-    assert "SACL pretraining epoch" not in after_second and not has_epoch_line(after_second, 0)
+    assert after_second.startswith(f"Resumed from {latest} at epoch 1")
+    assert "SACL pretraining" not in after_second and not has_epoch_line(after_second, 0)
     assert has_epoch_line(after_second, 1) and "Training done." in after_second
     assert isfile(join(folder, "checkpoint_final.pth"))
+    assert pretraining_log(folder).count("Training done.") == 1      # phase 1 ran to its end once

@@ -202,7 +202,7 @@ def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(i
                                                r"-tr SACLPretrainer.*-pretrained_weights"):
             build(cls, True)
         build(cls, False)
-    assert build(SACLPretrainer_smoke, True).stop_after_pretraining
+    build(SACLPretrainer_smoke, True)      # pretraining may train on partial labels
 
 
 def test_command_line_merges_and_refuses_in_one_line(raw, capsys):
@@ -257,4 +257,4 @@ def test_phase_one_gives_no_embedding_for_an_organ_a_case_does_not_annotate(in_p
     rows = set(zip(samples.tolist(), organs.tolist()))
     shown = {(s, int(o)) for s in range(target.shape[0]) for o in torch.unique(target[s]).tolist() if o > 0}
     assert rows == shown and (sample, organ) not in rows and z.shape[0] == len(rows)
-    assert torch.isfinite(trainer.pretrain_step(batch)["loss"])
+    assert torch.isfinite(torch.as_tensor(trainer.train_step(batch)["loss"]))

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.helpers import finish, nnunet_bin, run, RUN_TIMEOUT, start, torchrun, torchrun_env, train_args
-from tests.helpers import fold_folder, pretraining_losses, training_log
+from tests.helpers import fold_folder, pretraining_log, pretraining_losses, training_log
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -86,8 +86,9 @@ def test_two_ranks_run_both_phases_and_only_rank_0_writes(standalone_run):
     folder, rank1_results, out = standalone_run
     assert "nnunet-sacl train: 2 rank(s), backend gloo, device cpu" in out
     log = training_log(folder)
-    assert sorted(pretraining_losses(log)) == [0, 1, 2] and "Training done." in log
-    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress_pretraining.png", "../plans.json"):
+    assert sorted(pretraining_losses(pretraining_log(folder))) == [0, 1, 2] and "Training done." in log
+    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "pretraining/checkpoint_final.pth",
+                 "pretraining/progress.png", "../plans.json"):
         assert isfile(join(folder, name)), name
     final = torch.load(join(folder, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
     assert final["trainer_name"] == "SACLTrainer_smoke" and final["sacl"]["phase"] == "segmentation"
@@ -150,12 +151,12 @@ def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_
     folder = fold_folder(env, "SACLTrainer_tiny", 0)
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "--monitor-interval",
                           "0.5", "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0)), env)
-    kill_rank_when(proc, 1, lambda: "SACL pretraining epoch 0" in training_log(folder))
+    kill_rank_when(proc, 1, lambda: isfile(join(folder, "pretraining", "checkpoint_latest.pth")))
     out = finish(proc)
     assert proc.returncode == 0, out[-6000:]
     log = training_log(folder)
     assert "torchrun restart 1 of at most 1: resumed from the latest checkpoint" in log, log[-3000:]
-    epochs = [int(e) for e in re.findall(r"SACL pretraining epoch (\d+):", log)]
+    epochs = [int(e) for e in re.findall(r"SACL pretraining epoch (\d+):", pretraining_log(folder))]
     assert sorted(set(epochs)) == [0, 1, 2] and len(epochs) - 3 <= 1, epochs
     assert "Training done." in log and isfile(join(folder, "checkpoint_final.pth"))
 
@@ -170,7 +171,7 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--monitor-interval", "0.5",
                           "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--collective-timeout", "60"),
                  env)
-    workers = kill_rank_when(proc, 1, lambda: "SACL pretraining epoch 0" in training_log(folder))
+    workers = kill_rank_when(proc, 1, lambda: "SACL pretraining epoch 0" in pretraining_log(folder))
     killed_at = time.time()
     out = finish(proc, timeout=120)
     assert proc.returncode != 0
@@ -179,15 +180,15 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
             time.sleep(0.2)
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", out) and "SIGKILL" in out, out[-4000:]
-    saved = torch.load(join(folder, "checkpoint_latest.pth"), weights_only=False, map_location="cpu")["sacl"]
-    assert saved["phase"] == "pretrain" and saved["pretrain_epoch"] >= 1
+    saved = torch.load(join(folder, "pretraining", "checkpoint_latest.pth"), weights_only=False, map_location="cpu")
+    assert saved["sacl"]["phase"] == "pretraining" and saved["current_epoch"] >= 1
 
     run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--c"], env,
         timeout=RUN_TIMEOUT)
-    log = training_log(folder)
+    log = pretraining_log(folder)
     after = log[log.index("Resumed from"):]
-    assert sorted(pretraining_losses(after)) == list(range(saved["pretrain_epoch"], 3))
-    assert "Training done." in after
+    assert sorted(pretraining_losses(after)) == list(range(saved["current_epoch"], 3))
+    assert "Training done." in after and "Training done." in training_log(folder)
 
 
 @pytest.mark.slow

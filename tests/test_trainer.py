@@ -142,6 +142,31 @@ def test_checkpoint_with_another_head_is_refused(in_process_env, tmp_path):
         other.load_checkpoint(file)
 
 
+def test_checkpoints_of_the_earlier_layout_resume_or_are_refused(in_process_env, tmp_path):
+    """nnunet-sacl 0.1 kept phase 1 in fold_X itself, with the SACL state in every checkpoint: its segmentation
+    checkpoints still resume; its pretraining checkpoints are refused with a message that says how to go on."""
+    trainer = make_trainer("SACLTrainer_smoke")
+    trainer.initialize()
+    trainer.current_epoch = 1
+    file = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(file)
+    checkpoint = torch.load(file, weights_only=False)
+    old_log = {"loss": [2.0, 1.8, 1.7], "lr": [0.01] * 3, "organs_per_batch": [5.0] * 3,
+               "batches_without_positive": [0] * 3, "epoch_seconds": [1.0] * 3}
+    torch.save(dict(checkpoint, sacl={"phase": "segmentation", "pretrain_epoch": 3, "pretrain_log": old_log,
+                                      "head": None}), file)
+    resumed = make_trainer("SACLTrainer_smoke")
+    resumed.load_checkpoint(file)
+    assert resumed.current_epoch == 2 and resumed.pretraining_done
+
+    torch.save(dict(checkpoint, sacl={"phase": "pretrain", "pretrain_epoch": 2, "pretrain_log": old_log,
+                                      "head": {}}), file)
+    with pytest.raises(RuntimeError, match=r"checkpoint_latest.pth was written during SACL pretraining by an earlier "
+                                           r"nnunet-sacl \(0.1\).*Delete .*checkpoint_latest.pth and start again "
+                                           r"without --c"):
+        make_trainer("SACLTrainer_smoke").load_checkpoint(file)
+
+
 @pytest.mark.parametrize("error, says", [
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
      "Out of memory on cpu while resuming from {file} (free memory on it, e.g. other processes on this GPU): CUDA out "

@@ -197,6 +197,12 @@ class PretrainingMixin:
         self.head.load_state_dict(extras['head'])
 
 
+def pretraining_class(trainer_class: type) -> type:
+    """Phase 1 of a SACLTrainer (variant): ``PretrainingMixin`` in front of the class, under the same name."""
+    return type(trainer_class.__name__, (PretrainingMixin, trainer_class),
+                {"__module__": trainer_class.__module__, "__qualname__": trainer_class.__qualname__})
+
+
 class SACLPretrainer(PretrainingMixin, PretrainingSettings, ContrastiveMixin, GuardedUpdateMixin,
                      AtomicCheckpointMixin, nnUNetTrainer):
     """SACL phase 1 alone: ``pretrain_epochs`` epochs of contrastive training of encoder + projection head, ending

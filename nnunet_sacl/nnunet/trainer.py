@@ -13,7 +13,7 @@ from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import unwrap
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
-from nnunet_sacl.nnunet.pretrainer import PRETRAINING, PretrainingMixin, PretrainingSettings
+from nnunet_sacl.nnunet.pretrainer import PRETRAINING, PretrainingSettings, pretraining_class
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
 SEGMENTATION = "segmentation"
@@ -52,10 +52,7 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
     def make_pretrainer(self) -> nnUNetTrainer:
         """Phase 1's trainer: ``PretrainingMixin`` in front of this trainer's class (same name), working in
         fold_X/pretraining and writing the encoder file into fold_X."""
-        cls = type(self)
-        phase_one_class = type(cls.__name__, (PretrainingMixin, cls),
-                               {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
-        pretrainer = phase_one_class(plans=dict(self.plans_manager.plans, continue_training=self.continue_training),
+        pretrainer = pretraining_class(type(self))(plans=dict(self.plans_manager.plans, continue_training=self.continue_training),
                                      configuration=self.configuration_name, fold=self.fold,
                                      dataset_json=self.dataset_json, device=self.device)
         pretrainer.disable_checkpointing = self.disable_checkpointing

@@ -39,11 +39,11 @@ class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
         batch = {"data": data[part], "target": seg[part], "keys": [f"case{i}" for i in range(total)][part]}
         return _Repeat(batch), _Repeat(batch)
 
-    def pretrain_step(self, batch: dict) -> dict:
+    def train_step(self, batch: dict) -> dict:
         if not self.is_ddp:
-            return super().pretrain_step(batch)
+            return super().train_step(batch)
         with counted_collectives() as counts:
-            outputs = super().pretrain_step(batch)
+            outputs = super().train_step(batch)
         self.print_to_log_file("collective payload of one pretraining step on this rank (bytes): "
                                + ", ".join(f"{op} {n}" for op, n in sorted(counts.items())))
         return outputs
