@@ -1,6 +1,6 @@
 """CPU wall-clock of the training steps side by side, and how the SACL and paper-style steps grow with organs.
 
-``ratios``: stock ``nnUNetTrainer.train_step``, ``SACLTrainer.pretrain_step`` and the paper-style step
+``ratios``: stock ``nnUNetTrainer.train_step``, ``SACLPretrainer.train_step`` (SACL phase 1) and the paper-style step
 (``SACLTrainer_PaperStyle``) on the BTCV-like plan at a CPU-sized patch (default 24x64x64, batch 2, the 13 BTCV
 organs in every sample). The steps are interleaved (A B C A B C ...), so load from other processes falls on all of
 them alike; median, min and max over the rounds (``"kind": "step"``).
@@ -36,7 +36,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_sacl.nnunet.trainer import SACLTrainer
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer, pretraining_class
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 
 import accounting
@@ -49,8 +49,8 @@ HEAD_RANGE = "sacl.head"
 CPU = torch.device("cpu")
 STEPS = {   # key -> (trainer class, step method)
     "stock": (nnUNetTrainer, "train_step"),
-    "sacl": (SACLTrainer, "pretrain_step"),
-    "paper_style": (SACLTrainer_PaperStyle, "pretrain_step"),
+    "sacl": (SACLPretrainer, "train_step"),
+    "paper_style": (pretraining_class(SACLTrainer_PaperStyle), "train_step"),
 }
 
 
@@ -98,7 +98,7 @@ def pool_head_loss_share(trainer, batch: dict, steps: int) -> dict:
     it) against the CPU time of the whole SACL step (step_benchmark's profile method, with the head added)."""
     trainer.head = _HeadRange(trainer.head)          # same parameters; the optimizer holds the same tensors
     try:
-        step = _ranged(trainer.pretrain_step, STEP_RANGE)
+        step = _ranged(trainer.train_step, STEP_RANGE)
         step(batch)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
@@ -178,13 +178,13 @@ def run_scaling(args) -> dict:
             with nnunet_workspace(plans, args.configuration):
                 trainers = {k: build_trainer(STEPS[k][0], plans, args.configuration, dataset_json, CPU) for k in keys}
                 batches = {k: synthetic_batch(t) for k, t in trainers.items()}
-                steps = {k: (lambda k=k: trainers[k].pretrain_step(batches[k])) for k in keys}
+                steps = {k: (lambda k=k: trainers[k].train_step(batches[k])) for k in keys}
                 times = interleaved_ms(steps, args.rounds)
                 share = pool_head_loss_share(trainers["sacl"], batches["sacl"], args.profile_steps)
                 del trainers, batches, steps
                 gc.collect()
             with nnunet_workspace(full, args.configuration):
-                counted_full = {k: accounting.count_step(accounting.CountedStep(k, STEPS[k][0], "pretrain_step", k),
+                counted_full = {k: accounting.count_step(accounting.CountedStep(k, STEPS[k][0], "train_step", k),
                                                          full, args.configuration, dataset_json, organs, peak=False)
                                 for k in ("sacl", "paper_style")}
             for k in ("sacl", "paper_style"):

@@ -5,7 +5,7 @@ For each worker count W the real dataloaders run (``on_train_start()`` of traine
 ``get_trainer_from_args``, cudnn.benchmark and torch.compile as ``nnUNetv2_train`` sets them) and four numbers are
 taken, all in milliseconds per iteration:
 
-- ``gpu_aug_wall_ms``: ``SACLTrainer.pretrain_step(next(dataloader_train))`` with ``pretrain_augmentation="torch"``
+- ``gpu_aug_wall_ms``: phase 1 ``train_step(next(dataloader_train))`` with ``pretrain_augmentation="torch"``
   (CPU workers only crop nnU-Net's initial patch, ``nnunet_sacl.method.augment`` augments the batch on the device);
 - ``cpu_aug_wall_ms``: the same with ``pretrain_augmentation="nnunet"`` (nnU-Net's CPU augmentation pipeline);
 - ``compute_only_ms``: the SACL step alone on one batch kept on the device (initial patch size, so the on-device
@@ -62,8 +62,8 @@ class LoaderRun:
 
 
 RUNS = (
-    LoaderRun(GPU_AUG, "SACL pretraining, augmentation on the device", "SACLTrainer", "torch", "pretrain_step"),
-    LoaderRun(CPU_AUG, "SACL pretraining, nnU-Net's CPU augmentation", "SACLTrainer", "nnunet", "pretrain_step"),
+    LoaderRun(GPU_AUG, "SACL pretraining, augmentation on the device", "SACLTrainer", "torch", "train_step"),
+    LoaderRun(CPU_AUG, "SACL pretraining, nnU-Net's CPU augmentation", "SACLTrainer", "nnunet", "train_step"),
     LoaderRun(STOCK, "stock nnUNetTrainer.train_step", "nnUNetTrainer", None, "train_step"),
 )
 
@@ -83,6 +83,8 @@ def build_trainer(run: LoaderRun, dataset: str, configuration: str, plans: str, 
     before initialize(), which is where SACLTrainer reads it (the same as a one-line subclass)."""
     with redirect_stdout(StringIO()):          # citation banner and device line; they still go to the log file
         trainer = get_trainer_from_args(dataset, configuration, 0, run.trainer_name, plans, device=device)
+        if isinstance(trainer, SACLTrainer):      # SACL pretraining: the trainer's phase 1
+            trainer = trainer.make_pretrainer()
         if run.pretrain_augmentation is not None:
             trainer.pretrain_augmentation = run.pretrain_augmentation
         trainer.initialize()
@@ -102,7 +104,10 @@ def start_loaders(trainer, workers: int) -> None:
 def stop_loaders(trainer) -> None:
     """Finish the dataloaders as nnU-Net's on_train_end does, without its checkpoint (stock trainers too)."""
     with redirect_stdout(StringIO()):
-        SACLTrainer.on_train_end_without_checkpoint(trainer)
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+        trainer.dataloader_train = trainer.dataloader_val = None
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -160,8 +165,8 @@ def measure_compute_only(trainer, batch: dict, warmup: int, iters: int) -> dict:
     augmentation's share of the step (both on one stream, so the step's time includes it)."""
     device = trainer.device
     for _ in range(warmup):
-        trainer.pretrain_step(batch)
-    step_ms = wall_ms_per_call(lambda: trainer.pretrain_step(batch), iters, device)
+        trainer.train_step(batch)
+    step_ms = wall_ms_per_call(lambda: trainer.train_step(batch), iters, device)
     seg = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
 
     def augment():

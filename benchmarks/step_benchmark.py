@@ -1,4 +1,4 @@
-"""Step benchmark: stock ``nnUNetTrainer.train_step`` against ``SACLTrainer.pretrain_step`` and the
+"""Step benchmark: stock ``nnUNetTrainer.train_step`` against ``SACLPretrainer.train_step`` (SACL phase 1) and the
 paper-style pretraining step (``SACLTrainer_PaperStyle``), on a network built from a real nnU-Net plans file.
 
 The three trainers run one after another in one process, on synthetic batches shaped like nnU-Net's, so the
@@ -41,7 +41,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_sacl.method.augment import downsample_for_deep_supervision
-from nnunet_sacl.nnunet.trainer import SACLTrainer
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer, pretraining_class
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +64,9 @@ class StepUnderTest:
 
 STEPS = (
     StepUnderTest("stock nnUNetTrainer.train_step", nnUNetTrainer, "train_step", "stock"),
-    StepUnderTest("SACLTrainer.pretrain_step", SACLTrainer, "pretrain_step", "sacl"),
-    StepUnderTest("SACLTrainer_PaperStyle.pretrain_step", SACLTrainer_PaperStyle, "pretrain_step", "paper_style"),
+    StepUnderTest("SACLPretrainer.train_step (SACL phase 1)", SACLPretrainer, "train_step", "sacl"),
+    StepUnderTest("SACLTrainer_PaperStyle phase 1 train_step", pretraining_class(SACLTrainer_PaperStyle), "train_step",
+                  "paper_style"),
 )
 
 
@@ -341,7 +342,7 @@ def profile_sacl_step(trainer, batch: dict, steps: int) -> dict:
     on_gpu = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     # the SACL step inside a 'sacl.step' range; the trainer itself marks 'sacl.encoder', 'sacl.mask_pool', 'sacl.loss'
-    step = _ranged(trainer.pretrain_step, STEP_RANGE)
+    step = _ranged(trainer.train_step, STEP_RANGE)
     step(batch)                                      # one unprofiled call through the wrapper
     synchronize(trainer.device)
     with profile(activities=activities) as prof:

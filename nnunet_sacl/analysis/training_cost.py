@@ -13,7 +13,7 @@ from pathlib import Path
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?): ", re.M)
 _EPOCH = re.compile(r": Epoch (\d+) ?$")
 _EPOCH_TIME = re.compile(r": Epoch time: ([0-9.eE+-]+) s")
-_PRETRAIN_EPOCH = re.compile(r"SACL pretraining epoch (\d+): .*epoch time ([0-9.eE+-]+) s")
+_PRETRAINING_START = "SACL pretraining: epochs"   # PretrainingMixin.on_train_start: this log is a phase-1 training
 
 COST_COLUMNS = ("pretrain_epochs", "pretrain_seconds", "epochs", "epoch_seconds", "iterations_per_epoch",
                 "iterations", "wall_seconds")
@@ -31,27 +31,39 @@ def _iterations_per_epoch(folder: Path) -> float:
         return math.nan
 
 
-def run_cost(folder) -> dict:
-    """Cost of the run in ``folder`` (an nnU-Net ``fold_X``): epochs and summed epoch times of SACL pretraining and
-    of segmentation training, iterations per epoch (the same in both phases), total iterations, and wall time."""
-    folder = Path(folder)
-    pretrain, segmentation, wall = {}, {}, 0.0
+def _nnunet_epochs(folder: Path):
+    """nnU-Net's epochs in the logs of one folder (epoch -> its time), the summed wall time of the logs, and whether
+    they are a SACL pretraining run's."""
+    epochs, wall, pretraining = {}, 0.0, False
     for log in sorted(folder.glob("training_log_*.txt")):
         text = log.read_text(errors="replace")
         wall += _wall_seconds(text)
+        pretraining |= _PRETRAINING_START in text
         epoch = None
         for line in text.splitlines():
-            match = _PRETRAIN_EPOCH.search(line)
-            if match:
-                pretrain[int(match.group(1))] = float(match.group(2))
-                continue
             match = _EPOCH.search(line)
             if match:
                 epoch = int(match.group(1))
                 continue
             match = _EPOCH_TIME.search(line)
             if match and epoch is not None:
-                segmentation[epoch] = float(match.group(1))
+                epochs[epoch] = float(match.group(1))
+    return epochs, wall, pretraining
+
+
+def run_cost(folder) -> dict:
+    """Cost of the run in ``folder`` (an nnU-Net ``fold_X``): epochs and summed epoch times of SACL pretraining and
+    of segmentation training, iterations per epoch (the same in both phases), total iterations, and wall time.
+    SACLTrainer's pretraining is the nnU-Net training in ``fold_X/pretraining``; a SACLPretrainer run's epochs are
+    all pretraining."""
+    folder = Path(folder)
+    segmentation, wall, pretraining = _nnunet_epochs(folder)
+    pretrain = {}
+    if pretraining:
+        pretrain, segmentation = segmentation, {}
+    if (folder / "pretraining").is_dir():
+        pretrain, phase_one_wall, _ = _nnunet_epochs(folder / "pretraining")
+        wall += phase_one_wall
     per_epoch = _iterations_per_epoch(folder)
     return {"pretrain_epochs": len(pretrain), "pretrain_seconds": sum(pretrain.values()),
             "epochs": len(segmentation), "epoch_seconds": sum(segmentation.values()),
