@@ -30,8 +30,9 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5
 
 from nnunet_sacl.nnunet.augment_settings import NotReproducible, augment_settings_from_trainer, training_transforms
 from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
+from nnunet_sacl.nnunet.pretrainer import pretraining_class
 from nnunet_sacl.nnunet.short_runs import SACLTrainer_torchaug_smoke
-from tests.helpers import make_trainer
+from tests.helpers import make_pretrainer, make_trainer
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -214,7 +215,7 @@ CHANGED = dict(p_noise=0.5, noise_std_range=(0.0, 0.3), p_scaling=0.35, scale_ra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer_class", [SACLChangedDA,
+@pytest.mark.parametrize("trainer_class", [pretraining_class(SACLChangedDA),
                                            type("ChangedDA", (OnDeviceAugmentationMixin, ChangedDA), {})],
                          ids=["SACLTrainer phase 1", "OnDeviceAugmentationMixin"])
 def test_a_changed_probability_or_range_reaches_the_device(in_process_env, trainer_class):
@@ -244,7 +245,7 @@ def test_transforms_are_read_with_the_arguments_nnunet_passes(in_process_env, co
     stock = make_trainer("nnUNetTrainer_smoke", configuration)
     stock.initialize()
     loader, _ = stock.get_dataloaders()
-    sacl = make_trainer("SACLTrainer_torchaug_smoke", configuration)
+    sacl = make_pretrainer("SACLTrainer_torchaug_smoke", configuration=configuration)
     assert sacl.get_training_transforms(None, None, None, None, None) is None   # the CPU workers only crop
     assert describe(training_transforms(sacl)) == describe(loader.data_loader.transforms)
 
@@ -321,7 +322,6 @@ def test_batchgenerators_v1_transforms_are_refused():
 def test_an_override_in_front_of_the_on_device_one_is_refused():
     """It would run on the CPU workers and again on the device. SACL's phase 1 puts its on-device override in front
     of the whole variant, so there the variant's transforms are what the device applies."""
-    from nnunet_sacl.nnunet.pretrainer import pretraining_class
     from nnunet_sacl.nnunet.variants import nnUNetTrainer_torchaug
 
     class InFront(nnUNetTrainer_torchaug):
@@ -342,7 +342,7 @@ def test_an_override_in_front_of_the_on_device_one_is_refused():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer_class", [
-    type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {}),
+    pretraining_class(type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {})),
     type("nnUNetTrainerDA5", (OnDeviceAugmentationMixin, nnUNetTrainerDA5), {})], ids=["SACLTrainer", "mixin"])
 def test_refused_at_initialize_before_training(in_process_env, trainer_class):
     trainer = make_trainer(trainer_class)

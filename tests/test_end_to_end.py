@@ -98,7 +98,8 @@ def test_run_killed_in_each_phase_resumes_with_c(nnunet_env, preprocessed):
     env = train_env(nnunet_env)
     folder = fold_folder(nnunet_env, "SACLTrainer_torchaug_smoke", 4)
     cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", "SACLTrainer_torchaug_smoke", "-device", "cpu"]
-    phase_one_latest, latest = join(folder, "pretraining", "checkpoint_latest.pth"), join(folder, "checkpoint_latest.pth")
+    latest = join(folder, "checkpoint_latest.pth")
+    phase_one_latest = join(folder, "pretraining", "checkpoint_latest.pth")
     kill_when(cmd, env, lambda: isfile(phase_one_latest))
     assert "SACL pretraining done" not in training_log(folder), "the run finished phase 1 before it could be killed"
     saved = torch.load(phase_one_latest, weights_only=False, map_location="cpu")

@@ -171,7 +171,7 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--monitor-interval", "0.5",
                           "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--collective-timeout", "60"),
                  env)
-    workers = kill_rank_when(proc, 1, lambda: "SACL pretraining epoch 0" in pretraining_log(folder))
+    workers = kill_rank_when(proc, 1, lambda: isfile(join(folder, "pretraining", "checkpoint_latest.pth")))
     killed_at = time.time()
     out = finish(proc, timeout=120)
     assert proc.returncode != 0

@@ -102,7 +102,10 @@ def test_pretrainer_ends_with_the_encoder_file(pretrained):
     folder = pretrained["folder"]
     log = "\n".join(p.read_text() for p in sorted(folder.glob("training_log_*.txt")))
     assert sorted(int(e) for e in re.findall(r"SACL pretraining epoch (\d+): contrastive loss", log)) == [0, 1, 2]
-    assert "Epoch 0" not in log and "nothing to validate" in pretrained["stdout"]
+    # an nnU-Net training of its own: its epochs, validation (contrastive loss, nearest-neighbour organ F1), no
+    # final validation
+    assert len(re.findall(r"Pseudo dice \[", log)) == 3 and "Training done." in log
+    assert "nothing to validate" in pretrained["stdout"] and not (folder / "validation").exists()
     encoder = torch.load(folder / "checkpoint_sacl_encoder.pth", weights_only=False)
     assert encoder["sacl"]["pretrain_epochs"] == 3 and encoder["trainer_name"] == "SACLPretrainer_smoke"
     assert all(v.device.type == "cpu" for v in encoder["network_weights"].values())

@@ -1,13 +1,13 @@
 """SACLTrainer: SACL pretraining of the encoder (phase 1), then nnU-Net's own training from that encoder (phase 2),
 in one ``nnUNetv2_train`` call."""
+import os
 from os.path import isfile, join
 
 import torch
-from torch import distributed as dist
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_sacl.method.distributed import is_distributed
+from nnunet_sacl.method.distributed import broadcast_module, is_distributed
 from nnunet_sacl.nnunet.checkpoints import AtomicCheckpointMixin, read_checkpoint
 from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
@@ -52,15 +52,14 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
     def make_pretrainer(self) -> nnUNetTrainer:
         """Phase 1's trainer: ``PretrainingMixin`` in front of this trainer's class (same name), working in
         fold_X/pretraining and writing the encoder file into fold_X."""
-        pretrainer = pretraining_class(type(self))(plans=dict(self.plans_manager.plans, continue_training=self.continue_training),
-                                     configuration=self.configuration_name, fold=self.fold,
-                                     dataset_json=self.dataset_json, device=self.device)
+        plans = dict(self.plans_manager.plans, continue_training=self.continue_training)
+        pretrainer = pretraining_class(type(self))(plans=plans, configuration=self.configuration_name, fold=self.fold,
+                                                   dataset_json=self.dataset_json, device=self.device)
         pretrainer.disable_checkpointing = self.disable_checkpointing
         # nnU-Net's __init__ opened its log in fold_X: phase 1 logs into its own folder (a log file of the same
         # second is this trainer's own, which keeps it)
         log_file = join(self.pretraining_folder, pretrainer.log_file[len(self.output_folder) + 1:])
         if pretrainer.local_rank == 0 and pretrainer.log_file != self.log_file and isfile(pretrainer.log_file):
-            import os
             os.makedirs(self.pretraining_folder, exist_ok=True)
             os.replace(pretrainer.log_file, log_file)
         pretrainer.output_folder, pretrainer.log_file = self.pretraining_folder, log_file
@@ -70,8 +69,10 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
     def run_pretraining(self):
         """Phase 1 (or what is left of it under --c), then this trainer's network takes the pretrained encoder."""
         pretrainer = self.make_pretrainer()
-        checkpoints = {name: join(self.pretraining_folder, f"checkpoint_{name}.pth") for name in ("final", "latest", "best")}
+        checkpoints = {name: join(self.pretraining_folder, f"checkpoint_{name}.pth")
+                       for name in ("final", "latest", "best")}       # nnU-Net's order for --c
         resume_from = next((f for f in checkpoints.values() if isfile(f)), None) if self.continue_training else None
+        weights = None                 # from the encoder file when phase 1 finished in an earlier run
         if resume_from == checkpoints["final"]:
             self.print_to_log_file(f"SACL pretraining finished earlier ({resume_from})")
         else:
@@ -86,21 +87,26 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
                 pretrainer.initialize()
                 unwrap(pretrainer.network).load_state_dict(unwrap(self.network).state_dict())
             pretrainer.run_training()
+            # equal on every rank (phase 1 averaged its gradients), which need not share a results folder
+            weights = {k: v.detach().cpu() for k, v in unwrap(pretrainer.network).state_dict().items()}
         encoder_file = pretrainer.encoder_file
         del pretrainer                 # its network, optimizer and stopped data loaders
-        self.start_from_pretrained_encoder(encoder_file)
+        self.start_from_pretrained_encoder(encoder_file, weights)
 
-    def start_from_pretrained_encoder(self, encoder_file: str):
-        """Hand-off: the network of phase 1 (pretrained encoder, decoder as initialised) from the encoder file, a
-        fresh optimizer and schedule (nnU-Net's initialize)."""
-        if is_distributed():
-            dist.barrier()             # rank 0 wrote the file
-        if not isfile(encoder_file):
-            raise RuntimeError(f"SACL pretraining has finished but its encoder file {encoder_file} is missing: "
-                               f"start the training again without --c to pretrain again")
+    def start_from_pretrained_encoder(self, encoder_file: str, weights: dict = None):
+        """Hand-off: the network of phase 1 (pretrained encoder, decoder as initialised), given or read from the
+        encoder file, with a fresh optimizer and schedule (nnU-Net's initialize)."""
         if not self.was_initialized:
             self.initialize()
-        unwrap(self.network).load_state_dict(read_checkpoint(encoder_file)['network_weights'])
+        if weights is None and self.local_rank == 0:
+            if not isfile(encoder_file):
+                raise RuntimeError(f"SACL pretraining has finished but its encoder file {encoder_file} is missing: "
+                                   f"start the training again without --c to pretrain again")
+            weights = read_checkpoint(encoder_file)['network_weights']
+        if weights is not None:
+            unwrap(self.network).load_state_dict(weights)
+        if is_distributed():           # rank 0's read of the file (ranks need not share a results folder)
+            broadcast_module(unwrap(self.network))
         self.pretraining_done = True
         self.print_to_log_file(f"SACL pretraining done ({self.pretrain_epochs} epochs). Segmentation training starts "
                                f"from the pretrained encoder {encoder_file}: {self.num_epochs} epochs.")
