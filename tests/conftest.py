@@ -32,7 +32,8 @@ def nnunet_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def preprocessed(nnunet_env):
-    """The synthetic dataset planned with nnUNetPlans (3d_fullres, 2d) and nnUNetResEncUNetMPlans (3d_fullres)."""
+    """The synthetic dataset planned with nnUNetPlans (3d_fullres and 2d; 3d_fullres preprocessed). 2d's data:
+    ``preprocessed_2d``; nnUNetResEncUNetMPlans: ``resenc_plans`` (each when a test asks)."""
     complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_complete"
     if complete.is_file():          # made by an earlier session in $SACL_TEST_DATA
         return Path(nnunet_env["nnUNet_raw"]) / DATASET_NAME
@@ -40,13 +41,32 @@ def preprocessed(nnunet_env):
         shutil.rmtree(Path(nnunet_env[key]) / DATASET_NAME, ignore_errors=True)
     raw = make_synthetic_dataset(nnunet_env["nnUNet_raw"], DATASET_ID)
     d = str(DATASET_ID)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "2d", "-np", "2",
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2",
          "--verify_dataset_integrity"], nnunet_env)
-    run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", d, "-pl", "nnUNetPlannerResEncM"], nnunet_env)
-    run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
-         "-np", "2"], nnunet_env)
     complete.write_text("")
     return raw
+
+
+@pytest.fixture(scope="session")
+def preprocessed_2d(nnunet_env, preprocessed):
+    """nnUNetPlans' 2d configuration of the synthetic dataset, preprocessed when a test asks."""
+    complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_2d_complete"
+    if not complete.is_file():
+        run([nnunet_bin("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "2"], nnunet_env)
+        complete.write_text("")
+    return "2d"
+
+
+@pytest.fixture(scope="session")
+def resenc_plans(nnunet_env, preprocessed):
+    """nnUNetResEncUNetMPlans (3d_fullres) of the synthetic dataset, planned and preprocessed when a test asks."""
+    complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_resenc_complete"
+    if not complete.is_file():
+        d = str(DATASET_ID)
+        run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-pl", "nnUNetPlannerResEncM", "-c", "3d_fullres",
+             "-np", "2"], nnunet_env)
+        complete.write_text("")
+    return "nnUNetResEncUNetMPlans"
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ U = "nnunet_sacl/nnunet/update.py"
 C = "nnunet_sacl/nnunet/checkpoints.py"
 MUTANTS = [
     Mutant("phase 2 starts from phase 1's network (the pretrained encoder)", T,
-           "        unwrap(self.network).load_state_dict(read_checkpoint(encoder_file)['network_weights'])\n",
+           "        if weights is not None:\n            unwrap(self.network).load_state_dict(weights)\n",
            "        pass\n",
            ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
     Mutant("phase 1 is an nnU-Net training of its own in fold_X/pretraining, apart from phase 2's files", T,

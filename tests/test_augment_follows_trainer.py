@@ -231,7 +231,7 @@ def test_a_changed_probability_or_range_reaches_the_device(in_process_env, train
 
 @pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
-def test_transforms_are_read_with_the_arguments_nnunet_passes(in_process_env, configuration):
+def test_transforms_are_read_with_the_arguments_nnunet_passes(request, in_process_env, configuration):
     """What training_transforms calls behind SACLTrainer's phase-1 override equals, attribute for attribute, what
     nnU-Net's own get_dataloaders hands to its training loader (stock trainer, same plans)."""
     def describe(x):
@@ -242,6 +242,8 @@ def test_transforms_are_read_with_the_arguments_nnunet_passes(in_process_env, co
                                       if not k.startswith("_") and k != "benchmark_use_fft"}
         return repr(x.tolist() if hasattr(x, "tolist") else x)
 
+    if configuration == "2d":
+        request.getfixturevalue("preprocessed_2d")
     stock = make_trainer("nnUNetTrainer_smoke", configuration)
     stock.initialize()
     loader, _ = stock.get_dataloaders()

@@ -52,6 +52,7 @@ def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_p
         assert {"checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "debug.json"} <= set(os.listdir(folder))
         phase_one_log = open(glob.glob(join(folder, "training_log_*.txt"))[0]).read()
         assert "SACL pretraining epoch 0: contrastive loss" in phase_one_log and "Training done." in phase_one_log
+        assert "do_dummy_2d_data_aug" in phase_one_log      # written from phase 1's first line on (initialize)
         phase_one = torch.load(join(folder, "checkpoint_final.pth"), weights_only=False)
         assert phase_one["sacl"]["phase"] == "pretraining" and phase_one["current_epoch"] == 1
         trained = phase_one["optimizer_state"]["state"]      # momentum for the encoder and the head only

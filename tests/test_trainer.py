@@ -19,9 +19,12 @@ def test_trainers_are_found_through_nnUNet_extTrainer(in_process_env):
         assert recursive_find_trainer_class_by_name(name).__name__ == name
 
 
-@pytest.mark.parametrize("configuration,plans", [("3d_fullres", "nnUNetPlans"), ("2d", "nnUNetPlans"),
-                                                 ("3d_fullres", "nnUNetResEncUNetMPlans")])
-def test_one_pretraining_step_changes_only_encoder_and_head(in_process_env, configuration, plans):
+@pytest.mark.parametrize("configuration,plans", [
+    ("3d_fullres", "nnUNetPlans"), pytest.param("2d", "nnUNetPlans", marks=pytest.mark.slow),
+    pytest.param("3d_fullres", "nnUNetResEncUNetMPlans", marks=pytest.mark.slow)])   # their own preprocessing
+def test_one_pretraining_step_changes_only_encoder_and_head(request, in_process_env, configuration, plans):
+    request.getfixturevalue("resenc_plans" if plans != "nnUNetPlans" else
+                            "preprocessed_2d" if configuration == "2d" else "preprocessed")
     trainer = make_pretrainer("SACLTrainer_smoke", configuration=configuration, plans=plans)
     trainer.initialize()
     net = unwrap(trainer.network)

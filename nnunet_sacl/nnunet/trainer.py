@@ -59,9 +59,10 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
         # nnU-Net's __init__ opened its log in fold_X: phase 1 logs into its own folder (a log file of the same
         # second is this trainer's own, which keeps it)
         log_file = join(self.pretraining_folder, pretrainer.log_file[len(self.output_folder) + 1:])
-        if pretrainer.local_rank == 0 and pretrainer.log_file != self.log_file and isfile(pretrainer.log_file):
-            os.makedirs(self.pretraining_folder, exist_ok=True)
-            os.replace(pretrainer.log_file, log_file)
+        if pretrainer.local_rank == 0:
+            os.makedirs(self.pretraining_folder, exist_ok=True)   # nnU-Net's log writes retry for seconds without it
+            if pretrainer.log_file != self.log_file and isfile(pretrainer.log_file):
+                os.replace(pretrainer.log_file, log_file)
         pretrainer.output_folder, pretrainer.log_file = self.pretraining_folder, log_file
         pretrainer.encoder_file = join(self.output_folder, self.encoder_file_name)
         return pretrainer
