@@ -196,9 +196,9 @@ MUTANTS = [
            "else None\n",
            "        resume_from = None\n",
            ("tests/test_end_to_end.py::test_run_killed_in_each_phase_resumes_with_c",)),
-    Mutant("a checkpoint of the earlier phase-1 format is refused with a way on", T,
-           "        if extras.get('phase') == \"pretrain\":\n",
-           "        if False:\n",
+    Mutant("a checkpoint of the earlier phase-1 format is refused with a way on", P,
+           "    if (extras or {}).get('phase') == EARLIER_PRETRAINING:\n",
+           "    if False:\n",
            ("tests/test_trainer.py::test_checkpoints_of_the_earlier_layout_resume_or_are_refused",)),
 ]
 

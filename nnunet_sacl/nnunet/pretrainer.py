@@ -20,6 +20,17 @@ from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
 PRETRAINING = "pretraining"    # the phase named in the checkpoints of phase 1 ('sacl' entry)
+EARLIER_PRETRAINING = "pretrain"   # the same in nnunet-sacl 0.1, which kept phase 1 in the fold folder itself
+
+
+def refuse_earlier_layout(filename: str, extras) -> None:
+    """A pretraining checkpoint of nnunet-sacl 0.1 cannot be continued by this version: refused with a way on."""
+    if (extras or {}).get('phase') == EARLIER_PRETRAINING:
+        raise RuntimeError(
+            f"{filename} was written during SACL pretraining by an earlier nnunet-sacl (0.1), which kept phase 1 in "
+            f"the fold folder itself; this version runs phase 1 as an nnU-Net training of its own (fold_X/pretraining)"
+            f" and cannot continue that run. Delete {filename} and start again without --c (phase 1 starts over), "
+            f"or finish the run with the version that wrote it.")
 
 
 class PretrainingSettings:
@@ -182,13 +193,8 @@ class PretrainingMixin:
         return {'phase': PRETRAINING, 'head': self.head.state_dict()}
 
     def check_checkpoint_extras(self, filename: str, extras) -> None:
+        refuse_earlier_layout(filename, extras)
         phase = (extras or {}).get('phase')
-        if phase == "pretrain":
-            raise RuntimeError(
-                f"{filename} was written during SACL pretraining by an earlier nnunet-sacl (0.1), which kept phase 1 "
-                f"in the fold folder itself; this version runs it as its own nnU-Net training and cannot continue "
-                f"that run. Start the training again without --c (phase 1 starts over), or finish it with the "
-                f"version that wrote it.")
         if phase != PRETRAINING:
             raise RuntimeError(f"{filename} is not a checkpoint of SACL pretraining ('sacl' entry: phase {phase!r}); "
                                f"{self.__class__.__name__} resumes only its own checkpoints")

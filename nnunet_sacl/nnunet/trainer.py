@@ -13,7 +13,7 @@ from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import unwrap
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
-from nnunet_sacl.nnunet.pretrainer import PRETRAINING, PretrainingSettings, pretraining_class
+from nnunet_sacl.nnunet.pretrainer import PRETRAINING, PretrainingSettings, pretraining_class, refuse_earlier_layout
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
 SEGMENTATION = "segmentation"
@@ -120,12 +120,7 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
         if extras is None:
             raise RuntimeError(f"{filename} was not written by a SACL trainer (no 'sacl' entry); to start from its "
                                f"weights use -pretrained_weights instead of --c")
-        if extras.get('phase') == "pretrain":
-            raise RuntimeError(
-                f"{filename} was written during SACL pretraining by an earlier nnunet-sacl (0.1), which kept phase 1 "
-                f"in the fold folder itself; this version runs it as its own nnU-Net training in "
-                f"{self.pretraining_folder} and cannot continue that run. Delete {filename} and start again "
-                f"without --c (phase 1 starts over), or finish the run with the version that wrote it.")
+        refuse_earlier_layout(filename, extras)
         if extras.get('phase') != SEGMENTATION:
             raise RuntimeError(f"{filename} is a checkpoint of SACL pretraining, not of the segmentation phase: "
                                f"--c finds it in {self.pretraining_folder} by itself")
