@@ -1,6 +1,7 @@
-"""The README demo: build the real-CT demo dataset (or the synthetic one), plan and preprocess it, train a stock
-nnU-Net baseline and SACL at equal total iterations, predict the held-out scan with each and print their Dice side
-by side with the paired difference and the silhouette before/after pretraining; each step is nnU-Net's own command.
+"""The README demo: build the real-CT demo dataset (or the synthetic one), plan and preprocess it with nnU-Net, then
+run a one-fold study (nnunet_sacl.analysis.study: nnU-Net's training of a stock baseline and SACL at equal total
+iterations, nnU-Net's prediction of the held-out scan, the study's evaluation and report) and print their Dice side
+by side with the paired difference, the silhouettes before/after pretraining and the wall time of each step.
 Finished steps of an earlier run in the same work folder are reused (and said so), stopped trainings resume."""
 import json
 import math
@@ -8,7 +9,12 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+
+from nnunet_sacl.analysis.study import nnunet_command
+from nnunet_sacl.environment import planning_env, with_ext_trainer
 
 DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "SACLTrainer_demo")
 DEFAULT_CONFIGURATION = "2d"
@@ -16,15 +22,34 @@ PLANS = "nnUNetPlans"
 EMBEDDING_CASES = 2  # preprocessed training cases whose organ embeddings give the silhouettes (and t-SNE)
 
 
-def nnunet_command(name: str) -> str:
-    """The console script next to this interpreter (the venv's), else whatever PATH finds."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.is_file() else name
-
-
 def run(cmd, env):
     print("\n$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True)
+
+
+@contextmanager
+def nnunet_environment(work: Path):
+    """nnU-Net's folders under ``work`` and SACL's trainers in this process's environment while the demo runs (the
+    study's nnU-Net commands inherit it), restored afterwards. nnunetv2.paths reads the folders once, at import: an
+    earlier import with other folders is refused rather than training into them."""
+    folders = {name: str(work / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    paths = sys.modules.get("nnunetv2.paths")
+    if paths is not None and any(getattr(paths, k) != v for k, v in folders.items()):
+        raise RuntimeError("nnunetv2 was imported in this process with other nnUNet_* folders; run the demo in a "
+                           "process of its own (nnunet-sacl demo)")
+    env = with_ext_trainer(os.environ)
+    env.update(folders)
+    # nnU-Net's validation and prediction export through a pool of nnUNet_def_n_proc processes (default 8); on a
+    # small machine starting eight interpreters costs more than the export itself
+    env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 1)))
+    env.setdefault("nnUNet_n_proc_DA", "2")
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class StepTimer:
@@ -72,43 +97,19 @@ def preprocessed(preprocessed_folder: Path, configuration: str, num_training: in
     return data_identifier is not None and folder.is_dir() and len(list(folder.glob("*.pkl"))) == num_training
 
 
-def plan_and_preprocess(dataset_id: int, raw: Path, preprocessed_folder: Path, configuration: str, env: dict):
-    from nnunet_sacl.environment import planning_env
+def plan_and_preprocess(dataset_id: int, raw: Path, preprocessed_folder: Path, configuration: str):
     num_training = json.loads((raw / "dataset.json").read_text())["numTraining"]
     if preprocessed(preprocessed_folder, configuration, num_training):
         print(f"Reusing the plans and preprocessed {configuration} data in {preprocessed_folder}")
         return
     run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration, "-np", "2",
-         "--verify_dataset_integrity"], planning_env(env))
+         "--verify_dataset_integrity"], planning_env(os.environ))
 
 
-def train(dataset_id: int, configuration: str, fold: int, trainer: str, model: Path, device: str, env: dict):
-    """nnUNetv2_train, unless the fold finished already (reused, said so); a stopped run resumes with --c."""
-    fold_folder = model / f"fold_{fold}"
-    if (fold_folder / "checkpoint_final.pth").is_file():
-        print(f"\nReusing the finished training of {trainer} in {fold_folder} (delete that folder to train again)")
-        return
-    resume = ["--c"] if (fold_folder / "checkpoint_latest.pth").is_file() else []
-    if resume:
-        print(f"\n{trainer} stopped before it finished: resuming it from {fold_folder / 'checkpoint_latest.pth'}")
-    run([nnunet_command("nnUNetv2_train"), str(dataset_id), configuration, str(fold), "-tr", trainer,
-         "-device", device, *resume], dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "2")))
-
-
-def predict_and_evaluate(raw: Path, dataset_id: int, configuration: str, fold: int, trainer: str, model: Path,
-                         pred: Path, labels: dict, device: str, env: dict) -> dict:
-    """Predicts imagesTs and evaluates it against labelsTs; returns nnU-Net's summary.json. Predictions newer
-    than the model are reused."""
-    summary_file = pred / "summary.json"
-    checkpoint = model / f"fold_{fold}" / "checkpoint_final.pth"
-    if summary_file.is_file() and summary_file.stat().st_mtime > checkpoint.stat().st_mtime:
-        print(f"\nReusing the predictions and evaluation of {trainer} in {pred}")
-    else:
-        run([nnunet_command("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(dataset_id),
-             "-c", configuration, "-f", str(fold), "-tr", trainer, "-device", device], env)
-        run([nnunet_command("nnUNetv2_evaluate_simple"), str(raw / "labelsTs"), str(pred),
-             "-l", *[str(v) for v in labels.values()]], env)
-    return json.loads(summary_file.read_text())
+def mean_dice(rows: list, trainer: str, organ: str) -> float:
+    """Mean over the evaluated cases, NaN (both masks empty) left out as nnU-Net's summary.json does."""
+    values = [r["dice"] for r in rows if r["trainer"] == trainer and r["organ"] == organ and not math.isnan(r["dice"])]
+    return sum(values) / len(values) if values else math.nan
 
 
 def organs_in_test_labels(raw: Path, labels: dict) -> set:
@@ -156,49 +157,48 @@ def signed(value: float) -> str:
 
 def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT_TRAINERS,
              configuration=DEFAULT_CONFIGURATION, fold=0, synthetic=False, sdist=None) -> dict:
-    """Runs the whole pipeline in ``workdir`` (nnUNet_raw/preprocessed/results live there); returns
-    {trainer: {organ: held-out Dice}} (nan: organ in neither label nor prediction)."""
-    from nnunet_sacl.environment import with_ext_trainer
-    from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
-    timer = StepTimer()
+    """A one-fold study in ``workdir`` (nnUNet_raw/preprocessed/results and the study's report live there): the
+    dataset, nnU-Net's planning, then the study's training, test-set prediction and evaluation, one trainer at a
+    time for the timing; returns {trainer: {organ: held-out Dice}} (nan: organ in neither label nor prediction)."""
     work = Path(workdir).resolve()
-    env = with_ext_trainer(os.environ)
-    # nnU-Net's validation and prediction export through a pool of nnUNet_def_n_proc processes (default 8); on a
-    # small machine starting eight interpreters costs more than the export itself
-    env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 1)))
-    env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
-               nnUNet_results=str(work / "nnUNet_results"))
+    with nnunet_environment(work):
+        return _run_demo(work, device, dataset_id, trainers, configuration, fold, synthetic, sdist)
+
+
+def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, synthetic, sdist) -> dict:
+    from nnunet_sacl.analysis import study as studies
+    timer = StepTimer()
     raw = timer("build the dataset", demo_dataset, work / "nnUNet_raw", dataset_id, synthetic, sdist)
     print(f"dataset: {raw}")
-    labels = labels_from_dataset_json(raw / "dataset.json")
     preprocessed_folder = work / "nnUNet_preprocessed" / raw.name
     timer(f"plan and preprocess ({configuration})", plan_and_preprocess, dataset_id, raw, preprocessed_folder,
-          configuration, env)
-    models = {t: work / "nnUNet_results" / raw.name / f"{t}__{PLANS}__{configuration}" for t in trainers}
+          configuration)
+    study = studies.make_study(raw.name, configuration, trainers, [fold], device=device, out_dir=work / "study",
+                               test_images=raw / "imagesTs", test_labels=raw / "labelsTs")
     for t in trainers:
-        timer(f"train {t}", train, dataset_id, configuration, fold, t, models[t], device, env)
-    dice = {}
+        timer(f"train {t}", studies.train, replace(study, trainers=[t]))
     for t in trainers:
-        summary = timer(f"predict + evaluate {t}", predict_and_evaluate, raw, dataset_id, configuration, fold, t,
-                        models[t], work / "predictions" / t, labels, device, env)
-        dice[t] = {name: float(summary["mean"][str(label)]["Dice"]) for name, label in labels.items()}
-    present = organs_in_test_labels(raw, labels)
+        timer(f"predict the test set with {t}", studies.predict_test_set, replace(study, trainers=[t]))
+    report, rows = timer("evaluate and report", studies.evaluate_and_report, study, "nnunet-sacl demo")
+    dice = {t: {organ: mean_dice(rows, t, organ) for organ in study.labels} for t in trainers}
+    present = organs_in_test_labels(raw, study.labels)
     print(f"\nDice on the held-out scan ({configuration}, fold {fold}; absent: organ not in the held-out label, "
           f"nan: in neither label nor prediction):")
     print(dice_table(dice, present))
     silhouettes = {}
-    for t in trainers:
-        if (models[t] / f"fold_{fold}" / "checkpoint_sacl_encoder.pth").is_file():
-            silhouettes[t] = timer(f"silhouettes {t}", print_cluster_quality, t, models[t], fold, configuration,
-                                   preprocessed_folder, device)
+    for run in study.runs:
+        if (run.folder / "checkpoint_sacl_encoder.pth").is_file():
+            silhouettes[run.trainer] = timer(f"silhouettes {run.trainer}", print_cluster_quality, run.trainer,
+                                             run.folder.parent, fold, configuration, preprocessed_folder, device)
     print()
     print(timer.report())
-    print(f"\nEverything is under {work}; the trained models: {', '.join(str(m) for m in models.values())}")
+    print(f"\nEverything is under {work}; the study's report (paired statistics, NSD, cost): {report}; the trained "
+          f"models: {', '.join(str(r.folder) for r in study.runs)}")
     if device == "cpu":
         print("A CPU demo trains for a few hundred iterations only: it shows the pipeline and a first comparison, "
               "not the accuracy that nnU-Net's 250,000 iterations reach.")
     print(MEASURED)
-    return {"dice": dice, "present": sorted(present), "silhouettes": silhouettes}
+    return {"dice": dice, "present": sorted(present), "silhouettes": silhouettes, "report": report}
 
 
 MEASURED = ("\nWhat was measured on this data (docs/study.md, 3 folds each): at equal iterations two-phase SACL "

@@ -1,7 +1,8 @@
 """The README demo on the real-CT dataset, on CPU, at the demo trainers' smoke length: nnunet-sacl demo runs
-nnU-Net's plan/preprocess, trains a stock baseline and SACL, predicts and evaluates the held-out scan with each,
-and prints their Dice side by side with the paired difference and the silhouettes; a second call reuses
-everything."""
+nnU-Net's plan/preprocess, then a one-fold study (nnU-Net trains a stock baseline and SACL and predicts the held-out
+scan with each, the study evaluates and reports) and prints their Dice side by side with the paired difference and
+the silhouettes; the Dice equal nnU-Net's own evaluation of the same predictions; a second call reuses everything."""
+import csv
 import json
 import math
 import re
@@ -56,8 +57,18 @@ def test_demo_compares_baseline_and_sacl_on_real_ct(nnunet_env, sdist, tmp_path)
     check_second_run(tmp_path, first, second, logs, table)
 
 
+def nnunet_evaluation(raw, predictions, labels: dict) -> dict:
+    """nnU-Net's own evaluation of a prediction folder against labelsTs: its summary.json's per-label means."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    result = compute_metrics_on_folder(str(raw / "labelsTs"), str(predictions), None, SimpleITKIO(), ".nii.gz",
+                                       list(labels.values()), num_processes=1)
+    return {str(k): v for k, v in result["mean"].items()}
+
+
 def check_first_run(workdir, first: str) -> dict:
-    """Both arms' Dice, the differences and the means as printed equal nnU-Net's summary.json; silhouettes."""
+    """Both arms' Dice (the study's evaluator), the differences and the means as printed equal nnU-Net's own
+    evaluation of the same predictions; the study's report; silhouettes."""
     raw = workdir / "nnUNet_raw" / "Dataset995_SACLDemoCT"
     labels = {k: v for k, v in json.loads((raw / "dataset.json").read_text())["labels"].items() if k != "background"}
     in_test_label = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" /
@@ -67,7 +78,7 @@ def check_first_run(workdir, first: str) -> dict:
 
     table = printed_table(first)
     assert list(table) == list(labels) + ["mean (organs present)"]
-    summaries = {a: json.loads((workdir / "predictions" / a / "summary.json").read_text())["mean"] for a in ARMS}
+    summaries = {a: nnunet_evaluation(raw, workdir / "study" / "predictions" / a / "fold_0", labels) for a in ARMS}
     for organ, label in labels.items():
         dice = [summaries[a][str(label)]["Dice"] for a in ARMS]
         if organ in present:  # an organ in the label has a Dice, whatever was predicted
@@ -78,6 +89,8 @@ def check_first_run(workdir, first: str) -> dict:
     assert abs(table["mean (organs present)"][0] - means[0]) < 6e-4
     assert abs(table["mean (organs present)"][1] - means[1]) < 6e-4
 
+    assert "Dice on the held-out scan" in first and (workdir / "study" / "report.md").is_file()
+    assert {r["trainer"] for r in csv.DictReader(open(workdir / "study" / "per_case.csv"))} == set(ARMS)
     before = float(re.search(rf"before pretraining\s+{NUMBER}", first).group(1))
     after = float(re.search(rf"after pretraining\s+{NUMBER}", first).group(1))
     assert after > before, (before, after)
@@ -90,7 +103,8 @@ def check_first_run(workdir, first: str) -> dict:
 
 def check_second_run(workdir, first: str, second: str, logs_before: list, table: dict):
     """Nothing trained again (no new training log), the same table printed."""
-    assert second.count("Reusing the finished training") == 2 and "nnUNetv2_train" not in second
+    assert second.count("finished, skipped") == 2 and "nnUNetv2_train" not in second
+    assert second.count("reusing the test set predictions") == 2 and "nnUNetv2_predict" not in second
     assert "Reusing the silhouettes of SACLTrainer_demo_smoke's encoder" in second    # not computed again
     for line in ("before pretraining", "after pretraining"):
         assert re.search(rf"{line}\s+{NUMBER}", second).group(1) == re.search(rf"{line}\s+{NUMBER}", first).group(1)

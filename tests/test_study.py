@@ -84,6 +84,28 @@ def test_outputs_exist_and_every_row_is_present(study):
 
 
 @pytest.mark.slow
+def test_dice_equals_nnunet_validation_summary(study):
+    """The study's evaluator and nnU-Net's (fold_X/validation/summary.json, written by nnUNetv2_train) give the same
+    Dice for every run, case and organ (NaN for both masks empty)."""
+    labels = json.load(open(join(study["env"]["nnUNet_preprocessed"], DATASET_NAME, "dataset.json")))["labels"]
+    ours = {(r["trainer"], r["fold"], r["case"], r["organ"]): float(r["dice"])
+            for r in read_csv(study["out"] / "per_case.csv")}
+    compared = 0
+    for trainer in (BASELINE, SACL):
+        for fold in (0, 1):
+            summary = json.load(open(run_folder(study["env"]["nnUNet_results"], trainer, fold) / "validation" /
+                                     "summary.json"))
+            for case in summary["metric_per_case"]:
+                name = Path(case["reference_file"]).name[:-len(".nii.gz")]
+                for organ in organs(study["env"]):
+                    theirs = case["metrics"][str(labels[organ])]["Dice"]
+                    mine = ours[(trainer, str(fold), name, organ)]
+                    assert mine == pytest.approx(theirs, abs=1e-9, nan_ok=True), (trainer, fold, name, organ)
+                    compared += 1
+    assert compared == len(ours)
+
+
+@pytest.mark.slow
 def test_comparison_equals_scipy_on_the_csv_pairs(study):
     rows = read_csv(study["out"] / "per_case.csv")
     table = read_csv(study["out"] / "comparison.csv")

@@ -218,8 +218,9 @@ def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
 
 # ---------------------------------------------------------------- running nnU-Net
 
-def _bin(name: str) -> str:
-    """nnU-Net's command of the running Python's environment (a venv need not be activated)."""
+def nnunet_command(name: str) -> str:
+    """nnU-Net's console script of the running Python's environment (a venv need not be activated), else whatever
+    PATH finds."""
     local = Path(sys.executable).parent / name
     return str(local) if local.is_file() else name
 
@@ -258,9 +259,10 @@ def train(study: Study, log=_say) -> None:
     for run in study.runs:
         state = run.state()
         if state == "finished":
-            log(f"{run.trainer} fold {run.fold}{_regime(study)}: finished, skipped ({run.folder})")
+            log(f"{run.trainer} fold {run.fold}{_regime(study)}: finished, skipped ({run.folder}; delete it to train "
+                "again)")
             continue
-        cmd = study.train_command(run, _bin("nnUNetv2_train"))
+        cmd = study.train_command(run, nnunet_command("nnUNetv2_train"))
         log(f"{run.trainer} fold {run.fold}{_regime(study)}: {'resuming with --c' if state == 'stopped' else 'training'}: "
             f"{shlex.join(cmd)}")
         if subprocess.run(cmd).returncode != 0 or run.state() != "finished":
@@ -269,16 +271,24 @@ def train(study: Study, log=_say) -> None:
 
 
 def predict_test_set(study: Study, log=_say) -> None:
-    """nnU-Net's prediction of the test images by each run's own fold model (skipped where all cases exist)."""
+    """nnU-Net's prediction of the test images by each run's own fold model; predictions of every case that are
+    newer than the run's final checkpoint are reused (said so)."""
     cases = _test_cases(study.test_images, study.test_labels, study.file_ending)
     for run in study.runs:
         out = prediction_folder(study, run)
-        if all((out / (c + study.file_ending)).is_file() for c in cases):
+        if predictions_current(run, [out / (c + study.file_ending) for c in cases]):
+            log(f"{run.trainer} fold {run.fold}: reusing the test set predictions in {out}")
             continue
-        cmd = study.predict_command(run, out, _bin("nnUNetv2_predict"))
+        cmd = study.predict_command(run, out, nnunet_command("nnUNetv2_predict"))
         log(f"{run.trainer} fold {run.fold}: predicting the test set: {shlex.join(cmd)}")
         if subprocess.run(cmd).returncode != 0:
             raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_predict failed ({shlex.join(cmd)})")
+
+
+def predictions_current(run: Run, files: list) -> bool:
+    """Every file is there and newer than the run's final checkpoint (a model trained again predicts again)."""
+    model = (run.folder / "checkpoint_final.pth").stat().st_mtime_ns
+    return all(f.is_file() and f.stat().st_mtime_ns > model for f in files)
 
 
 def prediction_folder(study: Study, run: Run) -> Path:
@@ -319,14 +329,19 @@ def evaluate(study: Study) -> list:
 
 
 def run_study(study: Study, command: str = None, log=_say) -> Path:
-    from nnunet_sacl.analysis.study_report import write_report
-    from nnunet_sacl.analysis.training_cost import run_cost
     train(study, log)
     if study.test_images is not None:
         predict_test_set(study, log)
+    return evaluate_and_report(study, command)[0]
+
+
+def evaluate_and_report(study: Study, command: str = None) -> tuple:
+    """The evaluation's rows and each run's cost, written as the study's report; returns (report file, rows)."""
+    from nnunet_sacl.analysis.study_report import write_report
+    from nnunet_sacl.analysis.training_cost import run_cost
     rows = evaluate(study)
     costs = [{"trainer": r.trainer, "fold": r.fold, **run_cost(r.folder)} for r in study.runs]
-    return write_report(study, rows, costs, command)
+    return write_report(study, rows, costs, command), rows
 
 
 def run_regimes(studies: list, command: str = None, log=_say) -> Path:

@@ -23,9 +23,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from nnunet_sacl.analysis.study import StudyError
     from nnunet_sacl.dataset_conversion.demo_data import DemoDataUnavailable
     from nnunet_sacl.demo import run_demo
-    with refusing(DemoDataUnavailable):   # the real CT's source could not be found, downloaded or verified
+    # the real CT's source could not be found, downloaded or verified; a bad trainer, fold or configuration; a
+    # training or prediction that failed (nnU-Net's own output above says why)
+    with refusing(DemoDataUnavailable, StudyError, RuntimeError):
         run_demo(args.workdir, default_device(args.device), args.d, args.tr, args.c, args.f,
                  synthetic=args.synthetic, sdist=args.sdist)
     return 0
