@@ -235,3 +235,22 @@ def test_printed_and_sbatch_commands_are_nnunet_train_commands(empty_results, tm
     args = study_args("--slurm-array", str(script))
     args[args.index("-device") + 1] = "cuda"
     assert main(args) == 0 and "#SBATCH --gres=gpu:1" in script.read_text()
+
+
+def test_predictions_older_than_the_model_are_predicted_again(tmp_path):
+    """A test-set prediction is reused only when every case is there and newer than the run's final checkpoint."""
+    import os
+    from nnunet_sacl.analysis.study import Run, predictions_current
+    run_ = Run(BASELINE, 0, tmp_path / "fold_0")
+    run_.folder.mkdir()
+    (run_.folder / "checkpoint_final.pth").write_bytes(b"model")
+    files = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    files[0].write_bytes(b"")
+    assert not predictions_current(run_, files)                 # a case missing
+    files[1].write_bytes(b"")
+    model = (run_.folder / "checkpoint_final.pth").stat().st_mtime_ns
+    for f in files:
+        os.utime(f, ns=(model + 10**9, model + 10**9))
+    assert predictions_current(run_, files)
+    os.utime(files[1], ns=(model - 10**9, model - 10**9))       # trained again after this prediction
+    assert not predictions_current(run_, files)
