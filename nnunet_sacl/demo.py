@@ -7,7 +7,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,15 +29,10 @@ def run(cmd, env):
 @contextmanager
 def nnunet_environment(work: Path):
     """nnU-Net's folders under ``work`` and SACL's trainers in this process's environment while the demo runs (the
-    study's nnU-Net commands inherit it), restored afterwards. nnunetv2.paths reads the folders once, at import: an
-    earlier import with other folders is refused rather than training into them."""
-    folders = {name: str(work / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    paths = sys.modules.get("nnunetv2.paths")
-    if paths is not None and any(getattr(paths, k) != v for k, v in folders.items()):
-        raise RuntimeError("nnunetv2 was imported in this process with other nnUNet_* folders; run the demo in a "
-                           "process of its own (nnunet-sacl demo)")
+    study's nnU-Net commands inherit it, and nnunetv2.paths reads os.environ when a folder is used), restored
+    afterwards."""
     env = with_ext_trainer(os.environ)
-    env.update(folders)
+    env.update({name: str(work / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     # nnU-Net's validation and prediction export through a pool of nnUNet_def_n_proc processes (default 8); on a
     # small machine starting eight interpreters costs more than the export itself
     env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 1)))

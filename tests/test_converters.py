@@ -19,6 +19,7 @@ def verify_with_nnunet(folder: Path) -> None:
     verify_dataset_integrity(str(folder), num_processes=1)
 
 
+@pytest.mark.slow   # nnU-Net's integrity check of whole datasets
 def test_btcv_converts_to_a_dataset_nnunet_accepts(tmp_path):
     src = make_btcv_tree(tmp_path)
     raw = tmp_path / "raw"
@@ -50,6 +51,7 @@ def test_btcv_converts_to_a_dataset_nnunet_accepts(tmp_path):
     verify_with_nnunet(out)  # raises on any problem nnU-Net would stop at
 
 
+@pytest.mark.slow   # nnU-Net's integrity check of whole datasets
 def test_flare21_converts_to_a_dataset_nnunet_accepts(tmp_path):
     src = make_flare21_tree(tmp_path)
     raw = tmp_path / "raw"

@@ -63,6 +63,7 @@ def test_small_enough_for_the_cpu_demo(dataset):
     assert hu.min() >= -1024 and hu.max() > 300  # real CT: air and bone
 
 
+@pytest.mark.slow   # nnU-Net's integrity check of whole datasets
 def test_passes_nnunet_integrity_check(dataset):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     verify_dataset_integrity(str(dataset), num_processes=1)

@@ -61,3 +61,23 @@ def test_ddp_gather_equals_single_process_on_concatenated_batch(tmp_path, weight
     torch.testing.assert_close(ddp["loss"], loss, rtol=0, atol=1e-5)
     for g_ddp, g in zip(ddp["grads"], grads):
         torch.testing.assert_close(g_ddp, g, rtol=1e-4, atol=1e-5)
+
+
+def _statistics_worker(rank, world, init_file, out_file):
+    from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    outputs = [{"organs": 4 + rank, "without_positive": 2 * rank}, {"organs": 6 + rank, "without_positive": 0}]
+    stats = ContrastiveMixin.epoch_statistics(outputs, segmentation=1.0 + rank, contrastive=float("nan") if rank else 0.5)
+    if rank == 0:
+        torch.save(stats, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_epoch_statistics_and_further_values_are_averaged_over_ranks_in_one_all_reduce(tmp_path):
+    """The joint trainer's loss terms travel with the contrastive statistics: every value the mean over ranks (NaN,
+    a rank without a contrastive term, stays NaN)."""
+    mp.spawn(_statistics_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth")), nprocs=2, join=True)
+    stats = torch.load(tmp_path / "out.pth")
+    assert stats["organs_per_batch"] == pytest.approx((5 + 6) / 2) and stats["batches_without_positive"] == 1
+    assert stats["segmentation"] == pytest.approx(1.5) and stats["contrastive"] != stats["contrastive"]

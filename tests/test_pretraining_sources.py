@@ -62,6 +62,7 @@ def test_labels_consecutive_and_what_is_left_out_is_named(sources):
     assert meta(sources[1]["aorta"])["left_out_below_voxels"] == {"superior_mesenteric_artery": 6}
 
 
+@pytest.mark.slow   # nnU-Net's integrity check of whole datasets
 def test_nnunet_accepts_them_and_their_merge_has_partial_labels(sources):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     raw, datasets = sources

@@ -36,6 +36,18 @@ def files_and_mtimes(root):
     return {str(p): p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
 
 
+def in_process(args, env) -> str:
+    """``nnunet-sacl ARGS`` in this process with env's nnU-Net folders; what it printed."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+    out = StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out):
+        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+            mp.setenv(key, env[key])
+        assert main(args) == 0
+    return out.getvalue()
+
+
 def _weights_file(env, path):
     """A network checkpoint in nnU-Net's format (``network_weights``) of the smoke trainer's network."""
     from tests.helpers import make_trainer
@@ -61,8 +73,8 @@ def regimes(nnunet_env, preprocessed, tmp_path_factory):
     weights = _weights_file(dict(env, nnUNet_results=str(root / "weights_results")), root / "init_weights.pth")
     cmd = [nnunet_bin("nnunet-sacl"), "study", "-d", D, "-c", CONFIG, "-tr", BASELINE, ARM, "--weights",
            f"init={weights}", "-f", "0", "-device", "cpu", "--train-cases", "1", "2", "-o", str(root / "out")]
-    printed = run(cmd + ["--print-commands"], env).stdout.strip().splitlines()
-    run(cmd + ["--slurm-array", str(root / "runs.sbatch")], env)
+    printed = in_process(cmd[1:] + ["--print-commands"], env).strip().splitlines()    # nothing trained: in process
+    in_process(cmd[1:] + ["--slurm-array", str(root / "runs.sbatch")], env)
     by_hand = next(line for line in printed if f"-p {WEIGHTS_PLANS}" in line and "K1" in line.split()[1])
     manual = run([nnunet_bin("nnUNetv2_train"), *shlex.split(by_hand)[1:]], env, timeout=1200)
     first = run(cmd, env, timeout=2400)

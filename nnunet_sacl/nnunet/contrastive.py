@@ -157,19 +157,21 @@ class ContrastiveMixin:
             super().on_epoch_end()
 
     @staticmethod
-    def epoch_statistics(outputs: list) -> dict:
+    def epoch_statistics(outputs: list, **rank_means: float) -> dict:
         """The epoch's mean organ embeddings per batch (of one rank) and its batches without a positive pair, from
-        the steps' own outputs (``organs``, ``without_positive``), averaged over ranks in one all-reduce: the loss
-        gathers every rank's embeddings, so every rank counted the same global batches."""
-        organs = torch.tensor([float(o['organs']) for o in outputs], dtype=torch.float64).mean()
-        without_positive = torch.tensor(float(sum(float(o['without_positive']) for o in outputs)), dtype=torch.float64)
-        stats = torch.stack([organs, without_positive])
+        the steps' own outputs (``organs``, ``without_positive``), and any further per-rank values given by name,
+        averaged over ranks in one all-reduce: the loss gathers every rank's embeddings, so every rank counted the
+        same global batches."""
+        organs = sum(float(o['organs']) for o in outputs) / len(outputs)
+        without_positive = sum(float(o['without_positive']) for o in outputs)
+        stats = torch.tensor([organs, without_positive, *map(float, rank_means.values())], dtype=torch.float64)
         if is_distributed():
             stats = stats.to(_collective_device())
             dist.all_reduce(stats)
             stats /= dist.get_world_size()
             stats = stats.cpu()
-        return {'organs_per_batch': stats[0].item(), 'batches_without_positive': round(stats[1].item())}
+        return {'organs_per_batch': stats[0].item(), 'batches_without_positive': round(stats[1].item()),
+                **{name: value for name, value in zip(rank_means, stats[2:].tolist())}}
 
 
 def _collective_device() -> torch.device:

@@ -96,19 +96,12 @@ class SACLTrainer_joint(ContrastiveMixin, GuardedUpdateMixin, AtomicCheckpointMi
 
     def on_train_epoch_end(self, train_outputs: list):
         finite = [o for o in train_outputs if np.isfinite(o['loss'])] or train_outputs
-        terms = torch.tensor([[float(o['segmentation']), float(o['contrastive'])] for o in finite],
-                             dtype=torch.float64).mean(0)
-        if self.is_ddp:
-            from torch import distributed as dist
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, terms.tolist())
-            terms = torch.tensor(gathered, dtype=torch.float64).mean(0)
-        statistics = self.epoch_statistics(train_outputs)
-        segmentation, contrastive = terms.tolist()
+        segmentation, contrastive = np.mean([[float(o['segmentation']), float(o['contrastive'])] for o in finite], 0)
+        statistics = self.epoch_statistics(train_outputs, segmentation=segmentation, contrastive=contrastive)
         self.print_to_log_file(
-            f"SACL joint epoch {self.current_epoch}: segmentation loss {segmentation:.4f}, contrastive loss "
-            f"{contrastive:.4f} (weight {self.joint_contrastive_weight:g}), batches without a positive pair "
-            f"{statistics['batches_without_positive']}")
+            f"SACL joint epoch {self.current_epoch}: segmentation loss {statistics['segmentation']:.4f}, contrastive "
+            f"loss {statistics['contrastive']:.4f} (weight {self.joint_contrastive_weight:g}), batches without a "
+            f"positive pair {statistics['batches_without_positive']}")
         super().on_train_epoch_end(train_outputs)
 
     # ------------------------------------------------------------------------------------------ checkpoints
