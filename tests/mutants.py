@@ -200,6 +200,18 @@ MUTANTS = [
            "    if (extras or {}).get('phase') == EARLIER_PRETRAINING:\n",
            "    if False:\n",
            ("tests/test_trainer.py::test_checkpoints_of_the_earlier_layout_resume_or_are_refused",)),
+    Mutant("the study's (and the demo's) Dice equals nnU-Net's summary.json", "nnunet_sacl/analysis/evaluation.py",
+           "    return 2.0 * int(np.logical_and(pred_mask, ref_mask).sum()) / total\n",
+           "    overlap = int(np.logical_and(pred_mask, ref_mask).sum())\n    return overlap / (total - overlap)\n",
+           ("tests/test_study.py::test_dice_equals_nnunet_validation_summary",)),
+    Mutant("a test-set prediction older than the model is predicted again", "nnunet_sacl/analysis/study.py",
+           "    return all(f.is_file() and f.stat().st_mtime_ns > model for f in files)\n",
+           "    return all(f.is_file() for f in files)\n",
+           ("tests/test_study.py::test_predictions_older_than_the_model_are_predicted_again",)),
+    Mutant("the joint trainer's loss terms in the log are the mean over ranks", "nnunet_sacl/nnunet/contrastive.py",
+           "                **{name: value for name, value in zip(rank_means, stats[2:].tolist())}}\n",
+           "                **rank_means}\n",
+           ("tests/test_distributed.py::test_epoch_statistics_and_further_values_are_averaged_over_ranks_in_one_all_reduce",)),
 ]
 
 
