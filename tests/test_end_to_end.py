@@ -75,9 +75,10 @@ def test_predict_matches_input_geometry_and_label_range(trained_sacl, readme_run
         for organ in (1, 2, 3):
             dice[organ].append(round(float(dice_of(sitk.GetArrayFromImage(pred) == organ, reference == organ)), 3))
     # the box (label 2) is the largest organ: about 7 % of the volume, so labelling everything 'box' gives a Dice
-    # of 0.13. After the smoke run's 8 segmentation steps, two runs gave 0.78, 0.88 and 0.84, 0.68 on the two test
-    # cases (tube 0.74-0.83, ellipsoid 0.03-0.26), 2-core CPU, 2026-11-23.
-    assert np.mean(dice[2]) > 0.5, f"Dice per organ and test case: {dice}"
+    # of 0.13, a model that predicts background 0. After the smoke run's 8 segmentation steps the mean over the two
+    # test cases was 0.76 and 0.83 (2026-11-23), and 0.45 to 0.72 in six runs of 2026-12-01 (clean-clone suite and
+    # five runs by hand): training is not seeded, so the bound sits well below that and well above 0.13.
+    assert np.mean(dice[2]) > 0.3, f"Dice per organ and test case: {dice}"
 
 
 def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, readme_run, tmp_path):
