@@ -209,9 +209,13 @@ MUTANTS = [
            "    return all(f.is_file() for f in files)\n",
            ("tests/test_study.py::test_predictions_older_than_the_model_are_predicted_again",)),
     Mutant("the joint trainer's loss terms in the log are the mean over ranks", "nnunet_sacl/nnunet/contrastive.py",
-           "                **{name: value for name, value in zip(rank_means, stats[2:].tolist())}}\n",
+           "                **dict(zip(rank_means, means[2:]))}\n",
            "                **rank_means}\n",
-           ("tests/test_distributed.py::test_epoch_statistics_and_further_values_are_averaged_over_ranks_in_one_all_reduce",)),
+           ("tests/test_distributed.py::test_epoch_statistics_and_further_values_are_averaged_over_ranks",)),
+    Mutant("statistics averaged over ranks are means, not sums", "nnunet_sacl/method/distributed.py",
+           "    return (stats / dist.get_world_size()).cpu().tolist()\n",
+           "    return stats.cpu().tolist()\n",
+           ("tests/test_distributed.py::test_mean_over_ranks_in_one_all_reduce",)),
 ]
 
 

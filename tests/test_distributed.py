@@ -1,11 +1,12 @@
 """Under DDP (2 CPU processes, gloo), SupConLoss and its intensity-weighted form see every rank's organs: loss and
-encoder gradients equal a single-process run on the concatenated batch."""
+encoder gradients equal a single-process run on the concatenated batch; statistics averaged over ranks are their
+means."""
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nnunet_sacl.method.distributed import average_gradients
+from nnunet_sacl.method.distributed import average_gradients, mean_over_ranks
 from nnunet_sacl.method.heads import ProjectionHead
 from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
 from nnunet_sacl.method.pooling import mask_pool, organ_mean_intensity
@@ -63,21 +64,34 @@ def test_ddp_gather_equals_single_process_on_concatenated_batch(tmp_path, weight
         torch.testing.assert_close(g_ddp, g, rtol=1e-4, atol=1e-5)
 
 
-def _statistics_worker(rank, world, init_file, out_file):
-    from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
+
+def _mean_worker(rank, world, init_file, out_file, statistics):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    outputs = [{"organs": 4 + rank, "without_positive": 2 * rank}, {"organs": 6 + rank, "without_positive": 0}]
-    stats = ContrastiveMixin.epoch_statistics(outputs, segmentation=1.0 + rank, contrastive=float("nan") if rank else 0.5)
+    if statistics:   # the contrastive trainers' epoch statistics, the joint trainer's loss terms riding along
+        from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
+        outputs = [{"organs": 4 + rank, "without_positive": 2 * rank}, {"organs": 6 + rank, "without_positive": 0}]
+        result = ContrastiveMixin.epoch_statistics(outputs, segmentation=1.0 + rank,
+                                                   contrastive=float("nan") if rank else 0.5)
+    else:
+        result = mean_over_ranks([1.0 + rank, 10 * rank, float("nan") if rank else 0.5])
     if rank == 0:
-        torch.save(stats, out_file)
+        torch.save(result, out_file)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_epoch_statistics_and_further_values_are_averaged_over_ranks_in_one_all_reduce(tmp_path):
-    """The joint trainer's loss terms travel with the contrastive statistics: every value the mean over ranks (NaN,
-    a rank without a contrastive term, stays NaN)."""
-    mp.spawn(_statistics_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth")), nprocs=2, join=True)
+def test_mean_over_ranks_in_one_all_reduce(tmp_path):
+    """Each number's mean over 2 gloo ranks (NaN on one rank stays NaN); outside torch.distributed the numbers."""
+    mp.spawn(_mean_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth"), False), nprocs=2, join=True)
+    one, ten, nan = torch.load(tmp_path / "out.pth")
+    assert (one, ten) == (1.5, 5.0) and nan != nan
+    assert mean_over_ranks([2, 0.25]) == [2.0, 0.25]
+
+
+@pytest.mark.slow   # its 2 processes import nnU-Net (about 6 s)
+def test_epoch_statistics_and_further_values_are_averaged_over_ranks(tmp_path):
+    """The joint trainer's loss terms travel with the contrastive statistics: every value the mean over ranks."""
+    mp.spawn(_mean_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pth"), True), nprocs=2, join=True)
     stats = torch.load(tmp_path / "out.pth")
     assert stats["organs_per_batch"] == pytest.approx((5 + 6) / 2) and stats["batches_without_positive"] == 1
     assert stats["segmentation"] == pytest.approx(1.5) and stats["contrastive"] != stats["contrastive"]

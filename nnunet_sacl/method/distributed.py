@@ -1,4 +1,5 @@
-"""All-gather with gradients, so that the contrastive loss sees every rank's embeddings as negatives/positives."""
+"""All-gather with gradients, so that the contrastive loss sees every rank's embeddings as negatives/positives, and
+the few other collectives SACL needs (gradient and statistics averages, a broadcast)."""
 from typing import Tuple
 
 import torch
@@ -71,3 +72,15 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Every rank takes rank ``src``'s parameters and buffers (for modules created per rank outside DDP)."""
     for tensor in list(module.parameters()) + list(module.buffers()):
         dist.broadcast(tensor.data, src)
+
+
+def mean_over_ranks(values) -> list:
+    """The mean over ranks of each of this rank's numbers, in one all-reduce (float64; on CUDA under nccl, which
+    reduces CUDA tensors only); the numbers themselves outside torch.distributed. NaN on any rank stays NaN."""
+    stats = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if not is_distributed():
+        return stats.tolist()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    stats = stats.to(device)
+    dist.all_reduce(stats)
+    return (stats / dist.get_world_size()).cpu().tolist()

@@ -9,7 +9,7 @@ from torch import distributed as dist
 from torch.profiler import record_function
 
 from nnunet_sacl.method.contrast_correlation import normalized_ct_intensity_range
-from nnunet_sacl.method.distributed import broadcast_module, is_distributed
+from nnunet_sacl.method.distributed import broadcast_module, is_distributed, mean_over_ranks
 from nnunet_sacl.method.heads import ProjectionHead
 from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
 from nnunet_sacl.method.phases import find_phases_file, organ_phase_labels, read_phases
@@ -164,16 +164,6 @@ class ContrastiveMixin:
         same global batches."""
         organs = sum(float(o['organs']) for o in outputs) / len(outputs)
         without_positive = sum(float(o['without_positive']) for o in outputs)
-        stats = torch.tensor([organs, without_positive, *map(float, rank_means.values())], dtype=torch.float64)
-        if is_distributed():
-            stats = stats.to(_collective_device())
-            dist.all_reduce(stats)
-            stats /= dist.get_world_size()
-            stats = stats.cpu()
-        return {'organs_per_batch': stats[0].item(), 'batches_without_positive': round(stats[1].item()),
-                **{name: value for name, value in zip(rank_means, stats[2:].tolist())}}
-
-
-def _collective_device() -> torch.device:
-    """nccl reduces CUDA tensors only; gloo CPU ones."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        means = mean_over_ranks([organs, without_positive, *rank_means.values()])
+        return {'organs_per_batch': means[0], 'batches_without_positive': round(means[1]),
+                **dict(zip(rank_means, means[2:]))}
