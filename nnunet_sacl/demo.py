@@ -100,12 +100,6 @@ def plan_and_preprocess(dataset_id: int, raw: Path, preprocessed_folder: Path, c
          "--verify_dataset_integrity"], planning_env(os.environ))
 
 
-def mean_dice(rows: list, trainer: str, organ: str) -> float:
-    """Mean over the evaluated cases, NaN (both masks empty) left out as nnU-Net's summary.json does."""
-    values = [r["dice"] for r in rows if r["trainer"] == trainer and r["organ"] == organ and not math.isnan(r["dice"])]
-    return sum(values) / len(values) if values else math.nan
-
-
 def organs_in_test_labels(raw: Path, labels: dict) -> set:
     """Names of the organs that occur in at least one held-out label file."""
     import numpy as np
@@ -161,6 +155,7 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
 
 def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, synthetic, sdist) -> dict:
     from nnunet_sacl.analysis import study as studies
+    from nnunet_sacl.analysis.study_stats import organ_mean
     timer = StepTimer()
     raw = timer("build the dataset", demo_dataset, work / "nnUNet_raw", dataset_id, synthetic, sdist)
     print(f"dataset: {raw}")
@@ -174,7 +169,7 @@ def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, syn
     for t in trainers:
         timer(f"predict the test set with {t}", studies.predict_test_set, replace(study, trainers=[t]))
     report, rows = timer("evaluate and report", studies.evaluate_and_report, study, "nnunet-sacl demo")
-    dice = {t: {organ: mean_dice(rows, t, organ) for organ in study.labels} for t in trainers}
+    dice = {t: {organ: organ_mean(rows, t, organ) for organ in study.labels} for t in trainers}
     present = organs_in_test_labels(raw, study.labels)
     print(f"\nDice on the held-out scan ({configuration}, fold {fold}; absent: organ not in the held-out label, "
           f"nan: in neither label nor prediction):")

@@ -59,11 +59,13 @@ def preprocessed_2d(nnunet_env, preprocessed):
 
 @pytest.fixture(scope="session")
 def resenc_plans(nnunet_env, preprocessed):
-    """nnUNetResEncUNetMPlans (3d_fullres) of the synthetic dataset, planned and preprocessed when a test asks."""
+    """nnUNetResEncUNetMPlans (3d_fullres) of the synthetic dataset, planned (from ``preprocessed``'s fingerprint)
+    and preprocessed when a test asks."""
     complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_resenc_complete"
     if not complete.is_file():
         d = str(DATASET_ID)
-        run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-pl", "nnUNetPlannerResEncM", "-c", "3d_fullres",
+        run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", d, "-pl", "nnUNetPlannerResEncM"], nnunet_env)
+        run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
              "-np", "2"], nnunet_env)
         complete.write_text("")
     return "nnUNetResEncUNetMPlans"

@@ -7,6 +7,8 @@ regimes report, plots and budgets; the pseudo-Dice parser."""
 import csv
 import json
 import shlex
+from contextlib import contextmanager, redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +38,19 @@ def files_and_mtimes(root):
     return {str(p): p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
 
 
-def in_process(args, env) -> str:
-    """``nnunet-sacl ARGS`` in this process with env's nnU-Net folders; what it printed."""
-    from contextlib import redirect_stdout
-    from io import StringIO
-    out = StringIO()
-    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out):
+@contextmanager
+def nnunet_folders(env):
+    """env's nnU-Net folders and trainers in this process's environment, for the block."""
+    with pytest.MonkeyPatch.context() as mp:
         for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
             mp.setenv(key, env[key])
+        yield
+
+
+def in_process(args, env) -> str:
+    """``nnunet-sacl ARGS`` in this process with env's nnU-Net folders; what it printed."""
+    out = StringIO()
+    with nnunet_folders(env), redirect_stdout(out):
         assert main(args) == 0
     return out.getvalue()
 
@@ -51,9 +58,7 @@ def in_process(args, env) -> str:
 def _weights_file(env, path):
     """A network checkpoint in nnU-Net's format (``network_weights``) of the smoke trainer's network."""
     from tests.helpers import make_trainer
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
-            mp.setenv(key, env[key])
+    with nnunet_folders(env):
         trainer = make_trainer(BASELINE)
         trainer.initialize()
         torch.manual_seed(0)

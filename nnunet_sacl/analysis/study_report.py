@@ -7,7 +7,7 @@ import numpy as np
 
 from nnunet_sacl.analysis.evaluation import write_csv
 from nnunet_sacl.analysis.study_stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline,
-                                              paired_values)
+                                              organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
 PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd")
@@ -26,8 +26,8 @@ def _mean_table(rows: list, trainers: list, organs: list) -> list:
     for t in trainers:
         cells = []
         for organ in organs:
-            values = np.array([r["dice"] for r in rows if r["trainer"] == t and r["organ"] == organ], dtype=float)
-            cells.append(_fmt(float(np.nanmean(values))) if np.isfinite(values).any() else "n/a")
+            mean = organ_mean(rows, t, organ, "dice")
+            cells.append("n/a" if math.isnan(mean) else _fmt(mean))
         case_means = paired_values(rows, t, t, organs, "dice")[0]
         cells.append(_fmt(float(case_means.mean())) if case_means.size else "n/a")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")

@@ -41,6 +41,13 @@ def case_values(rows: list[dict], trainer: str, metric: str) -> dict:
     return {key: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan for key, v in collected.items()}
 
 
+def organ_mean(rows: list[dict], trainer: str, organ: str, metric: str = "dice") -> float:
+    """The trainer's mean of one organ over every evaluated (fold, case) row, NaN (both masks empty) left out as
+    nnU-Net's summary.json does; NaN when no row has a value."""
+    values = np.array([r[metric] for r in rows if r["trainer"] == trainer and r["organ"] == organ], dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
 def paired_values(rows: list[dict], trainer: str, baseline: str, organs: list[str], metric: str):
     """The trainer's and the baseline's per-case values of one organ (or the case mean over ``organs``)."""
     a, b = case_values(rows, trainer, metric), case_values(rows, baseline, metric)
