@@ -96,8 +96,12 @@ def plan_and_preprocess(dataset_id: int, raw: Path, preprocessed_folder: Path, c
     if preprocessed(preprocessed_folder, configuration, num_training):
         print(f"Reusing the plans and preprocessed {configuration} data in {preprocessed_folder}")
         return
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration, "-np", "2",
-         "--verify_dataset_integrity"], planning_env(os.environ))
+    # nnU-Net starts -npfp processes (default 8) for the integrity check and again for the fingerprint, -np for the
+    # preprocessing, each a fresh interpreter: never more than the cores or the cases (on 2 cores, 16 interpreter
+    # starts for a handful of scans took longer than the planning itself)
+    processes = str(max(1, min(8, os.cpu_count() or 1, num_training)))
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration,
+         "-npfp", processes, "-np", processes, "--verify_dataset_integrity"], planning_env(os.environ))
 
 
 def organs_in_test_labels(raw: Path, labels: dict) -> set:

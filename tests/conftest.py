@@ -41,7 +41,7 @@ def preprocessed(nnunet_env):
         shutil.rmtree(Path(nnunet_env[key]) / DATASET_NAME, ignore_errors=True)
     raw = make_synthetic_dataset(nnunet_env["nnUNet_raw"], DATASET_ID)
     d = str(DATASET_ID)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2",
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2", "-npfp", "2",
          "--verify_dataset_integrity"], nnunet_env)
     complete.write_text("")
     return raw

@@ -30,9 +30,12 @@ from nnunet_sacl.nnunet.trainer import SACLTrainer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_SECTION = "## Using it on your dataset"
-# the CPU smoke trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000)
+# the CPU smoke trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000), and planning processes
 README_SUBSTITUTIONS = [("-tr SACLTrainer ", "-tr SACLTrainer_smoke "),
-                       ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n")]
+                       ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n"),
+                       # nnU-Net's planning starts 8 processes twice and 4 more (fresh interpreters) by default:
+                       # as many as the test machine's 2 cores
+                       ("--verify_dataset_integrity", "--verify_dataset_integrity -npfp 2 -np 2")]
 
 
 def readme_block() -> str:
@@ -45,7 +48,8 @@ def readme_block() -> str:
 
 def run_readme_block(folder: Path) -> dict:
     """README's block run by bash in the empty ``folder`` as a new user runs it (a clean shell: no nnUNet_* set, the
-    environment's bin not on PATH, ``.venv`` the environment of the first command), with the smoke trainer. Where the
+    environment's bin not on PATH, ``.venv`` the environment of the first command), with the smoke trainer and
+    nnU-Net's process counts for 2 cores (README_SUBSTITUTIONS; nnUNet_npp, nnUNet_nps). Where the
     tests do not run in a virtual environment (no bin/activate) its first line puts the environment on PATH instead
     (``activated`` False). Returns the folder, the result and the nnU-Net environment of that folder."""
     script = readme_block()
@@ -58,7 +62,8 @@ def run_readme_block(folder: Path) -> dict:
         bin_dir = shlex.quote(str(Path(sys.executable).parent))
         script = script.replace("source .venv/bin/activate\n", f"export PATH={bin_dir}:$PATH\n", 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "VIRTUAL_ENV"}
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="f")   # as the rest of the suite
+    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="f",   # as the rest of the suite
+               nnUNet_npp="2", nnUNet_nps="2")                          # nnUNetv2_predict's -npp, -nps
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if Path(p).resolve() != Path(sys.prefix, "bin").resolve())
     result = subprocess.run(["bash", "-e", "-c", script], cwd=folder, env=env, capture_output=True, text=True,

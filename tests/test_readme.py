@@ -1,6 +1,7 @@
 """README's "Using it on your dataset" runs as written on a CPU machine: the bash block is read from README.md (so the
-document and the test cannot drift apart) and run by bash in an empty folder, with one substitution: the CPU smoke
-trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000)."""
+document and the test cannot drift apart) and run by bash in an empty folder, with two substitutions: the CPU smoke
+trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000), and 2 processes for nnU-Net's planning (its
+default starts 8 interpreters twice on a 2-core machine)."""
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def test_readme_block_is_the_cpu_recipe():
     for old, new in SUBSTITUTIONS:
         smoke = smoke.replace(old, new)
     assert smoke.count("SACLTrainer_smoke") == block.count("SACLTrainer") == 2
+    assert smoke.count("-npfp 2 -np 2") == 1          # the planning line, and only it
 
 
 @pytest.mark.slow

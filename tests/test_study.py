@@ -254,3 +254,14 @@ def test_predictions_older_than_the_model_are_predicted_again(tmp_path):
     assert predictions_current(run_, files)
     os.utime(files[1], ns=(model - 10**9, model - 10**9))       # trained again after this prediction
     assert not predictions_current(run_, files)
+
+
+@pytest.mark.parametrize("npp, cases, expected", [(None, 1, "1"), (None, 2, "2"), (None, 5, "3"), ("1", 5, "1"),
+                                                  ("8", 5, "5"), ("x", 5, "3")])
+def test_prediction_processes_are_nnunets_default_but_no_more_than_cases(monkeypatch, npp, cases, expected):
+    from nnunet_sacl.analysis.study import prediction_processes
+    if npp is None:
+        monkeypatch.delenv("nnUNet_npp", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_npp", npp)
+    assert prediction_processes("nnUNet_npp", cases) == expected

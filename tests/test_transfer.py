@@ -85,7 +85,8 @@ def test_merged_a_has_partial_labels_and_one_id_per_organ(merged_a):
 def pretrained(env, merged_a) -> dict:
     """Dataset A (the merge: 3 organs, 20x48x48) planned and preprocessed, then SACLPretrainer_smoke (partial
     labels are fine for pretraining): its fold folder and what nnUNetv2_train printed."""
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", "2"], env)
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", "2", "-npfp", "2"],
+        env)
     result = run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
                   "-device", "cpu"], train_env(env))
     return {"folder": Path(env["nnUNet_results"]) / A_NAME / "SACLPretrainer_smoke__nnUNetPlans__3d_fullres" / "fold_0",
@@ -118,7 +119,7 @@ def planned_b(env) -> Path:
     raw = make_synthetic_dataset(env["nnUNet_raw"], B_ID, name="TransferB", num_training=5, num_test=1,
                                  shape=(16, 64, 64), seed=1)
     keep_two_organs(raw)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(B_ID), "--no_pp"], env)
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(B_ID), "--no_pp", "-npfp", "2"], env)
     return raw
 
 
