@@ -216,6 +216,11 @@ MUTANTS = [
            "    return (stats / dist.get_world_size()).cpu().tolist()\n",
            "    return stats.cpu().tolist()\n",
            ("tests/test_distributed.py::test_mean_over_ranks_in_one_all_reduce",)),
+    Mutant("the study's nnUNetv2_predict starts no more processes than test cases ($nnUNet_npp/nps honoured)",
+           "nnunet_sacl/analysis/study.py",
+           "    return str(max(1, min(default, cases)))\n",
+           "    return str(default)\n",
+           ("tests/test_study.py::test_prediction_processes_are_nnunets_default_but_no_more_than_cases",)),
 ]
 
 
