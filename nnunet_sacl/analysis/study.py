@@ -78,7 +78,7 @@ class Study:
             cmd += ["-pretrained_weights", str(run.weights)]
         return cmd + (["--c"] if state == "stopped" else [])
 
-    def predict_command(self, run: Run, out: Path, executable: str = "nnUNetv2_predict", cases: int = 3) -> list:
+    def predict_command(self, run: Run, out: Path, cases: int, executable: str = "nnUNetv2_predict") -> list:
         return [executable, "-i", str(self.test_images), "-o", str(out), "-d", self.dataset, "-c", self.configuration,
                 "-f", str(run.fold), "-tr", run.trainer_class or run.trainer, "-p", run.plans or self.plans,
                 "-device", self.device, "-npp", prediction_processes("nnUNet_npp", cases),
@@ -290,7 +290,7 @@ def predict_test_set(study: Study, log=_say) -> None:
         if predictions_current(run, [out / (c + study.file_ending) for c in cases]):
             log(f"{run.trainer} fold {run.fold}: reusing the test set predictions in {out}")
             continue
-        cmd = study.predict_command(run, out, nnunet_command("nnUNetv2_predict"), len(cases))
+        cmd = study.predict_command(run, out, len(cases), nnunet_command("nnUNetv2_predict"))
         log(f"{run.trainer} fold {run.fold}: predicting the test set: {shlex.join(cmd)}")
         if subprocess.run(cmd).returncode != 0:
             raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_predict failed ({shlex.join(cmd)})")
