@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from tests.helpers import DATASET_ID, DATASET_NAME, make_nnunet_env, nnunet_bin, run, run_readme_block
+from tests.helpers import DATASET_ID, DATASET_NAME, NNUNET_PROCESSES as P, make_nnunet_env, nnunet_bin, run, \
+    run_readme_block
 
 # a folder where the generated dataset, planned and preprocessed once, is kept for later pytest sessions (e.g.
 # tests/mutants.py, which runs pytest once per mutant); unset, every session makes its own
@@ -41,7 +42,7 @@ def preprocessed(nnunet_env):
         shutil.rmtree(Path(nnunet_env[key]) / DATASET_NAME, ignore_errors=True)
     raw = make_synthetic_dataset(nnunet_env["nnUNet_raw"], DATASET_ID)
     d = str(DATASET_ID)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "2", "-npfp", "2",
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", P, "-npfp", P,
          "--verify_dataset_integrity"], nnunet_env)
     complete.write_text("")
     return raw
@@ -52,7 +53,7 @@ def preprocessed_2d(nnunet_env, preprocessed):
     """nnUNetPlans' 2d configuration of the synthetic dataset, preprocessed when a test asks."""
     complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_2d_complete"
     if not complete.is_file():
-        run([nnunet_bin("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "2"], nnunet_env)
+        run([nnunet_bin("nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", P], nnunet_env)
         complete.write_text("")
     return "2d"
 
@@ -66,7 +67,7 @@ def resenc_plans(nnunet_env, preprocessed):
         d = str(DATASET_ID)
         run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", d, "-pl", "nnUNetPlannerResEncM"], nnunet_env)
         run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
-             "-np", "2"], nnunet_env)
+             "-np", P], nnunet_env)
         complete.write_text("")
     return "nnUNetResEncUNetMPlans"
 

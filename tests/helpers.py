@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, redirect_stdout
+from io import StringIO
 from os.path import join
 from pathlib import Path
 
@@ -28,14 +30,20 @@ from nnunet_sacl.nnunet.trainer import SACLTrainer
 
 # ---------------------------------------------------------------- README's recipe
 
+# The processes of each of nnU-Net's pools in the tests (planning's -npfp/-np, nnUNet_def_n_proc for the final
+# validation's export and metrics, nnUNet_npp/nnUNet_nps for nnUNetv2_predict; nnU-Net's defaults are 8, 8, 4, 3, 3):
+# every one is a fresh interpreter that imports torch and nnU-Net (about 6 s of one core) and the data is small, so on
+# the 2-core test machine one is fastest (measured: README's run 80 and 74 s against 88 and 78 s with 2, a smoke
+# training 31 against 32 s)
+NNUNET_PROCESSES = "1"
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 README_SECTION = "## Using it on your dataset"
 # the CPU smoke trainer for SACLTrainer (3 + 2 short epochs instead of 100 + 1000), and planning processes
+README_PLANNING = f"-npfp {NNUNET_PROCESSES} -np {NNUNET_PROCESSES}"
 README_SUBSTITUTIONS = [("-tr SACLTrainer ", "-tr SACLTrainer_smoke "),
                        ("-tr SACLTrainer\n", "-tr SACLTrainer_smoke\n"),
-                       # nnU-Net's planning starts 8 processes twice and 4 more (fresh interpreters) by default:
-                       # as many as the test machine's 2 cores
-                       ("--verify_dataset_integrity", "--verify_dataset_integrity -npfp 2 -np 2")]
+                       ("--verify_dataset_integrity", f"--verify_dataset_integrity {README_PLANNING}")]
 
 
 def readme_block() -> str:
@@ -49,7 +57,7 @@ def readme_block() -> str:
 def run_readme_block(folder: Path) -> dict:
     """README's block run by bash in the empty ``folder`` as a new user runs it (a clean shell: no nnUNet_* set, the
     environment's bin not on PATH, ``.venv`` the environment of the first command), with the smoke trainer and
-    nnU-Net's process counts for 2 cores (README_SUBSTITUTIONS; nnUNet_npp, nnUNet_nps). Where the
+    the tests' nnU-Net process counts (NNUNET_PROCESSES: README_SUBSTITUTIONS, nnUNet_npp, nnUNet_nps). Where the
     tests do not run in a virtual environment (no bin/activate) its first line puts the environment on PATH instead
     (``activated`` False). Returns the folder, the result and the nnU-Net environment of that folder."""
     script = readme_block()
@@ -62,8 +70,8 @@ def run_readme_block(folder: Path) -> dict:
         bin_dir = shlex.quote(str(Path(sys.executable).parent))
         script = script.replace("source .venv/bin/activate\n", f"export PATH={bin_dir}:$PATH\n", 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") and k != "VIRTUAL_ENV"}
-    env.update(nnUNet_def_n_proc="2", nnUNet_n_proc_DA="1", nnUNet_compile="f",   # as the rest of the suite
-               nnUNet_npp="2", nnUNet_nps="2")                          # nnUNetv2_predict's -npp, -nps
+    env.update(nnUNet_def_n_proc=NNUNET_PROCESSES, nnUNet_n_proc_DA="1", nnUNet_compile="f",   # as the rest
+               nnUNet_npp=NNUNET_PROCESSES, nnUNet_nps=NNUNET_PROCESSES)      # of the suite
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if Path(p).resolve() != Path(sys.prefix, "bin").resolve())
     result = subprocess.run(["bash", "-e", "-c", script], cwd=folder, env=env, capture_output=True, text=True,
@@ -103,11 +111,12 @@ def nnunet_bin(name: str) -> str:
 
 
 def make_nnunet_env(root: Path) -> dict:
-    """Environment for nnU-Net subprocesses: fresh nnUNet_* folders under root, our trainers folder. Without
-    nnUNet_n_proc_DA (``planning_env``); training sets it itself."""
+    """Environment for nnU-Net subprocesses: fresh nnUNet_* folders under root, our trainers folder, the tests'
+    process counts (NNUNET_PROCESSES). Without nnUNet_n_proc_DA (``planning_env``); training sets it itself."""
     return planning_env(dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                              nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
-                             nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1"))
+                             nnUNet_def_n_proc=NNUNET_PROCESSES, nnUNet_npp=NNUNET_PROCESSES,
+                             nnUNet_nps=NNUNET_PROCESSES, nnUNet_compile="f", PYTHONUNBUFFERED="1"))
 
 
 def run(cmd, env, timeout=600, **kwargs):
@@ -191,6 +200,41 @@ def first_batch(trainer):
 def train_env(nnunet_env):
     # single-process augmentation: fast on 2 cores, and a SIGKILL leaves no orphaned workers
     return dict(nnunet_env, nnUNet_n_proc_DA="0")
+
+
+def with_test_trainers(env):
+    """env whose nnUNet_extTrainer also names the tests' own trainers (tests/torchrun_trainers)."""
+    return dict(env, nnUNet_extTrainer=env["nnUNet_extTrainer"] + os.pathsep + str(TEST_TRAINERS))
+
+
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+
+
+@contextmanager
+def nnunet_folders(env):
+    """env's nnU-Net folders and trainers in this process's environment for the block (nnU-Net reads its paths
+    from os.environ when it uses them)."""
+    saved = {key: os.environ.get(key) for key in NNUNET_FOLDERS}
+    os.environ.update({key: env[key] for key in NNUNET_FOLDERS})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def in_process(args, env) -> str:
+    """``nnunet-sacl ARGS`` in this process with env's nnU-Net folders (what a second call that starts no nnU-Net
+    command needs); what it printed. Fails with the output if it does not exit with 0."""
+    from nnunet_sacl.cli import main
+    out = StringIO()
+    with nnunet_folders(env), redirect_stdout(out):
+        code = main(args)
+    assert code == 0, f"nnunet-sacl {' '.join(args)} exited with {code}:\n{out.getvalue()[-4000:]}"
+    return out.getvalue()
 
 
 def fold_folder(env, trainer, fold, plans="nnUNetPlans", configuration="3d_fullres"):
@@ -288,8 +332,7 @@ RUN_TIMEOUT = 300
 
 def torchrun_env(nnunet_env, results, **extra):
     """The session's preprocessed data, a results folder of the test's own, and the test trainers."""
-    env = dict(nnunet_env, nnUNet_results=str(results), nnUNet_n_proc_DA="0", OMP_NUM_THREADS="1",
-               nnUNet_extTrainer=nnunet_env["nnUNet_extTrainer"] + os.pathsep + str(TEST_TRAINERS))
+    env = with_test_trainers(dict(nnunet_env, nnUNet_results=str(results), nnUNet_n_proc_DA="0", OMP_NUM_THREADS="1"))
     env.pop("RANK", None)
     env.update(extra)
     return env

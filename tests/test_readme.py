@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.helpers import README_SUBSTITUTIONS as SUBSTITUTIONS, readme_block, readme_model
+from tests.helpers import README_PLANNING, README_SUBSTITUTIONS as SUBSTITUTIONS, readme_block, readme_model
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -24,7 +24,7 @@ def test_readme_block_is_the_cpu_recipe():
     for old, new in SUBSTITUTIONS:
         smoke = smoke.replace(old, new)
     assert smoke.count("SACLTrainer_smoke") == block.count("SACLTrainer") == 2
-    assert smoke.count("-npfp 2 -np 2") == 1          # the planning line, and only it
+    assert smoke.count(README_PLANNING) == 1          # the planning line, and only it
 
 
 @pytest.mark.slow

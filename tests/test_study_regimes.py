@@ -7,8 +7,6 @@ regimes report, plots and budgets; the pseudo-Dice parser."""
 import csv
 import json
 import shlex
-from contextlib import contextmanager, redirect_stdout
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from scipy import stats
 from nnunet_sacl.analysis.study_regimes import SUBSET_MARKER, source_splits, subset_order, subset_splits
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
-from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
+from tests.helpers import DATASET_NAME, in_process, nnunet_bin, nnunet_folders, paired, parse_with_nnunet, run
 from tests.helpers import D
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
@@ -36,23 +34,6 @@ def read_csv(path):
 
 def files_and_mtimes(root):
     return {str(p): p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
-
-
-@contextmanager
-def nnunet_folders(env):
-    """env's nnU-Net folders and trainers in this process's environment, for the block."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
-            mp.setenv(key, env[key])
-        yield
-
-
-def in_process(args, env) -> str:
-    """``nnunet-sacl ARGS`` in this process with env's nnU-Net folders; what it printed."""
-    out = StringIO()
-    with nnunet_folders(env), redirect_stdout(out):
-        assert main(args) == 0
-    return out.getvalue()
 
 
 def _weights_file(env, path):
@@ -84,12 +65,12 @@ def regimes(nnunet_env, preprocessed, tmp_path_factory):
     manual = run([nnunet_bin("nnUNetv2_train"), *shlex.split(by_hand)[1:]], env, timeout=1200)
     first = run(cmd, env, timeout=2400)
     before = files_and_mtimes(env["nnUNet_results"])
-    second = run(cmd, env, timeout=1200)
+    second = in_process(cmd[1:], env)                         # it starts no nnU-Net command: in this process
     derived = {json.loads((p / SUBSET_MARKER).read_text())["train_cases"]: p
                for p in (root / "preprocessed").iterdir() if (p / SUBSET_MARKER).is_file()}
     return {"env": env, "root": root, "out": root / "out", "weights": weights, "printed": printed,
             "sbatch": (root / "runs.sbatch").read_text(), "manual": manual.stdout + manual.stderr,
-            "by_hand": by_hand, "first": first.stdout, "second": second.stdout, "before": before,
+            "by_hand": by_hand, "first": first.stdout, "second": second, "before": before,
             "after": files_and_mtimes(env["nnUNet_results"]), "derived": derived, "source": source}
 
 

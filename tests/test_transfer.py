@@ -17,7 +17,7 @@ import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 from nnunet_sacl.analysis.weights import check_weights
-from tests.helpers import make_nnunet_env, nnunet_bin, run
+from tests.helpers import NNUNET_PROCESSES as P, make_nnunet_env, nnunet_bin, run
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -85,7 +85,7 @@ def test_merged_a_has_partial_labels_and_one_id_per_organ(merged_a):
 def pretrained(env, merged_a) -> dict:
     """Dataset A (the merge: 3 organs, 20x48x48) planned and preprocessed, then SACLPretrainer_smoke (partial
     labels are fine for pretraining): its fold folder and what nnUNetv2_train printed."""
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", "2", "-npfp", "2"],
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", P, "-npfp", P],
         env)
     result = run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
                   "-device", "cpu"], train_env(env))
@@ -119,7 +119,7 @@ def planned_b(env) -> Path:
     raw = make_synthetic_dataset(env["nnUNet_raw"], B_ID, name="TransferB", num_training=5, num_test=1,
                                  shape=(16, 64, 64), seed=1)
     keep_two_organs(raw)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(B_ID), "--no_pp", "-npfp", "2"], env)
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(B_ID), "--no_pp", "-npfp", P], env)
     return raw
 
 
@@ -129,7 +129,7 @@ def moved_plans(env, encoder_file, planned_b) -> str:
     run([nnunet_bin("nnUNetv2_move_plans_between_datasets"), "-s", str(A_ID), "-t", str(B_ID), "-sp", "nnUNetPlans",
          "-tp", MOVED_PLANS], env)
     run([nnunet_bin("nnUNetv2_preprocess"), "-d", str(B_ID), "-plans_name", MOVED_PLANS, "-c", "3d_fullres",
-         "-np", "2"], env)
+         "-np", P], env)
     return MOVED_PLANS
 
 

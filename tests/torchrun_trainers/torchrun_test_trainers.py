@@ -1,4 +1,5 @@
-"""Trainers for tests/test_torchrun.py, found through nnUNet_extTrainer (the test adds this folder to it)."""
+"""The tests' own trainers (torchrun, ranks, a run killed and resumed), found through nnUNet_extTrainer: the tests add
+this folder to it (helpers.with_test_trainers)."""
 import json
 import os
 import time
@@ -11,7 +12,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.short_runs import (SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke,
-                                          nnUNetTrainer_smoke)
+                                          SACLTrainer_torchaug_smoke, nnUNetTrainer_smoke)
 
 
 class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
@@ -96,6 +97,14 @@ class SACLTrainer_tiny(SACLTrainer_smoke):
 class nnUNetTrainer_smoke_noval(nnUNetTrainer_smoke):
     """Stock nnUNetTrainer_smoke without the final validation (SACLTrainer_smoke's run in test_torchrun.py covers
     nnU-Net's final validation under torchrun)."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
+
+
+class SACLTrainer_torchaug_smoke_noval(SACLTrainer_torchaug_smoke):
+    """SACLTrainer_torchaug_smoke without the final validation, for a run that is killed and resumed (README's
+    SACLTrainer_smoke run covers SACLTrainer's phase 2 with nnU-Net's final validation)."""
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("final validation skipped (test trainer)")
