@@ -212,18 +212,21 @@ NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet
 
 @contextmanager
 def nnunet_folders(env):
-    """env's nnU-Net folders and trainers in this process's environment for the block (nnU-Net reads its paths
-    from os.environ when it uses them)."""
+    """env's nnU-Net folders and trainers folder in this process's environment for the block, as a subprocess with
+    env would see them (one that env lacks is unset); nnU-Net reads its paths from os.environ when it uses them."""
     saved = {key: os.environ.get(key) for key in NNUNET_FOLDERS}
-    os.environ.update({key: env[key] for key in NNUNET_FOLDERS})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
+
+    def put(values):
+        for key, value in values.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    put({key: env.get(key) for key in NNUNET_FOLDERS})
+    try:
+        yield
+    finally:
+        put(saved)
 
 
 def in_process(args, env) -> str:
