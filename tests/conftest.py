@@ -1,5 +1,6 @@
 """Shared fixtures: one generated dataset, planned and preprocessed by nnU-Net's own commands, per test session. The
 helpers the test modules share are in helpers.py."""
+import json
 import os
 import shutil
 from pathlib import Path
@@ -61,13 +62,17 @@ def preprocessed_2d(nnunet_env, preprocessed):
 @pytest.fixture(scope="session")
 def resenc_plans(nnunet_env, preprocessed):
     """nnUNetResEncUNetMPlans (3d_fullres) of the synthetic dataset, planned (from ``preprocessed``'s fingerprint)
-    and preprocessed when a test asks."""
-    complete = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME / ".sacl_tests_resenc_complete"
+    when a test asks. nnU-Net's ResEnc presets keep nnUNetPlans' data (the same data_identifier, where
+    ``preprocessed`` put it); preprocessed anew only if that ever changes."""
+    folder = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
+    complete = folder / ".sacl_tests_resenc_complete"
     if not complete.is_file():
         d = str(DATASET_ID)
         run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", d, "-pl", "nnUNetPlannerResEncM"], nnunet_env)
-        run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
-             "-np", P], nnunet_env)
+        plans = json.loads((folder / "nnUNetResEncUNetMPlans.json").read_text())
+        if plans["configurations"]["3d_fullres"]["data_identifier"] != "nnUNetPlans_3d_fullres":
+            run([nnunet_bin("nnUNetv2_preprocess"), "-d", d, "-plans_name", "nnUNetResEncUNetMPlans", "-c",
+                 "3d_fullres", "-np", P], nnunet_env)
         complete.write_text("")
     return "nnUNetResEncUNetMPlans"
 

@@ -1,9 +1,9 @@
 """``nnunet-sacl study --train-cases 1 2`` with a weights-file arm, through nnU-Net's real commands on the session's
-dataset (one module-scoped run: 2 arms x 2 regimes x fold 0, smoke trainers): the printed and sbatch lines parse
-with nnU-Net's own argparse and one of them, run as printed, is the study's run; every run's log shows K training
-cases from its regime's own splits (nested subsets, the same file for every trainer); the weights arm loaded its
-file and has its own output folder; a second call trains nothing; p-values equal scipy on per_case.csv; the
-regimes report, plots and budgets; the pseudo-Dice parser."""
+dataset (one module-scoped run: 2 arms x 2 regimes x fold 0, a test trainer of two one-iteration epochs): the
+printed and sbatch lines parse with nnU-Net's own argparse and one of them, run as printed, is the study's run; every
+run's log shows K training cases from its regime's own splits (nested subsets, the same file for every trainer); the
+weights arm loaded its file and has its own output folder; a second call trains nothing; p-values equal scipy on
+per_case.csv; the regimes report, plots and budgets; the pseudo-Dice parser."""
 import csv
 import json
 import shlex
@@ -18,11 +18,12 @@ from nnunet_sacl.analysis.study_regimes import SUBSET_MARKER, source_splits, sub
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
 from tests.helpers import DATASET_NAME, in_process, nnunet_bin, nnunet_folders, paired, parse_with_nnunet, run
+from tests.helpers import with_test_trainers
 from tests.helpers import D
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
-CONFIG, BASELINE = "3d_fullres", "nnUNetTrainer_smoke"
+CONFIG, BASELINE = "3d_fullres", "nnUNetTrainer_tiny"      # tests/torchrun_trainers: 2 epochs of 1 iteration
 ARM = f"{BASELINE}@init"
 WEIGHTS_PLANS = "nnUNetPlans_weights_init"
 
@@ -37,7 +38,7 @@ def files_and_mtimes(root):
 
 
 def _weights_file(env, path):
-    """A network checkpoint in nnU-Net's format (``network_weights``) of the smoke trainer's network."""
+    """A network checkpoint in nnU-Net's format (``network_weights``) of the baseline's network."""
     from tests.helpers import make_trainer
     with nnunet_folders(env):
         trainer = make_trainer(BASELINE)
@@ -54,8 +55,8 @@ def regimes(nnunet_env, preprocessed, tmp_path_factory):
     (root / "preprocessed").mkdir()
     source = Path(nnunet_env["nnUNet_preprocessed"]) / DATASET_NAME
     (root / "preprocessed" / DATASET_NAME).symlink_to(source, target_is_directory=True)   # derived datasets go here
-    env = dict(nnunet_env, nnUNet_preprocessed=str(root / "preprocessed"), nnUNet_results=str(root / "results"),
-               nnUNet_n_proc_DA="0")
+    env = with_test_trainers(dict(nnunet_env, nnUNet_preprocessed=str(root / "preprocessed"),
+                                  nnUNet_results=str(root / "results"), nnUNet_n_proc_DA="0"))
     weights = _weights_file(dict(env, nnUNet_results=str(root / "weights_results")), root / "init_weights.pth")
     cmd = [nnunet_bin("nnunet-sacl"), "study", "-d", D, "-c", CONFIG, "-tr", BASELINE, ARM, "--weights",
            f"init={weights}", "-f", "0", "-device", "cpu", "--train-cases", "1", "2", "-o", str(root / "out")]
@@ -171,7 +172,7 @@ def test_regimes_report_plots_and_budgets(regimes):
     for r in rows:
         mean = next(c for c in read_csv(out / f"K{r['train_cases']}" / "comparison.csv") if c["organ"] == "mean")
         assert r["mean_diff"] == mean["mean_diff"] and r["p_wilcoxon"] == mean["p_wilcoxon"]
-        assert r["budget"].startswith("equal segmentation iterations (8)")      # 2 epochs x 4 iterations, 1 fold
+        assert r["budget"].startswith("equal segmentation iterations (2)")      # 2 epochs x 1 iteration, 1 fold
     assert "| budget |" in (out / "K1" / "report.md").read_text() and "Budget of each comparison" in \
         (out / "K1" / "report.md").read_text()
     curve = pseudo_dice_curve(run_folder(regimes, 1))
@@ -199,6 +200,7 @@ def test_regimes_and_weights_arms_in_nnunet_files_without_training(in_process_en
     (tmp_path / "pre" / DATASET_NAME).symlink_to(source, target_is_directory=True)
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_extTrainer", with_test_trainers(in_process_env)["nnUNet_extTrainer"])
     weights = tmp_path / "w_{fold}.pth"
     args = ["study", "-d", D, "-c", CONFIG, "-tr", BASELINE, ARM, "--weights", f"init={weights}", "-f", "0", "1",
             "-device", "cpu", "--train-cases", "1", "3", "all", "--print-commands"]

@@ -17,7 +17,7 @@ import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 from nnunet_sacl.analysis.weights import check_weights
-from tests.helpers import NNUNET_PROCESSES as P, make_nnunet_env, nnunet_bin, run
+from tests.helpers import NNUNET_PROCESSES as P, make_nnunet_env, nnunet_bin, nnunet_folders, run
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -40,11 +40,10 @@ def train_env(env) -> dict:
 
 
 @pytest.fixture
-def in_process(env, monkeypatch):
+def in_process(env):
     """nnU-Net reads its paths from os.environ when used: in-process checks see this module's folders."""
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, env[key])
-    return env
+    with nnunet_folders(env):
+        yield env
 
 
 def keep_two_organs(raw: Path) -> None:
@@ -199,9 +198,7 @@ def test_the_fine_tuned_run_started_from_the_pretrained_encoder(env, encoder_fil
     pretrained = torch.load(encoder_file, weights_only=False, map_location="cpu")["network_weights"]
     final = torch.load(os.path.join(env["nnUNet_results"], B_NAME, f"nnUNetTrainer_smoke__{moved_plans}__3d_fullres",
                                     "fold_0", "checkpoint_final.pth"), weights_only=False, map_location="cpu")
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            mp.setenv(key, env[key])
+    with nnunet_folders(env):
         plans_manager, config, _ = load_target_plans(B_ID, "3d_fullres", moved_plans)
         torch.manual_seed(0)
         fresh = nnUNetTrainer.build_network_architecture(plans_manager, config, 1, 3).state_dict()

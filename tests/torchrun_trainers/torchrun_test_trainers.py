@@ -110,6 +110,12 @@ class SACLTrainer_torchaug_smoke_noval(SACLTrainer_torchaug_smoke):
         self.print_to_log_file("final validation skipped (test trainer)")
 
 
+class nnUNetTrainer_tiny(nnUNetTrainer_smoke):
+    """nnUNetTrainer_smoke with 1 training and 1 validation iteration in each of its 2 epochs, then nnU-Net's final
+    validation: for runs whose outputs a test examines, not what they learnt (the study regimes' runs)."""
+    run_iterations, run_val_iterations = 1, 1
+
+
 class _RecordsRanks:
     """Rank 1's segmentation loss is NaN at its second training step (NaN times the output, so a step taken on it
     would poison the weights); every rank writes what it saw (NaN steps per epoch, encoder after each epoch, final
