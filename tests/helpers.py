@@ -31,10 +31,10 @@ from nnunet_sacl.nnunet.trainer import SACLTrainer
 # ---------------------------------------------------------------- README's recipe
 
 # The processes of each of nnU-Net's pools in the tests (planning's -npfp/-np, nnUNet_def_n_proc for the final
-# validation's export and metrics, nnUNet_npp/nnUNet_nps for nnUNetv2_predict; nnU-Net's defaults are 8, 8, 4, 3, 3):
-# every one is a fresh interpreter that imports torch and nnU-Net (about 6 s of one core) and the data is small, so on
-# the 2-core test machine one is fastest (measured: README's run 80 and 74 s against 88 and 78 s with 2, a smoke
-# training 31 against 32 s)
+# validation's export and metrics, nnUNet_npp/nnUNet_nps for nnUNetv2_predict; nnU-Net's defaults: 8, 4 for
+# 3d_fullres, 8, 3, 3): every one is a fresh interpreter that imports torch and nnU-Net (about 6 s of one core) and
+# the data is small, so on the 2-core test machine one is fastest (measured: README's run 80 and 74 s against 88 and
+# 78 s with 2, a smoke training 31 against 32 s)
 NNUNET_PROCESSES = "1"
 
 README = Path(__file__).resolve().parent.parent / "README.md"
