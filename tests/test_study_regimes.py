@@ -18,8 +18,7 @@ from nnunet_sacl.analysis.study_regimes import SUBSET_MARKER, source_splits, sub
 from nnunet_sacl.cli import main
 from nnunet_sacl.analysis.training_cost import pseudo_dice_curve
 from tests.helpers import DATASET_NAME, in_process, nnunet_bin, nnunet_folders, paired, parse_with_nnunet, run
-from tests.helpers import with_test_trainers
-from tests.helpers import D
+from tests.helpers import D, with_test_trainers
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
