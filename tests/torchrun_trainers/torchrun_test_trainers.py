@@ -85,29 +85,27 @@ class _Repeat:
         return self.batch
 
 
-class SACLTrainer_tiny(SACLTrainer_smoke):
+class _NoFinalValidation:
+    """Skips nnU-Net's final validation (README's run and SACLTrainer_smoke's torchrun run cover it)."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
+
+
+class SACLTrainer_tiny(_NoFinalValidation, SACLTrainer_smoke):
     """SACLTrainer_smoke, shorter: 3 pretraining epochs of 2 iterations, 1 segmentation epoch of 2 iterations, no
     final validation (SACLTrainer_smoke's run in test_torchrun.py covers it under torchrun)."""
     run_epochs, run_iterations, run_val_iterations = 1, 2, 1
 
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("final validation skipped (test trainer)")
 
-
-class nnUNetTrainer_smoke_noval(nnUNetTrainer_smoke):
+class nnUNetTrainer_smoke_noval(_NoFinalValidation, nnUNetTrainer_smoke):
     """Stock nnUNetTrainer_smoke without the final validation (SACLTrainer_smoke's run in test_torchrun.py covers
     nnU-Net's final validation under torchrun)."""
 
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("final validation skipped (test trainer)")
 
-
-class SACLTrainer_torchaug_smoke_noval(SACLTrainer_torchaug_smoke):
+class SACLTrainer_torchaug_smoke_noval(_NoFinalValidation, SACLTrainer_torchaug_smoke):
     """SACLTrainer_torchaug_smoke without the final validation, for a run that is killed and resumed (README's
     SACLTrainer_smoke run covers SACLTrainer's phase 2 with nnU-Net's final validation)."""
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("final validation skipped (test trainer)")
 
 
 class nnUNetTrainer_tiny(nnUNetTrainer_smoke):
@@ -116,7 +114,7 @@ class nnUNetTrainer_tiny(nnUNetTrainer_smoke):
     run_iterations, run_val_iterations = 1, 1
 
 
-class _RecordsRanks:
+class _RecordsRanks(_NoFinalValidation):
     """Rank 1's segmentation loss is NaN at its second training step (NaN times the output, so a step taken on it
     would poison the weights); every rank writes what it saw (NaN steps per epoch, encoder after each epoch, final
     network) to $SACL_TEST_RECORDS/rank<r>.pt, since only rank 0 writes the training log."""
@@ -153,9 +151,6 @@ class _RecordsRanks:
         self._records["network"] = {k: v.detach().cpu().clone() for k, v in unwrap(self.network).state_dict().items()}
         torch.save(self._records, os.path.join(os.environ["SACL_TEST_RECORDS"], f"rank{self._rank}.pt"))
         super().on_train_end()
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("final validation skipped (test trainer)")
 
 
 def _encoder_state(trainer) -> dict:
