@@ -10,10 +10,11 @@ from nnunet_sacl.nnunet.checkpoints import AtomicCheckpointMixin
 from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.network import encoder_of
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
+from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
 
-class SACLTrainer_joint(ContrastiveMixin, GuardedUpdateMixin, AtomicCheckpointMixin, nnUNetTrainer):
+class SACLTrainer_joint(ContrastiveMixin, GuardedUpdateMixin, AtomicCheckpointMixin, SeededMixin, nnUNetTrainer):
     """nnU-Net's training in which every step minimises ``seg_loss + joint_contrastive_weight * SupCon``, the SupCon
     term taken over mask-pooled organ embeddings of the encoder features that the segmentation forward pass
     computed anyway (the encoder runs once per step). The projection head is trained alongside (its own parameter

@@ -17,6 +17,7 @@ from nnunet_sacl.nnunet.checkpoints import AtomicCheckpointMixin, save_atomicall
 from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
 PRETRAINING = "pretraining"    # the phase named in the checkpoints of phase 1 ('sacl' entry)
@@ -58,6 +59,7 @@ class PretrainingMixin:
     finetune_frozen_encoder_epochs = 0
     pseudo_dice_label = "nearest-neighbour organ F1 (validation)"
     augment_settings = augment_generator = None
+    seed_phase = 1                             # seeded runs: phase 1 draws streams of its own (seeding.py)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -210,7 +212,7 @@ def pretraining_class(trainer_class: type) -> type:
 
 
 class SACLPretrainer(PretrainingMixin, PretrainingSettings, ContrastiveMixin, GuardedUpdateMixin,
-                     AtomicCheckpointMixin, nnUNetTrainer):
+                     AtomicCheckpointMixin, SeededMixin, nnUNetTrainer):
     """SACL phase 1 alone: ``pretrain_epochs`` epochs of contrastive training of encoder + projection head, ending
     with ``fold_X/checkpoint_sacl_encoder.pth`` (and nnU-Net's checkpoint_final.pth); no segmentation training, no
     final validation. May train on a merged dataset with partial labels."""

@@ -10,13 +10,16 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint
 from nnunet_sacl.nnunet.lr_schedules import EncoderDecoderLRMixin, PretrainedConventionMixin
 from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
+from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle, nnUNetTrainer_ftconvention, trainer_names
 
 
-class _ShortRun:
-    """Mixin that shortens nnU-Net's own run length (nnU-Net sets it in __init__, not as class attributes)."""
+class _ShortRun(SeededMixin):
+    """Mixin that shortens nnU-Net's own run length (nnU-Net sets it in __init__, not as class attributes). Short runs
+    are seeded (seed 0, ``SeededMixin``; $SACL_SEED chooses another): the same command gives the same weights."""
     run_epochs, run_iterations, run_val_iterations = 2, 4, 2
+    seed = 0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):

@@ -13,6 +13,7 @@ from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import unwrap
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
+from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.pretrainer import PRETRAINING, PretrainingSettings, pretraining_class, refuse_earlier_layout
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
@@ -20,7 +21,7 @@ SEGMENTATION = "segmentation"
 
 
 class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, GuardedUpdateMixin,
-                  AtomicCheckpointMixin, nnUNetTrainer):
+                  AtomicCheckpointMixin, SeededMixin, nnUNetTrainer):
     """Phase 1: ``pretrain_epochs`` epochs of SACL, run as an nnU-Net training of its own in ``fold_X/pretraining``
     (this class with ``PretrainingMixin`` in front: the variant's run length, augmentation and settings hold there
     too). Phase 2: nnU-Net's standard training for ``num_epochs`` from the pretrained encoder

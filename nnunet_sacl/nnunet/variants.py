@@ -8,6 +8,7 @@ from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint  # noqa: F401 (exported: -tr finds it through trainers/)
 from nnunet_sacl.nnunet.lr_schedules import EncoderDecoderLRMixin, PretrainedConventionMixin
 from nnunet_sacl.nnunet.pretrainer import SACLPretrainer  # noqa: F401 (exported, as SACLTrainer_joint)
+from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 
 
@@ -44,6 +45,11 @@ class SACLTrainer_warmup50(SACLTrainer):
 class SACLTrainer_frozen50(SACLTrainer):
     """Phase 2 trains only the decoder for 50 epochs, then the whole network."""
     finetune_frozen_encoder_epochs = 50
+
+
+class nnUNetTrainer_seeded(SeededMixin, nnUNetTrainer):
+    """Stock nnU-Net whose runs repeat: seeded with $SACL_SEED (0 when unset), like SACL's trainers (seeding.py)."""
+    seed = 0
 
 
 class nnUNetTrainer_frozen50(FineTuneScheduleMixin, nnUNetTrainer):
