@@ -221,6 +221,14 @@ MUTANTS = [
            "    return str(max(1, min(default, cases)))\n",
            "    return str(default)\n",
            ("tests/test_study.py::test_prediction_processes_are_nnunets_default_but_no_more_than_cases",)),
+    Mutant("a seeded run repeats: each augmentation worker gets its seed", "nnunet_sacl/nnunet/seeding.py",
+           "num_cached_per_queue=max(2, -(-cached // workers)), seeds=seeds,",
+           "num_cached_per_queue=max(2, -(-cached // workers)), seeds=None,",
+           ("tests/test_seeding.py::test_same_seed_same_weights_other_seed_other_weights",)),
+    Mutant("a seeded run repeats: batches are served in order", "nnunet_sacl/nnunet/seeding.py",
+           "        return (train, val) if processes == 0 else ordered_augmenters(self, train, val, processes, seed)\n",
+           "        return super().get_dataloaders()\n",
+           ("tests/test_seeding.py::test_same_seed_same_weights_other_seed_other_weights",)),
 ]
 
 
