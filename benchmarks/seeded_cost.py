@@ -18,15 +18,15 @@ import torch
 from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
-from nnunet_sacl.nnunet.short_runs import nnUNetTrainer_prereg
+from nnunet_sacl.nnunet.short_runs import nnUNetTrainer_demo
 
 
-class nnUNetTrainer_cost_unseeded(nnUNetTrainer_prereg):
-    """The pre-registered baseline's epochs (75 iterations, batch 5, no mirroring), unseeded."""
+class nnUNetTrainer_cost_unseeded(nnUNetTrainer_demo):
+    """The demo baseline's epochs (75 iterations, batch 5, no mirroring), unseeded."""
     seed = None
 
 
-class nnUNetTrainer_cost_seeded(nnUNetTrainer_prereg):
+class nnUNetTrainer_cost_seeded(nnUNetTrainer_demo):
     """The same, seeded."""
     seed = 0
 

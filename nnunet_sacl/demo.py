@@ -194,7 +194,7 @@ def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, syn
     return {"dice": dice, "present": sorted(present), "silhouettes": silhouettes, "report": report}
 
 
-MEASURED = ("\nWhat was measured on this data (docs/study.md, 3 folds each): at equal iterations two-phase SACL "
+MEASURED = ("\nWhat was measured on this data (docs/studies/, 3 folds each): at equal iterations two-phase SACL "
             "(SACLTrainer) is level with stock nnU-Net at best. The joint trainer (SACLTrainer_joint: the "
             "contrastive term added to nnU-Net's loss, no pretraining phase) beat stock nnU-Net at 825 iterations "
             "(11 of 12 validation crops, all 3 folds on the held-out scan, +0.03 to +0.05 mean Dice, no extra cost) "

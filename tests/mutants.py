@@ -162,7 +162,7 @@ MUTANTS = [
     Mutant("every public trainer class is found by -tr", "nnunet_sacl/nnunet/variants.py",
            "if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and not name.startswith(\"_\")",
            "if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and not name.startswith(\"_\")"
-           " and not name.endswith(\"_t01\")",
+           " and not name.endswith(\"_smoke\")",
            ("tests/test_layout.py::test_every_trainer_class_is_found_by_nnunet_train",)),
     Mutant("a merge's label maps are the sources' remapped by name, voxel for voxel",
            "nnunet_sacl/dataset_conversion/merge.py",

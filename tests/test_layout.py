@@ -2,6 +2,7 @@
 exports), shipped trainers stand apart from the short CPU run lengths, the command line lives in nnunet_sacl/cli only,
 and test modules share helpers through tests/helpers.py only."""
 import importlib
+import os
 import pkgutil
 import re
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_every_trainer_class_is_found_by_nnunet_train():
     module of the nnUNet_extTrainer folder. So every class must be exported by a module of trainers/ and no name
     may be one of nnU-Net's own."""
     classes = package_trainer_classes()
-    assert {"SACLTrainer", "SACLPretrainer", "SACLTrainer_joint", "SACLTrainer_smoke", "nnUNetTrainer_prereg"} <= \
+    assert {"SACLTrainer", "SACLPretrainer", "SACLTrainer_joint", "SACLTrainer_smoke", "nnUNetTrainer_demo"} <= \
         set(classes)
     assert not set(classes) & stock_trainer_names()
     folder = str(nnunet_sacl.trainers_folder())
@@ -81,3 +82,23 @@ def test_every_mutant_site_is_in_the_code_once():
         for node in mutant.tests:
             path, _, name = node.partition("::")
             assert f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), (number, node)
+
+
+def test_each_study_carries_its_arms_outside_the_package(monkeypatch):
+    """A study's arms (docs/studies/NAME/arms/) are found by nnU-Net's own ``-tr`` lookup once that folder follows the
+    package's trainers folder in nnUNet_extTrainer; none of them is a class of the installed package, and the arms
+    folders hold trainer modules only (nnU-Net imports every module there)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    studies = Path(__file__).resolve().parent.parent / "docs" / "studies"
+    packaged = set(package_trainer_classes())
+    folders = sorted(studies.glob("*/arms"))
+    assert {f.parent.name for f in folders} >= {"prereg", "transfer", "length"}
+    for folder in folders:
+        monkeypatch.setenv("nnUNet_extTrainer", f"{nnunet_sacl.trainers_folder()}{os.pathsep}{folder}")
+        modules = sorted(folder.glob("*.py"))
+        assert modules and all(p.suffix == ".py" for p in folder.iterdir() if p.name != "__pycache__"), folder
+        names = [m.group(1) for p in modules
+                 for m in re.finditer(r"^class (\w+)\(", p.read_text(), re.M) if not m.group(1).startswith("_")]
+        assert names and not set(names) & packaged, folder
+        for name in names:
+            assert recursive_find_trainer_class_by_name(name).__name__ == name

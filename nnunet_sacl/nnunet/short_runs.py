@@ -1,6 +1,7 @@
-"""Short CPU run lengths of the shipped trainers: the smoke trainers of the tests, the demo's trainers and the
-pre-registered study's arms (docs/study.md). Each is an ordinary nnU-Net trainer found by ``-tr`` through
-``trainers/``; they stand apart from the trainers users train with (``variants``)."""
+"""Short CPU run lengths of the shipped trainers: the smoke trainers of the tests and the demo's trainers (seeded, so
+that the same command gives the same weights). Each is an ordinary nnU-Net trainer found by ``-tr`` through
+``trainers/``; they stand apart from the trainers users train with (``variants``). A study's own arms live with the
+study (docs/studies/NAME/arms/), found by adding that folder to nnUNet_extTrainer: none of them is defined here."""
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -8,7 +9,6 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
     nnUNetTrainerNoMirroring
 
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint
-from nnunet_sacl.nnunet.lr_schedules import EncoderDecoderLRMixin, PretrainedConventionMixin
 from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
 from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.trainer import SACLTrainer
@@ -94,7 +94,7 @@ class nnUNetTrainer_demo(_DemoRun, nnUNetTrainer):
 
 class SACLTrainer_joint_demo(_DemoRun, SACLTrainer_joint):
     """SACLTrainer_joint at the demo's length: 16 epochs of 75 iterations, batch 5, no mirroring, contrastive term
-    in every step (the third arm of the demo study, docs/study.md)."""
+    in every step (the third arm of the demo study, docs/studies/demo-3fold)."""
 
 
 class SACLTrainer_demo_smoke(SACLTrainer_demo):
@@ -120,125 +120,10 @@ class nnUNetTrainer_ftconvention_smoke(_ShortRun, nnUNetTrainer_ftconvention):
     """CPU test: nnUNetTrainer_ftconvention at the smoke length (2 epochs of 4 iterations)."""
 
 
-class SACLTrainer_demo_eqseg(SACLTrainer_demo):
-    """The demo's SACL arm at equal segmentation iterations: 4 pretraining + 16 segmentation epochs (pretraining on
-    top of nnUNetTrainer_demo's 1,200 iterations)."""
-    run_epochs = 16
-
-
-class SACLTrainer_demo_eqseg_ftconvention(PretrainedConventionMixin, SACLTrainer_demo_eqseg):
-    """SACLTrainer_demo_eqseg with nnU-Net's convention for pretrained weights in phase 2."""
-
-
-class SACLTrainer_demo_eqseg_splitlr(EncoderDecoderLRMixin, SACLTrainer_demo_eqseg):
-    """SACLTrainer_demo_eqseg with the encoder at 1e-3 (warmed up) and the decoder at 1e-2 in phase 2."""
-
-
-class SACLTrainer_demo_splitlr(EncoderDecoderLRMixin, SACLTrainer_demo):
-    """SACLTrainer_demo (equal total iterations) with SACLTrainer_splitlr's phase-2 LRs."""
-
-
-class SACLTrainer_demo_ftconvention(PretrainedConventionMixin, SACLTrainer_demo):
-    """SACLTrainer_demo (equal total iterations) with nnU-Net's convention for pretrained weights in phase 2."""
-
-
-class SACLTrainer_joint_demo_w05(SACLTrainer_joint_demo):
-    """SACLTrainer_joint_demo with contrastive weight 0.5."""
-    joint_contrastive_weight = 0.5
-
-
-class _PreregRun(_DemoRun):
-    """The pre-registered study's run length (docs/study.md): the demo's epochs of 75 iterations at batch 5 without
-    mirroring, 11 segmentation epochs (825 iterations), so that the whole study fits in about 2.5 hours of a 2-core
-    CPU."""
-    run_epochs = 11
-
-
-class nnUNetTrainer_prereg(_PreregRun, nnUNetTrainer):
-    """Pre-registered baseline: stock nnU-Net, 11 epochs of 75 iterations."""
-
-
-class SACLTrainer_prereg(_PreregRun, SACLTrainer):
-    """SACL as today at equal total iterations: 3 pretraining + 8 segmentation epochs."""
-    pretrain_epochs, run_epochs = 3, 8
-
-
-class SACLTrainer_prereg_ftconvention(PretrainedConventionMixin, SACLTrainer_prereg):
-    """SACLTrainer_prereg (equal total iterations) with nnU-Net's convention for pretrained weights in phase 2."""
-
-
-class SACLTrainer_prereg_splitlr(EncoderDecoderLRMixin, SACLTrainer_prereg):
-    """SACLTrainer_prereg (equal total iterations) with the encoder at 1e-3 (warmed up), the decoder at 1e-2."""
-
-
-class SACLTrainer_prereg_eqseg(_PreregRun, SACLTrainer):
-    """SACL at equal segmentation iterations: 3 pretraining epochs on top of the baseline's 11."""
-    pretrain_epochs = 3
-
-
-class SACLTrainer_prereg_eqseg_ftconvention(PretrainedConventionMixin, SACLTrainer_prereg_eqseg):
-    """SACLTrainer_prereg_eqseg with nnU-Net's convention for pretrained weights in phase 2."""
-
-
-class SACLTrainer_prereg_eqseg_splitlr(EncoderDecoderLRMixin, SACLTrainer_prereg_eqseg):
-    """SACLTrainer_prereg_eqseg with the encoder at 1e-3 (warmed up) and the decoder at 1e-2 in phase 2."""
-
-
-class SACLTrainer_joint_prereg(_PreregRun, SACLTrainer_joint):
-    """The joint trainer at the pre-registered length: 11 epochs, contrastive weight 0.1."""
-
-
-class SACLTrainer_joint_prereg_w05(SACLTrainer_joint_prereg):
-    """SACLTrainer_joint_prereg with contrastive weight 0.5."""
-    joint_contrastive_weight = 0.5
-
-
-class _Temperature01:
-    """SupCon temperature 0.1 instead of the paper's 0.07 (Wang et al. 2021 found 0.1 best for a pixel-contrast
-    term); the pre-registered arm 9 of the best SACL arm."""
-    temperature = 0.1
-
-
-class SACLTrainer_prereg_t01(_Temperature01, SACLTrainer_prereg):
-    """SACLTrainer_prereg at temperature 0.1."""
-
-
-class SACLTrainer_prereg_ftconvention_t01(_Temperature01, SACLTrainer_prereg_ftconvention):
-    """SACLTrainer_prereg_ftconvention at temperature 0.1."""
-
-
-class SACLTrainer_prereg_splitlr_t01(_Temperature01, SACLTrainer_prereg_splitlr):
-    """SACLTrainer_prereg_splitlr at temperature 0.1."""
-
-
-class SACLTrainer_prereg_eqseg_t01(_Temperature01, SACLTrainer_prereg_eqseg):
-    """SACLTrainer_prereg_eqseg at temperature 0.1."""
-
-
-class SACLTrainer_prereg_eqseg_ftconvention_t01(_Temperature01, SACLTrainer_prereg_eqseg_ftconvention):
-    """SACLTrainer_prereg_eqseg_ftconvention at temperature 0.1."""
-
-
-class SACLTrainer_prereg_eqseg_splitlr_t01(_Temperature01, SACLTrainer_prereg_eqseg_splitlr):
-    """SACLTrainer_prereg_eqseg_splitlr at temperature 0.1."""
-
-
-class _TransferRun(_DemoRun):
-    """The transfer study's run length (docs/pretraining.md, "Evidence"): the demo's epochs of 75 iterations at batch
-    5 without mirroring, 6 epochs (450 iterations), so that its 27 fine-tuning runs fit in about an hour of a 2-core
-    CPU."""
-    run_epochs = 6
-
-
-class nnUNetTrainer_transfer(_TransferRun, nnUNetTrainer):
-    """The transfer study's fine-tuning (and its supervised pretraining on the merge): stock nnU-Net, 6 epochs of
-    75 iterations."""
-
-
-class SACLPretrainer_transfer(_TransferRun, SACLPretrainer):
-    """The transfer study's SACL pretraining on the merge: 6 epochs of 75 iterations, as many as its supervised rival
-    (nnUNetTrainer_transfer on the same data)."""
-    pretrain_epochs = 6
+class SACLPretrainer_demo(_DemoRun, SACLPretrainer):
+    """SACL phase 1 alone at the demo's length on a CPU: 4 pretraining epochs of 75 iterations, batch 5, no
+    mirroring (a few minutes on 2 cores; the demo's SACLTrainer_demo pretrains as long)."""
+    pretrain_epochs = 4
 
 
 __all__ = trainer_names(globals(), __name__)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 # the earlier study's readers of the study tool's outputs (one held-out endpoint, computed one way)
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-from prereg_report import fmt, heldout, organs_present, rows  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prereg"))
+from report import fmt, heldout, organs_present, rows  # noqa: E402
 
 STAGES = {   # stage: (baseline, arms in the registered order, label of each)
     "stage1": ("nnUNetTrainer_len825", ["nnUNetTrainer_len825_seed2", "SACLTrainer_joint_len825",

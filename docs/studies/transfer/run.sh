@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The pre-registered transfer study (docs/pretraining.md, "Evidence"): two labelled pretraining sources from the
+# The pre-registered transfer study (docs/studies/transfer/README.md; its arms in arms/): two labelled pretraining sources from the
 # TotalSegmentator sdist (a scan the demo never trains or evaluates on) merged, SACL and supervised pretraining on
 # the merge, then fine-tuning on the demo dataset with K = 1, 2, 5 labelled crops against training from scratch.
 # Resumable: run it again after an interruption and it trains only what is missing.
-#   bash benchmarks/transfer_study.sh WORKDIR
-#   bash benchmarks/transfer_study.sh WORKDIR --until-pretraining   # steps 1-3 only (data, pretraining, plans)
+#   bash docs/studies/transfer/run.sh WORKDIR
+#   bash docs/studies/transfer/run.sh WORKDIR --until-pretraining   # steps 1-3 only (data, pretraining, plans)
 set -euo pipefail
 W=$(realpath -m "${1:-transfer_study}"); mkdir -p "$W"
 export nnUNet_raw=$W/nnUNet_raw nnUNet_preprocessed=$W/nnUNet_preprocessed nnUNet_results=$W/nnUNet_results
-export nnUNet_extTrainer="$(python -c 'import nnunet_sacl; print(nnunet_sacl.trainers_folder())')"
+export nnUNet_extTrainer="$(python -c 'import nnunet_sacl; print(nnunet_sacl.trainers_folder())'):$(cd "$(dirname "$0")" && pwd)/arms"
 TARGET=Dataset990_SACLDemoCT MERGE=Dataset995_TSVessels P=nnUNetPlans_fromTSVessels
 
 # 1. data: the demo dataset (target), the two sources, their merge

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The pre-registered study of where SACL pays off (docs/study.md, "Pre-registration"), every stage in order, with
+# The pre-registered study of where SACL pays off (docs/studies/prereg/README.md; its arms in arms/), every stage in order, with
 # the pre-registered choices of S and B read from the stage-1/2 comparison tables. Resumable: run it again after
 # an interruption and it trains only what is missing.
-#   bash benchmarks/prereg_study.sh WORKDIR
-#   bash benchmarks/prereg_study.sh WORKDIR --stage3 B    # stage 3 only (K = 1, 2), with B as chosen earlier
+#   bash docs/studies/prereg/run.sh WORKDIR
+#   bash docs/studies/prereg/run.sh WORKDIR --stage3 B    # stage 3 only (K = 1, 2), with B as chosen earlier
 # (stage 3 in a later sitting on a fresh machine: the K = all models are not needed there, see the amendments)
 set -euo pipefail
 W=$(realpath -m "${1:-sacl_study}"); mkdir -p "$W"
 STAGE3_B=""; [ "${2:-}" = "--stage3" ] && STAGE3_B="${3:?--stage3 needs the arm B}"
 export nnUNet_raw=$W/nnUNet_raw nnUNet_preprocessed=$W/nnUNet_preprocessed nnUNet_results=$W/nnUNet_results
-export nnUNet_extTrainer="$(python -c 'import nnunet_sacl; print(nnunet_sacl.trainers_folder())')"
+export nnUNet_extTrainer="$(python -c 'import nnunet_sacl; print(nnunet_sacl.trainers_folder())'):$(cd "$(dirname "$0")" && pwd)/arms"
 [ -d "$nnUNet_raw/Dataset990_SACLDemoCT" ] || nnunet-sacl demo-data -d 990
 [ -f "$nnUNet_preprocessed/Dataset990_SACLDemoCT/nnUNetPlans.json" ] || nnUNetv2_plan_and_preprocess -d 990 -c 2d -np 2
 P=$W/prereg

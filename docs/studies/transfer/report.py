@@ -1,19 +1,19 @@
-"""The transfer study's endpoints (docs/pretraining.md, "Evidence"), per arm and K, as markdown tables, the plot of
+"""The transfer study's endpoints (docs/studies/transfer/README.md), per arm and K, as markdown tables, the plot of
 both against K (``TRANSFER_DIR/endpoints_vs_train_cases.png``), and the secondary comparisons: SACL against
 supervised pretraining, and the aorta (the one target organ the pretraining data labels).
 
-    python benchmarks/transfer_report.py TRANSFER_DIR TEST_LABELS_DIR DATASET_JSON
+    python docs/studies/transfer/report.py TRANSFER_DIR TEST_LABELS_DIR DATASET_JSON
 
-TRANSFER_DIR is the folder `benchmarks/transfer_study.sh` wrote (`WORKDIR/transfer`, with `val/K1..K5` and
-`test/K1..K5`). Same endpoints and rule as the pre-registered study of where SACL pays off (prereg_report.py).
+TRANSFER_DIR is the folder `run.sh` wrote (`WORKDIR/transfer`, with `val/K1..K5` and
+`test/K1..K5`). Same endpoints and rule as the pre-registered study of where SACL pays off (../prereg/report.py).
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prereg_report import fmt, main as endpoint_tables, rows  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "prereg"))
+from report import fmt, main as endpoint_tables, rows  # noqa: E402
 
 BASELINE = "nnUNetTrainer_transfer"
 SACL, SUPERVISED = f"{BASELINE}@sacl", f"{BASELINE}@supervised"

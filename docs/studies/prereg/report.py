@@ -1,9 +1,9 @@
-"""The pre-registered study's two primary endpoints, per arm and K, as markdown tables (docs/study.md, "Results"),
+"""The pre-registered study's two primary endpoints, per arm and K, as markdown tables (docs/studies/prereg/README.md, "Results"),
 and the plot of both against K (``PREREG_DIR/endpoints_vs_train_cases.png``).
 
-    python benchmarks/prereg_report.py PREREG_DIR TEST_LABELS_DIR DATASET_JSON
+    python docs/studies/prereg/report.py PREREG_DIR TEST_LABELS_DIR DATASET_JSON
 
-PREREG_DIR is the folder `benchmarks/prereg_study.sh` wrote (`WORKDIR/prereg`). It reads only the study's own
+PREREG_DIR is the folder `run.sh` wrote (`WORKDIR/prereg`). It reads only the study's own
 outputs: the validation comparison (`all_val/Kall`, `k_val/K1`, `k_val/K2`: comparison.csv, organ `mean`, and
 budget.csv), the held-out scan's per-case Dice (`all_test/Kall`, `k_test/K1`, `k_test/K2`: per_case.csv) and the
 costs (cost.csv). The held-out endpoint is the mean Dice over the organs present in the held-out label (read from
