@@ -152,6 +152,7 @@ def test_normalization_and_lookup():
     assert normalize("left rib 1") == normalize("rib_left_1") == "rib 1 left"
     assert v.lookup("left adrenal gland") == "adrenal_gland_left" and v.lookup("postcava") == "inferior_vena_cava"
     assert v.lookup("no such organ") is None and "liver" in v.suggest("livr")
+    assert v.suggest("ellipsoid") == []          # shares letters with iliopsoas, is no typo of it
 
 
 PUBLIC = {   # label names as the public datasets' own dataset.json files spell them

@@ -82,7 +82,9 @@ class Vocabulary:
         return self._by_key.get(normalize(name))
 
     def suggest(self, name: str, n: int = 3) -> List[str]:
-        keys = difflib.get_close_matches(normalize(name), list(self._by_key), n=n, cutoff=0.5)
+        # 0.6: typos and a missing side word still match ('livr' 0.89, 'kidney' 0.71); a name that merely shares
+        # letters does not ('ellipsoid' and 'iliopsoas_right': 0.5)
+        keys = difflib.get_close_matches(normalize(name), list(self._by_key), n=n, cutoff=0.6)
         return list(dict.fromkeys(self._by_key[k] for k in keys))
 
     def order(self, name: str) -> int:
