@@ -45,6 +45,19 @@ def test_every_subcommand_has_help_with_an_example(capsys):
         assert exit_info.value.code == 0 and "nnunet-sacl " + sub in capsys.readouterr().out, sub
 
 
+def test_a_subcommands_help_says_what_it_does_and_its_defaults(capsys):
+    from nnunet_sacl.cli import commands, main
+    for command in commands():
+        with pytest.raises(SystemExit):
+            main([command.name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert " ".join((command.description or command.help).split()) in text, command.name
+    with pytest.raises(SystemExit):
+        main(["embeddings", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "configuration (default: 3d_fullres)" in text and "trainer that wrote the model (default: SACLTrainer)" in text
+
+
 def test_a_refusal_is_one_line_naming_the_command_with_exit_code_1(monkeypatch, capsys):
     from nnunet_sacl.cli import error_line, main
     monkeypatch.delenv("nnUNet_raw", raising=False)

@@ -129,6 +129,23 @@ def test_embeddings_without_the_encoder_file_says_it_does_not_exist(tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == expected, r.stderr
 
 
+def test_embeddings_of_a_run_that_did_not_pretrain_says_so(tmp_path, monkeypatch, capsys):
+    """A finished joint-trainer run (checkpoint_final.pth, no encoder file): the refusal says that only SACL
+    pretraining writes an encoder file, not merely that the file does not exist."""
+    from nnunet_sacl.cli import main
+    fold = tmp_path / "res" / "Dataset123_Planned" / "SACLTrainer_joint__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"")
+    (tmp_path / "pre" / "Dataset123_Planned").mkdir(parents=True)
+    for key, folder in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "pre"), ("nnUNet_results", "res")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.setenv(key, str(tmp_path / folder))
+    assert main(["embeddings", "-d", "123", "-tr", "SACLTrainer_joint"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SACLTrainer_joint fold 0 has no pretrained encoder" in err
+    assert "only SACL pretraining writes one" in err and "--weights FILE" in err
+
+
 def test_embeddings_without_nnunet_preprocessed_names_the_variable(tmp_path, monkeypatch, capsys):
     """The dataset and the model are found (nnUNet_raw, nnUNet_results), nnUNet_preprocessed is not set: one line
     that names it, no traceback from nnU-Net's paths."""

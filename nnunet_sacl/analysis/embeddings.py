@@ -170,5 +170,12 @@ def model_embeddings(dataset, configuration: str = "3d_fullres", fold="0", train
     the dataset, the model, the weights file), UnreadableCheckpoint a weights file that cannot be read."""
     preprocessed = _env_folder("nnUNet_preprocessed", "the folder nnUNetv2_plan_and_preprocess wrote the dataset to")
     dataset_name, model_folder = model_folder_of(dataset, trainer, plans, configuration)
+    encoder_file = join(model_folder, f"fold_{fold}", "checkpoint_sacl_encoder.pth")
+    if weights_file is None and not os.path.isfile(encoder_file) and \
+            os.path.isfile(join(model_folder, f"fold_{fold}", "checkpoint_final.pth")):
+        raise FileNotFoundError(f"{trainer} fold {fold} has no pretrained encoder ({encoder_file}): only SACL "
+                                f"pretraining writes one (SACLTrainer's phase 1, SACLPretrainer), and this run did "
+                                f"not pretrain (the joint trainer and stock nnU-Net never do); pass --weights FILE "
+                                f"to look at another encoder")
     return embeddings_before_after(model_folder, fold, configuration, join(preprocessed, dataset_name), weights_file,
                                    max_cases, out_png, device)

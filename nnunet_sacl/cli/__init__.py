@@ -17,7 +17,20 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 PROG = "nnunet-sacl"
-RAW = argparse.RawDescriptionHelpFormatter  # examples keep their lines (argparse would re-wrap them mid-argument)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their lines (argparse would re-wrap them mid-argument); an option's default is shown unless its
+    help already names it or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+RAW = HelpFormatter
 # the modules of this package that define the commands, in the order of ``nnunet-sacl --help``
 COMMAND_MODULES = ("env", "synthetic_data", "convert", "merge_datasets", "demo", "demo_data", "export_submission",
                    "evaluate", "embeddings", "check_weights", "train", "study")
@@ -80,7 +93,7 @@ def commands() -> list:
 
 
 def add_command(subparsers, command: Command) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(command.name, help=command.help, description=command.description,
+    p = subparsers.add_parser(command.name, help=command.help, description=command.description or command.help,
                               epilog=command.example, formatter_class=RAW)
     command.add_arguments(p)
     p.set_defaults(cli_command=command)
