@@ -183,7 +183,7 @@ def test_every_public_dataset_label_has_a_canonical_name():
     assert v.lookup("kidney") == "kidneys" != v.lookup("right kidney")    # FLARE21's label is both kidneys
 
 
-def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(in_process_env):
+def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(in_process_env, capsys):
     """A merged dataset with partial labels carries sacl_partial_labels in its dataset.json (nnU-Net copies that
     file into nnUNet_preprocessed): SACLTrainer (its phase 2) and the joint trainer refuse it when they are built,
     naming SACLPretrainer and the fine-tuning path; SACLPretrainer trains on it; complete labels are fine."""
@@ -202,6 +202,7 @@ def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(i
         with pytest.raises(RuntimeError, match=rf"{cls.__name__}: {DATASET_NAME} has partial labels .*"
                                                r"-tr SACLPretrainer.*-pretrained_weights"):
             build(cls, True)
+        assert capsys.readouterr().err.startswith(f"error: {cls.__name__}: {DATASET_NAME} has partial labels")
         build(cls, False)
     build(SACLPretrainer_smoke, True)      # pretraining may train on partial labels
 

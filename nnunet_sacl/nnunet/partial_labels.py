@@ -3,15 +3,20 @@ says so in its dataset.json (``sacl_partial_labels``), which nnU-Net copies into
 plans. An organ that a case does not annotate is background there, so segmentation training on it would learn to
 call that organ background; contrastive pretraining is safe (background never gives an embedding)."""
 
+import sys
+
 PARTIAL_KEY = "sacl_partial_labels"
 
 
 def refuse_partial_labels(dataset_json: dict, dataset_name: str, trainer_name: str) -> None:
     """Raises for segmentation training on a dataset with partial labels, saying what to run instead."""
     if dataset_json.get(PARTIAL_KEY):
-        raise RuntimeError(
+        message = (
             f"{trainer_name}: {dataset_name} has partial labels ({PARTIAL_KEY} in its dataset.json: it merges "
             f"datasets that annotate different organs, and an organ a case does not annotate is background in that "
             f"case), so segmentation training on it would learn to miss organs. Pretrain on it with "
             f"-tr SACLPretrainer, then fine-tune on a fully labelled dataset with nnUNetv2_train ... "
             f"-pretrained_weights FOLD_FOLDER/checkpoint_sacl_encoder.pth (docs/pretraining.md).")
+        # nnUNetv2_train shows the exception as the last line of a long traceback: the refusal comes first, on its own
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise RuntimeError(message)

@@ -80,6 +80,12 @@ class _DemoRun(_ShortRun, nnUNetTrainerNoMirroring):
         if not self.is_ddp:
             self.batch_size = self.run_batch_size
 
+    def print_plans(self):
+        super().print_plans()     # the plans as planned: their batch size is not this run's
+        if self.batch_size != self.configuration_manager.batch_size:
+            self.print_to_log_file(f"{self.__class__.__name__} trains at batch size {self.batch_size}, not the "
+                                   f"plans' {self.configuration_manager.batch_size} (a short CPU run length)")
+
 
 class SACLTrainer_demo(_DemoRun, SACLTrainer):
     """The README demo on CPU: 4 pretraining + 12 segmentation epochs of 75 iterations, batch 5, no mirroring."""
