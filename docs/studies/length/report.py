@@ -117,10 +117,21 @@ def spearman(x, y) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def plot_pretraining(ends: dict, pre: dict, out_png: Path) -> None:
+def pyplot():
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save(plt, fig, out_png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def plot_pretraining(ends: dict, pre: dict, out_png: Path) -> None:
+    plt = pyplot()
     baseline = ends["nnUNetTrainer_len825"]
     arms = [t for t in PRETRAINING if t in ends]
     xs = [0] + [PRETRAINING[t] for t in arms]
@@ -150,15 +161,11 @@ def plot_pretraining(ends: dict, pre: dict, out_png: Path) -> None:
         ax.set_xticks(xs)
         ax.set_xticklabels([str(x) for x in xs])
         ax.set_xlabel("pretraining iterations (segmentation: 825)")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save(plt, fig, out_png)
 
 
 def plot_training_length(ends: dict, out_png: Path) -> None:
-    import matplotlib
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     pairs = [(825, "nnUNetTrainer_len825", "SACLTrainer_joint_len825"),
              (3300, "nnUNetTrainer_len3300", "SACLTrainer_joint_len3300")]
     pairs = [p for p in pairs if p[2] in ends]
@@ -180,15 +187,11 @@ def plot_training_length(ends: dict, out_png: Path) -> None:
     for ax in axes:
         ax.set_xticks(xs)
         ax.set_xlabel("segmentation iterations")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save(plt, fig, out_png)
 
 
 def plot_curves(curves: dict, out_png: Path) -> None:
-    import matplotlib
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for i, t in enumerate(PRETRAINING):
         for fold in FOLDS:
@@ -200,9 +203,7 @@ def plot_curves(curves: dict, out_png: Path) -> None:
     ax.set_ylabel("nearest-neighbour organ F1 (validation)")
     ax.set_title("phase 1's validation curve per arm (one line per fold)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save(plt, fig, out_png)
 
 
 def main(work: Path, out: Path) -> None:
