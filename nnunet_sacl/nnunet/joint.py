@@ -30,7 +30,8 @@ class SACLTrainer_joint(ContrastiveMixin, GuardedUpdateMixin, AtomicCheckpointMi
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        refuse_partial_labels(self.dataset_json, self.plans_manager.dataset_name, self.__class__.__name__)
+        refuse_partial_labels(self.dataset_json, self.plans_manager.dataset_name, self.__class__.__name__,
+                              announce=True)
         if not self.joint_contrastive_weight >= 0:
             raise RuntimeError(f"{self.__class__.__name__}.joint_contrastive_weight = "
                                f"{self.joint_contrastive_weight}: must be a number >= 0")

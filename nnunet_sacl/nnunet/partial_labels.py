@@ -8,8 +8,10 @@ import sys
 PARTIAL_KEY = "sacl_partial_labels"
 
 
-def refuse_partial_labels(dataset_json: dict, dataset_name: str, trainer_name: str) -> None:
-    """Raises for segmentation training on a dataset with partial labels, saying what to run instead."""
+def refuse_partial_labels(dataset_json: dict, dataset_name: str, trainer_name: str, announce: bool = False) -> None:
+    """Raises for segmentation training on a dataset with partial labels, saying what to run instead. ``announce``
+    (a trainer being built, e.g. by nnUNetv2_train): the refusal is also printed on its own line first, since the
+    exception reaches the user as the last line of a long traceback."""
     if dataset_json.get(PARTIAL_KEY):
         message = (
             f"{trainer_name}: {dataset_name} has partial labels ({PARTIAL_KEY} in its dataset.json: it merges "
@@ -17,6 +19,6 @@ def refuse_partial_labels(dataset_json: dict, dataset_name: str, trainer_name: s
             f"case), so segmentation training on it would learn to miss organs. Pretrain on it with "
             f"-tr SACLPretrainer, then fine-tune on a fully labelled dataset with nnUNetv2_train ... "
             f"-pretrained_weights FOLD_FOLDER/checkpoint_sacl_encoder.pth (docs/pretraining.md).")
-        # nnUNetv2_train shows the exception as the last line of a long traceback: the refusal comes first, on its own
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        if announce:
+            print(f"error: {message}", file=sys.stderr, flush=True)
         raise RuntimeError(message)

@@ -36,7 +36,8 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
                  device: torch.device = torch.device('cuda')):
         continue_training = bool(plans.get("continue_training", False))   # nnU-Net's __init__ pops it
         super().__init__(plans, configuration, fold, dataset_json, device)
-        refuse_partial_labels(self.dataset_json, self.plans_manager.dataset_name, self.__class__.__name__)
+        refuse_partial_labels(self.dataset_json, self.plans_manager.dataset_name, self.__class__.__name__,
+                              announce=True)
         self.continue_training = continue_training
         self.pretraining_done = self.pretrain_epochs == 0   # or a phase-2 checkpoint was loaded (--c)
 
