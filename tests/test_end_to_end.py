@@ -75,10 +75,10 @@ def test_predict_matches_input_geometry_and_label_range(trained_sacl, readme_run
         for organ in (1, 2, 3):
             dice[organ].append(round(float(dice_of(sitk.GetArrayFromImage(pred) == organ, reference == organ)), 3))
     # the box (label 2) is the largest organ: about 7 % of the volume, so labelling everything 'box' gives a Dice
-    # of 0.13, a model that predicts background 0. After the smoke run's 8 segmentation steps the mean over the two
-    # test cases was 0.76 and 0.83 (2026-11-23), 0.45 to 0.72 in six runs of 2026-12-01 and 0.27 in a suite run of
-    # 2026-12-02: training is not seeded, so the bound sits below the lowest seen and above 0.13.
-    assert np.mean(dice[2]) > 0.2, f"Dice per organ and test case: {dice}"
+    # of 0.13, a model that predicts background 0. Unseeded, the smoke run's 8 segmentation steps gave 0.27 to 0.83
+    # (2026-11-23 to 12-02); seeded (SACLTrainer_smoke, seed 0) the mean over the two test cases is 0.630 (0.701 and
+    # 0.559, 2026-12-05, 2-core CPU). The bound leaves room for another machine's CPU kernels, not for chance.
+    assert np.mean(dice[2]) > 0.5, f"Dice per organ and test case: {dice}"
 
 
 def test_embeddings_cluster_by_organ_after_pretraining(trained_sacl, readme_run, tmp_path):
