@@ -72,12 +72,40 @@ def test_the_command_line_lives_in_the_cli_package_only():
 
 def test_every_mutant_site_is_in_the_code_once():
     """tests/mutants.py, docs/testing.md's mutants made runnable: every deliberate bug's site is still in the code
-    exactly once and its tests exist, so that the table cannot go stale when code moves."""
-    from tests.mutants import MUTANTS, ROOT
+    exactly once (keyed by its function and the shape of its statements, so reformatting moves nothing), the mutated
+    file compiles into other code, and its tests exist, so that the table cannot go stale when code moves."""
+    from tests.mutants import MUTANTS, ROOT, check
     assert len(MUTANTS) >= 30
     for number, mutant in enumerate(MUTANTS, 1):
-        assert (ROOT / mutant.file).read_text().count(mutant.old) == 1, (number, mutant.promise, mutant.file)
-        assert mutant.new != mutant.old and mutant.tests, number
+        assert check(mutant) == "", (number, mutant.promise, check(mutant))
+        assert mutant.tests, number
         for node in mutant.tests:
             path, _, name = node.partition("::")
             assert f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), (number, node)
+
+
+def test_a_mutant_site_survives_reformatting():
+    """A guarded statement re-wrapped, re-spaced and commented is still the mutant's one site, and the mutant still
+    applies there; another statement of the same function is not."""
+    from tests.mutants import Mutant, check, mutated, sites
+    source = ("class A:\n"
+              "    def f(self, x):\n"
+              "        y = x + 1  # one\n"
+              "        return max(1, y // 2)\n")
+    reformatted = ("class A:\n"
+                   "    def f(self, x):\n"
+                   "        y = x + 1\n"
+                   "        # a comment and other line breaks\n"
+                   "        return max(\n"
+                   "            1,\n"
+                   "            (y // 2),\n"
+                   "        )\n")
+    statement = Mutant("p", "f.py", "A.f", "return max(1, y // 2)\n", "return y\n", ("t",))
+    expression = Mutant("p", "f.py", "A.f", "y // 2", "y", ("t",))
+    for text in (source, reformatted):
+        assert len(sites(statement, text)) == 1 and len(sites(expression, text)) == 1
+        assert "return y\n" in mutated(statement, text)
+        compile(mutated(expression, text), "f.py", "exec")
+    assert sites(Mutant("p", "f.py", "f", "return max(1, y // 2)\n", "", ("t",)), source) == []   # wrong function
+    assert sites(Mutant("p", "f.py", "A.f", "return max(2, y // 2)\n", "", ("t",)), source) == []  # other shape
+    assert "sites" in check(Mutant("p", "nnunet_sacl/__init__.py", "trainers_folder", "return 1\n", "", ("t",)))
