@@ -155,7 +155,7 @@ T = "nnunet_sacl/nnunet/trainer.py"
 P = "nnunet_sacl/nnunet/pretrainer.py"
 U = "nnunet_sacl/nnunet/update.py"
 C = "nnunet_sacl/nnunet/checkpoints.py"
-L = "nnunet_sacl/train.py"
+L = "nnunet_sacl/train/__init__.py"
 
 MUTANTS = [
     Mutant("phase 2 starts from phase 1's network (the pretrained encoder)", T,

@@ -1,6 +1,7 @@
 """The package's layout promises: every trainer class is found by ``nnUNetv2_train -tr`` (none left out of the
-exports), shipped trainers stand apart from the short CPU run lengths, the command line lives in nnunet_sacl/cli only,
-and test modules share helpers through tests/helpers.py only."""
+exports), shipped trainers stand apart from the short CPU run lengths, the command line lives in nnunet_sacl/cli only
+and the library never imports it, and test modules share helpers through tests/helpers.py only."""
+import ast
 import importlib
 import pkgutil
 import re
@@ -68,6 +69,29 @@ def test_the_command_line_lives_in_the_cli_package_only():
     offenders = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
                  if cli not in path.parents and re.search(r"\bargparse\b|\badd_cli\b", path.read_text())]
     assert not offenders, f"argparse outside nnunet_sacl/cli: {offenders}"
+
+
+def _imports(path: Path) -> list:
+    """(module, name) of every import in a file: ``import a.b`` gives ('a.b', None), ``from a import b`` ('a', 'b')."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_the_library_never_imports_the_command_line():
+    """nnunet_sacl/cli imports library modules, never the reverse (no import circle, no arrow back up): the only
+    modules outside cli/ that import it are the ``__main__`` entry points (``python -m nnunet_sacl.train``)."""
+    package = Path(nnunet_sacl.__file__).parent
+    offenders = [f"{path.relative_to(package)}: {module} {name or ''}"
+                 for path in sorted(package.rglob("*.py")) if package / "cli" not in path.parents
+                 and path.name != "__main__.py"
+                 for module, name in _imports(path)
+                 if module.startswith("nnunet_sacl.cli") or (module == "nnunet_sacl" and name == "cli")]
+    assert not offenders, offenders
 
 
 def test_every_mutant_site_is_in_the_code_once():

@@ -22,12 +22,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
+from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
 SKIPPED_LABEL_NAMES = ("background", "ignore")
 METRICS = ("dice", "nsd")
 ALL_ORGANS = "all organs (per-case mean)"
-DEFAULT_TOLERANCE_MM = 2.0
-NSD_METHODS = ("voxel", "surface")
 
 
 # ---------------------------------------------------------------- metrics on two boolean masks

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM
 from nnunet_sacl.analysis.study_regimes import (Arm, RegimeError, check_weights_files, parse_arms, parse_train_cases,
                                                 parse_weights, subset_dataset, write_weights_plans)
 
@@ -51,7 +52,7 @@ class Study:
     labels: dict
     test_images: Path = None
     test_labels: Path = None
-    tolerance: float = 2.0
+    tolerance: float = DEFAULT_TOLERANCE_MM
     nsd_method: str = "voxel"
     arms: list = field(default_factory=list)   # Arm per name in trainers (default: plain trainers)
     train_cases: object = None                 # K of this regime (int or 'all'); None: no --train-cases
@@ -158,7 +159,7 @@ def _test_cases(images: Path, labels: Path, file_ending: str) -> list:
 
 def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(range(DEFAULT_FOLDS)),
                plans: str = "nnUNetPlans", device: str = "cuda", out_dir="study", test_images=None, test_labels=None,
-               tolerance: float = 2.0, nsd_method: str = "voxel", weights: list = None, train_cases: list = None,
+               tolerance: float = DEFAULT_TOLERANCE_MM, nsd_method: str = "voxel", weights: list = None, train_cases: list = None,
                weights_files_needed: bool = True) -> Study:
     """Every check of the study's settings against the nnU-Net folders, before anything is trained (StudyError
     names what is wrong). The arguments are ``nnunet-sacl study``'s options: ``weights`` its LABEL=FILE items,

@@ -6,7 +6,6 @@ to every key and says which ones fail and why (other plans, input channels, 2d v
 """
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from os.path import basename, dirname, isfile, join
 from typing import Optional
@@ -307,7 +306,3 @@ def check_weights(weights_file: str, dataset, configuration: str,
         report.fix = suggested_fix(file, target)
     return report
 
-
-if __name__ == "__main__":   # python -m nnunet_sacl.analysis.weights check-weights ... (as nnunet-sacl check-weights)
-    from nnunet_sacl.cli import main
-    sys.exit(main())

@@ -5,6 +5,9 @@ Under torchrun (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ... in the environment
 trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes as the rendezvous joins. When
 torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
 Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
+
+This package is the launcher (a library: ``launch(args)``); ``python -m nnunet_sacl.train`` runs its ``__main__``
+module, which parses the options with ``nnunet_sacl.cli.train``, as ``nnunet-sacl train`` does.
 """
 import difflib
 import os
@@ -323,7 +326,3 @@ def launch(args) -> int:
         return run_single(args)
     return run_worker(args, env)
 
-
-if __name__ == "__main__":   # python -m nnunet_sacl.train ..., e.g. under torchrun -m
-    from nnunet_sacl.cli.train import standalone
-    sys.exit(standalone())
