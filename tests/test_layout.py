@@ -94,6 +94,16 @@ def test_the_library_never_imports_the_command_line():
     assert not offenders, offenders
 
 
+def test_no_module_imports_another_modules_private_names():
+    """A module's _underscore names are its own: no module of the package or of trainers/ imports one from another."""
+    package = Path(nnunet_sacl.__file__).parent
+    offenders = [f"{path.name}: from {module} import {name}"
+                 for path in sorted([*package.rglob("*.py"), *nnunet_sacl.trainers_folder().glob("*.py")])
+                 for module, name in _imports(path)
+                 if module.startswith("nnunet_sacl") and name and name.startswith("_") and not name.startswith("__")]
+    assert not offenders, offenders
+
+
 def test_every_mutant_site_is_in_the_code_once():
     """tests/mutants.py, docs/testing.md's mutants made runnable: every deliberate bug's site is still in the code
     exactly once (keyed by its function and the shape of its statements, so reformatting moves nothing), the mutated

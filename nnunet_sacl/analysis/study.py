@@ -166,16 +166,15 @@ def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(
     ``train_cases`` its K values; ``weights_files_needed=False`` for commands a cluster runs later (the weights
     files may not be written yet)."""
     from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
+    from nnunet_sacl.nnunet.plans import read_plans
     trainers, folds = list(trainers), list(folds)
     _env_folder("nnUNet_results")
     dataset = _dataset_name(dataset)
     preprocessed = Path(_env_folder("nnUNet_preprocessed")) / dataset
-    plans_file = preprocessed / f"{plans}.json"
-    if not plans_file.is_file():
-        raise StudyError(f"plans {plans!r} of {dataset}: {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
-    configurations = json.loads(plans_file.read_text()).get("configurations", {})
-    if configuration not in configurations:
-        raise StudyError(f"configuration {configuration!r} is not in {plans_file} (it has {', '.join(configurations)})")
+    try:
+        read_plans(preprocessed, plans, configuration)
+    except (FileNotFoundError, ValueError) as e:
+        raise StudyError(str(e)) from None
     try:
         arms = parse_arms(trainers, parse_weights(weights))
         if weights_files_needed:
@@ -327,16 +326,13 @@ def reference_folder(study: Study) -> Path:
 
 def evaluate(study: Study) -> list:
     """Rows (trainer, fold, case, organ, dice, nsd) for every run, case and organ."""
-    from nnunet_sacl.analysis.evaluation import _check_predictions_present, evaluate_case
+    from nnunet_sacl.analysis.evaluation import evaluate_cases
     reference, rows = reference_folder(study), []
     for run in study.runs:
-        predictions, cases = prediction_folder(study, run), evaluated_cases(study, run)
-        _check_predictions_present(predictions, cases, study.file_ending)
-        for case in cases:
-            for r in evaluate_case(predictions / (case + study.file_ending), reference / (case + study.file_ending),
-                                   study.labels, study.tolerance, study.nsd_method):
-                rows.append({"trainer": run.trainer, "fold": run.fold, "case": case, "organ": r["organ"],
-                             "dice": r["dice"], "nsd": r["nsd"]})
+        for r in evaluate_cases(prediction_folder(study, run), reference, evaluated_cases(study, run), study.labels,
+                                study.tolerance, study.file_ending, study.nsd_method):
+            rows.append({"trainer": run.trainer, "fold": run.fold, "case": r["case"], "organ": r["organ"],
+                         "dice": r["dice"], "nsd": r["nsd"]})
     return rows
 
 

@@ -170,22 +170,18 @@ def set_cudnn_for_training() -> None:
 
 
 def _read_plans(args):
-    """The dataset's preprocessed folder and plans, with the configuration checked."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
+    """The dataset's preprocessed folder and plans, with the configuration checked (``nnunet.plans.read_plans``)."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    from nnunet_sacl.nnunet.plans import read_plans
     dataset = args.dataset_name_or_id
     dataset = maybe_convert_to_dataset_name(dataset if dataset.startswith("Dataset") else int(dataset))
     base = join(nnUNet_preprocessed, dataset)
-    plans_file = join(base, args.p + ".json")
-    if not isfile(plans_file):
-        raise LaunchError(f"plans file {plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} "
-                          f"(or check -p {args.p})")
-    plans = load_json(plans_file)
-    if args.configuration not in plans["configurations"]:
-        raise LaunchError(f"configuration {args.configuration} is not in {plans_file} "
-                          f"({', '.join(plans['configurations'])})")
+    try:
+        plans_file, plans = read_plans(base, args.p, args.configuration)
+    except (FileNotFoundError, ValueError) as e:
+        raise LaunchError(str(e)) from None
     return base, plans_file, plans
 
 
