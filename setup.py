@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["nnunet_sacl", "nnunet_sacl.method", "nnunet_sacl.nnunet", "nnunet_sacl.dataset_conversion",
-              "nnunet_sacl.analysis", "nnunet_sacl.cli", "nnunet_sacl.ext_trainers"],
+              "nnunet_sacl.analysis", "nnunet_sacl.cli", "nnunet_sacl.train", "nnunet_sacl.ext_trainers"],
     # a regular (non-editable) install ships trainers/ inside the package; see nnunet_sacl.trainers_folder()
     package_dir={"nnunet_sacl.ext_trainers": "trainers"},
     # monai: the surface-element NSD (evaluate/compare --nsd-method surface); it needs only torch and numpy

@@ -159,7 +159,7 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
 
 def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, synthetic, sdist) -> dict:
     from nnunet_sacl.analysis import study as studies
-    from nnunet_sacl.analysis.study_stats import organ_mean
+    from nnunet_sacl.analysis.stats import organ_mean
     timer = StepTimer()
     raw = timer("build the dataset", demo_dataset, work / "nnUNet_raw", dataset_id, synthetic, sdist)
     print(f"dataset: {raw}")

@@ -99,20 +99,26 @@ def test_a_trainer_name_typo_is_refused_before_training_with_the_closest_name(tm
 
 
 def test_the_defaults_the_command_line_shows_are_the_librarys():
-    """The cli modules import no library module at start-up, so they repeat a few constants; these must agree."""
+    """The cli modules import the defaults and choices they show from the library (nothing copied to keep in
+    sync): what the command line parses by default is the library's."""
     from nnunet_sacl import demo, train
     from nnunet_sacl.analysis import evaluation, study
-    from nnunet_sacl.cli import convert as convert_cli, demo as demo_cli, demo_data as demo_data_cli
-    from nnunet_sacl.cli import evaluate as evaluate_cli, export_submission as export_cli, study as study_cli
-    from nnunet_sacl.cli import train as train_cli
-    from nnunet_sacl.dataset_conversion import converters, demo_data, submission
-    assert (evaluate_cli.DEFAULT_TOLERANCE_MM, evaluate_cli.NSD_METHODS) == \
-        (evaluation.DEFAULT_TOLERANCE_MM, evaluation.NSD_METHODS)
-    assert (demo_cli.DEFAULT_TRAINERS, demo_cli.DEFAULT_CONFIGURATION) == \
-        (demo.DEFAULT_TRAINERS, demo.DEFAULT_CONFIGURATION)
-    assert demo_data_cli.SDIST_NAME == demo_data.SDIST_NAME
-    assert export_cli.CHALLENGES == tuple(sorted(submission.FORMATS))
-    assert study_cli.DEFAULT_FOLDS == study.DEFAULT_FOLDS
-    assert train_cli.DEFAULT_COLLECTIVE_TIMEOUT_S == train.DEFAULT_COLLECTIVE_TIMEOUT_S
-    assert convert_cli.LAYOUTS == {"convert-btcv": (converters.BTCV.title, converters.BTCV.example_tree),
-                                   "convert-flare21": (converters.FLARE21.title, converters.FLARE21.example_tree)}
+    from nnunet_sacl.cli import build_parser, commands
+    from nnunet_sacl.dataset_conversion import converters, submission
+    parse = build_parser().parse_args
+    for argv in (["evaluate", "-p", "P", "-r", "R", "-d", "liver=1"], ["study", "-d", "1", "-c", "2d", "-tr", "A"]):
+        args = parse(argv)
+        assert (args.tolerance, args.nsd_method) == (evaluation.DEFAULT_TOLERANCE_MM, evaluation.NSD_METHODS[0])
+        for method in evaluation.NSD_METHODS:
+            assert parse([*argv, "--nsd-method", method]).nsd_method == method
+    assert parse(["study", "-d", "1", "-c", "2d", "-tr", "A"]).f == list(range(study.DEFAULT_FOLDS))
+    args = parse(["demo"])
+    assert (tuple(args.tr), args.c) == (demo.DEFAULT_TRAINERS, demo.DEFAULT_CONFIGURATION)
+    assert parse(["train", "1", "2d", "0"]).collective_timeout == train.DEFAULT_COLLECTIVE_TIMEOUT_S
+    for challenge in submission.FORMATS:
+        assert parse(["export-submission", "-i", "P", "-o", "O", "--challenge", challenge, "--images", "I"])
+    assert parse(["convert-btcv", "SRC", "-d", "17"]).name == converters.BTCV.title
+    assert parse(["convert-flare21", "SRC", "-d", "21"]).name == converters.FLARE21.title
+    shown = {c.name: c for c in commands()}
+    assert converters.BTCV.example_tree in shown["convert-btcv"].description
+    assert converters.FLARE21.example_tree in shown["convert-flare21"].description

@@ -1,6 +1,7 @@
 """The package's layout promises: every trainer class is found by ``nnUNetv2_train -tr`` (none left out of the
-exports), shipped trainers stand apart from the short CPU run lengths, the command line lives in nnunet_sacl/cli only,
-and test modules share helpers through tests/helpers.py only."""
+exports), shipped trainers stand apart from the short CPU run lengths, the command line lives in nnunet_sacl/cli only
+and the library never imports it, and test modules share helpers through tests/helpers.py only."""
+import ast
 import importlib
 import os
 import pkgutil
@@ -71,14 +72,48 @@ def test_the_command_line_lives_in_the_cli_package_only():
     assert not offenders, f"argparse outside nnunet_sacl/cli: {offenders}"
 
 
+def _imports(path: Path) -> list:
+    """(module, name) of every import in a file: ``import a.b`` gives ('a.b', None), ``from a import b`` ('a', 'b')."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_the_library_never_imports_the_command_line():
+    """nnunet_sacl/cli imports library modules, never the reverse (no import circle, no arrow back up): the only
+    modules outside cli/ that import it are the ``__main__`` entry points (``python -m nnunet_sacl.train``)."""
+    package = Path(nnunet_sacl.__file__).parent
+    offenders = [f"{path.relative_to(package)}: {module} {name or ''}"
+                 for path in sorted(package.rglob("*.py")) if package / "cli" not in path.parents
+                 and path.name != "__main__.py"
+                 for module, name in _imports(path)
+                 if module.startswith("nnunet_sacl.cli") or (module == "nnunet_sacl" and name == "cli")]
+    assert not offenders, offenders
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A module's _underscore names are its own: no module of the package or of trainers/ imports one from another."""
+    package = Path(nnunet_sacl.__file__).parent
+    offenders = [f"{path.name}: from {module} import {name}"
+                 for path in sorted([*package.rglob("*.py"), *nnunet_sacl.trainers_folder().glob("*.py")])
+                 for module, name in _imports(path)
+                 if module.startswith("nnunet_sacl") and name and name.startswith("_") and not name.startswith("__")]
+    assert not offenders, offenders
+
+
 def test_every_mutant_site_is_in_the_code_once():
     """tests/mutants.py, docs/testing.md's mutants made runnable: every deliberate bug's site is still in the code
-    exactly once and its tests exist, so that the table cannot go stale when code moves."""
-    from tests.mutants import MUTANTS, ROOT
+    exactly once (keyed by its function and the shape of its statements, so reformatting moves nothing), the mutated
+    file compiles into other code, and its tests exist, so that the table cannot go stale when code moves."""
+    from tests.mutants import MUTANTS, ROOT, check
     assert len(MUTANTS) >= 30
     for number, mutant in enumerate(MUTANTS, 1):
-        assert (ROOT / mutant.file).read_text().count(mutant.old) == 1, (number, mutant.promise, mutant.file)
-        assert mutant.new != mutant.old and mutant.tests, number
+        assert check(mutant) == "", (number, mutant.promise, check(mutant))
+        assert mutant.tests, number
         for node in mutant.tests:
             path, _, name = node.partition("::")
             assert f"def {name.split('[')[0]}(" in (ROOT / path).read_text(), (number, node)
@@ -102,3 +137,30 @@ def test_each_study_carries_its_arms_outside_the_package(monkeypatch):
         assert names and not set(names) & packaged, folder
         for name in names:
             assert recursive_find_trainer_class_by_name(name).__name__ == name
+
+
+def test_a_mutant_site_survives_reformatting():
+    """A guarded statement re-wrapped, re-spaced and commented is still the mutant's one site, and the mutant still
+    applies there; another statement of the same function is not."""
+    from tests.mutants import Mutant, check, mutated, sites
+    source = ("class A:\n"
+              "    def f(self, x):\n"
+              "        y = x + 1  # one\n"
+              "        return max(1, y // 2)\n")
+    reformatted = ("class A:\n"
+                   "    def f(self, x):\n"
+                   "        y = x + 1\n"
+                   "        # a comment and other line breaks\n"
+                   "        return max(\n"
+                   "            1,\n"
+                   "            (y // 2),\n"
+                   "        )\n")
+    statement = Mutant("p", "f.py", "A.f", "return max(1, y // 2)\n", "return y\n", ("t",))
+    expression = Mutant("p", "f.py", "A.f", "y // 2", "y", ("t",))
+    for text in (source, reformatted):
+        assert len(sites(statement, text)) == 1 and len(sites(expression, text)) == 1
+        assert "return y\n" in mutated(statement, text)
+        compile(mutated(expression, text), "f.py", "exec")
+    assert sites(Mutant("p", "f.py", "f", "return max(1, y // 2)\n", "", ("t",)), source) == []   # wrong function
+    assert sites(Mutant("p", "f.py", "A.f", "return max(2, y // 2)\n", "", ("t",)), source) == []  # other shape
+    assert "sites" in check(Mutant("p", "nnunet_sacl/__init__.py", "trainers_folder", "return 1\n", "", ("t",)))

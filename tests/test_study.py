@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from nnunet_sacl.cli import main
-from nnunet_sacl.analysis.study_stats import bootstrap_ci
+from nnunet_sacl.analysis.stats import bootstrap_ci
 from tests.helpers import DATASET_NAME, nnunet_bin, paired, parse_with_nnunet, run
 from tests.helpers import D, has_epoch_line, in_process, kill_when, readme_model
 

@@ -6,6 +6,7 @@ weights arm loaded its file and has its own output folder; a second call trains 
 per_case.csv; the regimes report, plots and budgets; the pseudo-Dice parser."""
 import csv
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -188,6 +189,31 @@ def test_pseudo_dice_curve_reads_nnunet_log_lines(tmp_path):
         "2026-12-01 01:00:02.000000: Epoch 1 \n"
         "2026-12-01 01:00:03.000000: Pseudo dice [np.float32(0.6), np.float32(1e-1)] \n")
     assert pseudo_dice_curve(tmp_path) == pytest.approx({0: 0.375, 1: 0.35})
+
+
+def test_cost_and_pseudo_dice_come_from_the_final_checkpoints_logging(tmp_path):
+    """With a checkpoint_final.pth, epochs, epoch times and the pseudo-Dice curve are its nnU-Net logging's (exact,
+    one entry per epoch), whatever the logs print; the wall time still spans the logs; a phase-1 checkpoint ('sacl'
+    phase 'pretraining') counts as pretraining."""
+    from nnunet_sacl.analysis.training_cost import run_cost
+    (tmp_path / "training_log_a.txt").write_text(
+        "2026-12-01 00:00:00.000000: Epoch 0 \n"
+        "2026-12-01 00:00:01.000000: Pseudo dice [0.9] \n"
+        "2026-12-01 00:00:02.000000: Epoch time: 99.0 s \n"
+        "2026-12-01 00:01:40.000000: Training done. \n")
+    (tmp_path / "debug.json").write_text(json.dumps({"num_iterations_per_epoch": 3}))
+    logging = {"epoch_start_timestamps": [10.0, 20.5], "epoch_end_timestamps": [12.25, 21.5],
+               "mean_fg_dice": [np.float64(0.5), np.float64(np.nan)]}
+    torch.save({"network_weights": {}, "logging": logging}, tmp_path / "checkpoint_final.pth")
+    cost = run_cost(tmp_path)
+    assert (cost["pretrain_epochs"], cost["epochs"], cost["iterations"]) == (0, 2, 6)
+    assert cost["epoch_seconds"] == pytest.approx(3.25) and cost["wall_seconds"] == pytest.approx(100.0)
+    curve = pseudo_dice_curve(tmp_path)
+    assert list(curve) == [0, 1] and curve[0] == 0.5 and math.isnan(curve[1])
+    torch.save({"network_weights": {}, "logging": logging, "sacl": {"phase": "pretraining"}},
+               tmp_path / "checkpoint_final.pth")
+    cost = run_cost(tmp_path)
+    assert (cost["pretrain_epochs"], cost["epochs"], cost["pretrain_seconds"]) == (2, 0, pytest.approx(3.25))
 
 
 def test_regimes_and_weights_arms_in_nnunet_files_without_training(in_process_env, tmp_path, monkeypatch, capsys):

@@ -269,10 +269,10 @@ def test_errors_name_the_file_and_the_choices(in_process, encoder_file, tmp_path
     (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="notes.pth: it is not a torch file"):
         check_weights(str(tmp_path / "notes.pth"), A_ID, "3d_fullres")
-    with pytest.raises(FileNotFoundError, match=r"No plans file .*nnUNetPlans_x\.json\. Plans of "
-                                                rf"{A_NAME}: nnUNetPlans"):
+    with pytest.raises(FileNotFoundError, match=rf"plans 'nnUNetPlans_x' of {A_NAME}: no plans file "
+                                                rf".*nnUNetPlans_x\.json \(its plans: nnUNetPlans"):
         check_weights(encoder_file, A_ID, "3d_fullres", "nnUNetPlans_x")
-    with pytest.raises(ValueError, match=r"Configuration '3d_lowres' is not in .*nnUNetPlans\.json; available: "
+    with pytest.raises(ValueError, match=r"configuration '3d_lowres' is not in .*nnUNetPlans\.json \(it has "
                                          r".*3d_fullres"):
         check_weights(encoder_file, A_ID, "3d_lowres")
 
@@ -283,3 +283,22 @@ def test_cli_help_and_error_exit_code(env, tmp_path):
     assert r.returncode == 0 and "nnunet-sacl check-weights" in r.stdout
     r = check_weights_cli(env, str(tmp_path / "nope.pth"), "-d", str(A_ID), "-c", "3d_fullres")
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_one_plans_check_names_the_file_and_the_choices(tmp_path):
+    """nnunet.plans.read_plans, the one plans/configuration check of train, study and check-weights (no training)."""
+    from nnunet_sacl.nnunet.plans import available_plans, read_plans
+    folder = tmp_path / "Dataset042_X"
+    folder.mkdir()
+    (folder / "nnUNetPlans.json").write_text(json.dumps({"configurations": {"2d": {}, "3d_fullres": {}}}))
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    assert available_plans(folder) == ["nnUNetPlans"]
+    plans_file, plans = read_plans(folder, "nnUNetPlans", "2d")
+    assert plans_file == str(folder / "nnUNetPlans.json") and set(plans["configurations"]) == {"2d", "3d_fullres"}
+    with pytest.raises(FileNotFoundError, match=r"plans 'Other' of Dataset042_X: no plans file .*Other\.json \(its "
+                                                r"plans: nnUNetPlans; plan with nnUNetv2_plan_and_preprocess -d "
+                                                r"Dataset042_X"):
+        read_plans(folder, "Other", "2d")
+    with pytest.raises(ValueError, match=r"configuration '3d_lowres' is not in .*nnUNetPlans\.json \(it has 2d, "
+                                         r"3d_fullres\)"):
+        read_plans(folder, "nnUNetPlans", "3d_lowres")

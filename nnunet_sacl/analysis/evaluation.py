@@ -1,5 +1,7 @@
 """Per-organ Dice and normalized surface Dice (NSD) of prediction folders, and a paired comparison of two methods
-(Wilcoxon signed-rank test per organ), as segmentation papers such as SACL report them.
+(Wilcoxon signed-rank test per organ), as segmentation papers such as SACL report them. The metrics path of
+analysis/: the study evaluates its runs with ``evaluate_cases`` too; the comparison's statistics are
+``analysis.stats``'s and its files are written by ``analysis.report``, as the study's are.
 
 Conventions (the same as nnU-Net's evaluation and Metrics Reloaded):
 - both masks empty: Dice and NSD are NaN (undefined, nothing to find); such pairs are left out of means and tests;
@@ -12,7 +14,6 @@ by MONAI). numpy/scipy/SimpleITK/matplotlib; MONAI (and torch) only for the surf
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
@@ -21,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
+from nnunet_sacl.analysis.stats import by_case, mean_sd, paired_comparison
 from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
+from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
 SKIPPED_LABEL_NAMES = ("background", "ignore")
 METRICS = ("dice", "nsd")
 ALL_ORGANS = "all organs (per-case mean)"
-DEFAULT_TOLERANCE_MM = 2.0
-NSD_METHODS = ("voxel", "surface")
 
 
 # ---------------------------------------------------------------- metrics on two boolean masks
@@ -230,109 +232,63 @@ def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float, nsd_me
     return rows
 
 
-def write_csv(rows: list[dict], path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def evaluate_folder(pred_folder, ref_folder, labels: dict, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-                    out_csv=None, file_ending: str = ".nii.gz", nsd_method: str = "voxel") -> list[dict]:
-    """One row (case, organ, label, dice, nsd) per reference case and organ; every reference case needs a
-    prediction of the same name on the same grid. Checks all predictions exist before computing anything.
-    ``nsd_method``: "voxel" or "surface" (see ``normalized_surface_dice``)."""
-    pred_folder = Path(pred_folder)
+def _check_inputs(pred_folder: Path, labels: dict, nsd_method: str) -> None:
     if not labels:
         raise ValueError("no organ labels given")
     if nsd_method not in NSD_METHODS:
         raise ValueError(f"NSD method {nsd_method!r} is not one of {', '.join(NSD_METHODS)}")
     if not pred_folder.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_folder} does not exist")
-    cases = reference_cases(ref_folder, file_ending)
+
+
+def evaluate_cases(pred_folder, ref_folder, cases: list, labels: dict, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                   file_ending: str = ".nii.gz", nsd_method: str = "voxel") -> list[dict]:
+    """One row (case, organ, label, dice, nsd) per case of ``cases`` and organ: the case's prediction and reference
+    are ``CASE + file_ending`` in the two folders, on the same grid. Checks all predictions exist before computing
+    anything. ``nsd_method``: "voxel" or "surface" (see ``normalized_surface_dice``)."""
+    pred_folder = Path(pred_folder)
+    _check_inputs(pred_folder, labels, nsd_method)
     _check_predictions_present(pred_folder, cases, file_ending)
     rows = []
     for case in cases:
         for row in evaluate_case(pred_folder / (case + file_ending), Path(ref_folder) / (case + file_ending),
                                  labels, tolerance_mm, nsd_method):
             rows.append({"case": case, **row})
+    return rows
+
+
+def evaluate_folder(pred_folder, ref_folder, labels: dict, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                    out_csv=None, file_ending: str = ".nii.gz", nsd_method: str = "voxel") -> list[dict]:
+    """``evaluate_cases`` of every reference case (each needs a prediction of the same name on the same grid),
+    written to ``out_csv`` when given."""
+    _check_inputs(Path(pred_folder), labels, nsd_method)
+    rows = evaluate_cases(pred_folder, ref_folder, reference_cases(ref_folder, file_ending), labels, tolerance_mm,
+                          file_ending, nsd_method)
     if out_csv is not None:
         write_csv(rows, out_csv)
     return rows
 
 
-# ---------------------------------------------------------------- statistics
-
-def _by_case(rows: list[dict], metric: str) -> dict:
-    """(case, organ) -> value."""
-    return {(r["case"], r["organ"]): float(r[metric]) for r in rows}
-
-
-def _mean_sd(values: np.ndarray) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1; NaN for fewer than two values)."""
-    if values.size == 0:
-        return math.nan, math.nan
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
-
-
-def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided p of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults: zero differences
-    dropped; exact for small samples, with ties or zeros too in scipy >= 1.9, see docs/evaluation.md). 1.0 when every
-    difference is zero, NaN without pairs."""
-    from scipy import stats
-    if a.size == 0:
-        return math.nan
-    if np.all(a == b):
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on tiny samples; the p-value is still right
-        return float(stats.wilcoxon(a, b).pvalue)
-
-
-def _paired(values_a: dict, values_b: dict, cases: list[str], organs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per case: the organ's value (one organ) or the mean over the organs (several), taken over the organs where
-    both methods are defined (not NaN), so both sides average the same organs; cases with none are left out."""
-    a, b = [], []
-    for case in cases:
-        pa = np.array([values_a[(case, o)] for o in organs])
-        pb = np.array([values_b[(case, o)] for o in organs])
-        both = ~np.isnan(pa) & ~np.isnan(pb)
-        if both.any():
-            a.append(pa[both].mean())
-            b.append(pb[both].mean())
-    return np.array(a), np.array(b)
-
+# ---------------------------------------------------------------- the comparison of two methods
 
 def comparison_table(rows_a: list[dict], rows_b: list[dict], organs: list[str],
                      names: tuple[str, str]) -> list[dict]:
     """Per organ and metric, and (with several organs) for the per-case mean over organs: n pairs, mean and sd of
-    each method, mean difference (a - b) and the Wilcoxon p."""
-    cases = sorted({r["case"] for r in rows_a})
-    if cases != sorted({r["case"] for r in rows_b}):
+    each method, mean difference (a - b) and the Wilcoxon p (``stats.paired_comparison``)."""
+    if sorted({r["case"] for r in rows_a}) != sorted({r["case"] for r in rows_b}):
         raise ValueError("the two methods were evaluated on different cases")
+    mean_label = ALL_ORGANS if len(organs) > 1 else None
+    by_metric = {metric: paired_comparison(by_case(rows_a, metric), by_case(rows_b, metric), organs, mean_label)
+                 for metric in METRICS}
     table = []
-    groups = [([o], o) for o in organs] + ([(list(organs), ALL_ORGANS)] if len(organs) > 1 else [])
-    for organ_set, label in groups:
+    for group in range(len(by_metric[METRICS[0]])):
         for metric in METRICS:
-            a, b = _paired(_by_case(rows_a, metric), _by_case(rows_b, metric), cases, organ_set)
-            (mean_a, sd_a), (mean_b, sd_b) = _mean_sd(a), _mean_sd(b)
-            table.append({"organ": label, "metric": metric, "n": int(a.size),
-                          "method_a": names[0], "mean_a": mean_a, "sd_a": sd_a,
-                          "method_b": names[1], "mean_b": mean_b, "sd_b": sd_b,
-                          "mean_diff": float((a - b).mean()) if a.size else math.nan,
-                          "p_value": wilcoxon_p(a, b)})
+            label, s = by_metric[metric][group]
+            table.append({"organ": label, "metric": metric, "n": s["n"],
+                          "method_a": names[0], "mean_a": s["mean_a"], "sd_a": s["sd_a"],
+                          "method_b": names[1], "mean_b": s["mean_b"], "sd_b": s["sd_b"],
+                          "mean_diff": s["mean_diff"], "p_value": s["p_wilcoxon"]})
     return table
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _fmt_p(p: float) -> str:
-    return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
 
 def nsd_name(tolerance_mm: float, nsd_method: str = "voxel", spaced: bool = False) -> str:
@@ -348,36 +304,9 @@ def markdown_table(table: list[dict], tolerance_mm: float, nsd_method: str = "vo
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         metric = "Dice" if r["metric"] == "dice" else nsd_name(tolerance_mm, nsd_method)
-        lines.append(f"| {r['organ']} | {metric} | {r['n']} | {_fmt(r['mean_a'])} ± {_fmt(r['sd_a'])} | "
-                     f"{_fmt(r['mean_b'])} ± {_fmt(r['sd_b'])} | {_fmt(r['mean_diff'])} | {_fmt_p(r['p_value'])} |")
+        lines.append(f"| {r['organ']} | {metric} | {r['n']} | {fmt(r['mean_a'])} ± {fmt(r['sd_a'])} | "
+                     f"{fmt(r['mean_b'])} ± {fmt(r['sd_b'])} | {fmt(r['mean_diff'])} | {fmt_p(r['p_value'])} |")
     return "\n".join(lines) + "\n"
-
-
-def box_plot(rows_a: list[dict], rows_b: list[dict], organs: list[str], names: tuple[str, str],
-             tolerance_mm: float, path, nsd_method: str = "voxel") -> Path:
-    """One panel per metric, per organ the two methods' per-case values side by side (NaN cases left out)."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with agg
-
-    fig = Figure(figsize=(max(6.0, 1.4 * len(organs) + 2), 7.5), layout="constrained")
-    colours = ("tab:orange", "tab:blue")
-    for ax, metric in zip(fig.subplots(2, 1), METRICS):
-        for k, (rows, name) in enumerate(zip((rows_a, rows_b), names)):
-            values = [[float(r[metric]) for r in rows if r["organ"] == o and not math.isnan(float(r[metric]))]
-                      for o in organs]
-            positions = [i * 3 + k for i in range(len(organs))]
-            boxes = ax.boxplot([v if v else [math.nan] for v in values], positions=positions, widths=0.8,
-                               patch_artist=True, medianprops={"color": "black"})
-            for patch in boxes["boxes"]:
-                patch.set_facecolor(colours[k])
-            boxes["boxes"][0].set_label(name)
-        ax.set_xticks([i * 3 + 0.5 for i in range(len(organs))], organs, rotation=30, ha="right")
-        ax.set_ylabel("Dice" if metric == "dice" else nsd_name(tolerance_mm, nsd_method, spaced=True))
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(loc="lower left")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def compare(folder_a, folder_b, ref_folder, labels: dict, names=("SACL", "nnU-Net"), out_dir="comparison",
@@ -398,7 +327,9 @@ def compare(folder_a, folder_b, ref_folder, labels: dict, names=("SACL", "nnU-Ne
         write_csv(rows, out_dir / f"per_case_{_file_safe(name)}.csv")
     write_csv(table, out_dir / "comparison.csv")
     (out_dir / "comparison.md").write_text(markdown_table(table, tolerance_mm, nsd_method))
-    box_plot(rows_a, rows_b, organs, names, tolerance_mm, out_dir / "comparison_boxplot.png", nsd_method)
+    box_plot(dict(zip(names, (rows_a, rows_b))), organs,
+             [("dice", "Dice"), ("nsd", nsd_name(tolerance_mm, nsd_method, spaced=True))],
+             out_dir / "comparison_boxplot.png", colours=("tab:orange", "tab:blue"))
     return table
 
 
@@ -415,6 +346,6 @@ def summary_lines(rows: list[dict], organs: list[str]) -> list[str]:
         for metric in METRICS:
             values = np.array([float(r[metric]) for r in rows if r["organ"] == organ])
             values = values[~np.isnan(values)]
-            mean, sd = _mean_sd(values)
-            lines.append(f"{organ:>20s} {metric:>5s}: {_fmt(mean)} ± {_fmt(sd)} (n={values.size})")
+            mean, sd = mean_sd(values)
+            lines.append(f"{organ:>20s} {metric:>5s}: {fmt(mean)} ± {fmt(sd)} (n={values.size})")
     return lines

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM
 from nnunet_sacl.analysis.study_regimes import (Arm, RegimeError, check_weights_files, parse_arms, parse_train_cases,
                                                 parse_weights, subset_dataset, write_weights_plans)
 
@@ -51,7 +52,7 @@ class Study:
     labels: dict
     test_images: Path = None
     test_labels: Path = None
-    tolerance: float = 2.0
+    tolerance: float = DEFAULT_TOLERANCE_MM
     nsd_method: str = "voxel"
     arms: list = field(default_factory=list)   # Arm per name in trainers (default: plain trainers)
     train_cases: object = None                 # K of this regime (int or 'all'); None: no --train-cases
@@ -158,23 +159,22 @@ def _test_cases(images: Path, labels: Path, file_ending: str) -> list:
 
 def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(range(DEFAULT_FOLDS)),
                plans: str = "nnUNetPlans", device: str = "cuda", out_dir="study", test_images=None, test_labels=None,
-               tolerance: float = 2.0, nsd_method: str = "voxel", weights: list = None, train_cases: list = None,
+               tolerance: float = DEFAULT_TOLERANCE_MM, nsd_method: str = "voxel", weights: list = None, train_cases: list = None,
                weights_files_needed: bool = True) -> Study:
     """Every check of the study's settings against the nnU-Net folders, before anything is trained (StudyError
     names what is wrong). The arguments are ``nnunet-sacl study``'s options: ``weights`` its LABEL=FILE items,
     ``train_cases`` its K values; ``weights_files_needed=False`` for commands a cluster runs later (the weights
     files may not be written yet)."""
     from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
+    from nnunet_sacl.nnunet.plans import read_plans
     trainers, folds = list(trainers), list(folds)
     _env_folder("nnUNet_results")
     dataset = _dataset_name(dataset)
     preprocessed = Path(_env_folder("nnUNet_preprocessed")) / dataset
-    plans_file = preprocessed / f"{plans}.json"
-    if not plans_file.is_file():
-        raise StudyError(f"plans {plans!r} of {dataset}: {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
-    configurations = json.loads(plans_file.read_text()).get("configurations", {})
-    if configuration not in configurations:
-        raise StudyError(f"configuration {configuration!r} is not in {plans_file} (it has {', '.join(configurations)})")
+    try:
+        read_plans(preprocessed, plans, configuration)
+    except (FileNotFoundError, ValueError) as e:
+        raise StudyError(str(e)) from None
     try:
         arms = parse_arms(trainers, parse_weights(weights))
         if weights_files_needed:
@@ -326,16 +326,13 @@ def reference_folder(study: Study) -> Path:
 
 def evaluate(study: Study) -> list:
     """Rows (trainer, fold, case, organ, dice, nsd) for every run, case and organ."""
-    from nnunet_sacl.analysis.evaluation import _check_predictions_present, evaluate_case
+    from nnunet_sacl.analysis.evaluation import evaluate_cases
     reference, rows = reference_folder(study), []
     for run in study.runs:
-        predictions, cases = prediction_folder(study, run), evaluated_cases(study, run)
-        _check_predictions_present(predictions, cases, study.file_ending)
-        for case in cases:
-            for r in evaluate_case(predictions / (case + study.file_ending), reference / (case + study.file_ending),
-                                   study.labels, study.tolerance, study.nsd_method):
-                rows.append({"trainer": run.trainer, "fold": run.fold, "case": case, "organ": r["organ"],
-                             "dice": r["dice"], "nsd": r["nsd"]})
+        for r in evaluate_cases(prediction_folder(study, run), reference, evaluated_cases(study, run), study.labels,
+                                study.tolerance, study.file_ending, study.nsd_method):
+            rows.append({"trainer": run.trainer, "fold": run.fold, "case": r["case"], "organ": r["organ"],
+                         "dice": r["dice"], "nsd": r["nsd"]})
     return rows
 
 

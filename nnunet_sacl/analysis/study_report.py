@@ -1,24 +1,17 @@
 """The study's outputs: per_case.csv, comparison.csv (Dice) and comparison_nsd.csv, cost.csv, two plots and
-report.md, which puts accuracy next to cost so that "better at equal cost" can be read off."""
+report.md, which puts accuracy next to cost so that "better at equal cost" can be read off. Statistics from
+``analysis.stats``, files, numbers and the box plot through ``analysis.report``, as ``nnunet-sacl compare``'s."""
 import math
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_sacl.analysis.evaluation import write_csv
-from nnunet_sacl.analysis.study_stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline,
-                                              organ_mean, paired_values)
+from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
+from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline, organ_mean,
+                                        paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
 PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd")
-
-
-def _fmt(value, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _fmt_p(p: float) -> str:
-    return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
 
 
 def _mean_table(rows: list, trainers: list, organs: list) -> list:
@@ -27,9 +20,9 @@ def _mean_table(rows: list, trainers: list, organs: list) -> list:
         cells = []
         for organ in organs:
             mean = organ_mean(rows, t, organ, "dice")
-            cells.append("n/a" if math.isnan(mean) else _fmt(mean))
+            cells.append("n/a" if math.isnan(mean) else fmt(mean))
         case_means = paired_values(rows, t, t, organs, "dice")[0]
-        cells.append(_fmt(float(case_means.mean())) if case_means.size else "n/a")
+        cells.append(fmt(float(case_means.mean())) if case_means.size else "n/a")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 
@@ -39,8 +32,8 @@ def _comparison_table(table: list, budgets: dict = None) -> list:
     lines = ["| trainer | organ | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses | budget |",
              "|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['trainer']} | {r['organ']} | {r['n_pairs']} | {_fmt(r['mean_diff'])} | "
-                     f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt_p(r['p_wilcoxon'])} | "
+        lines.append(f"| {r['trainer']} | {r['organ']} | {r['n_pairs']} | {fmt(r['mean_diff'])} | "
+                     f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt_p(r['p_wilcoxon'])} | "
                      f"{r['wins']} / {r['ties']} / {r['losses']} | {budgets.get(r['trainer'], {}).get('budget', '')} |")
     return lines
 
@@ -112,8 +105,8 @@ def arm_pseudo_dice(study, trainer: str) -> dict:
 
 
 def pseudo_dice_plot(study, path: Path) -> None:
-    """Each arm's pseudo Dice (nnU-Net's per-epoch "Pseudo dice" log line, mean over organs and folds) against the
-    segmentation epoch: does an arm start faster?"""
+    """Each arm's pseudo Dice (nnU-Net's per-epoch pseudo Dice, ``training_cost.pseudo_dice_curve``, mean over organs
+    and folds) against the segmentation epoch: does an arm start faster?"""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -135,31 +128,9 @@ def _cost_table(costs: list, trainers: list) -> list:
         mine = [c for c in costs if c["trainer"] == t]
         total = {k: sum(c[k] for c in mine) for k in COST_COLUMNS}
         lines.append(f"| {t} | {len(mine)} | {total['pretrain_epochs']} | {total['pretrain_seconds']:.1f} | "
-                     f"{total['epochs']} | {total['epoch_seconds']:.1f} | {_fmt(total['iterations'], 0)} | "
+                     f"{total['epochs']} | {total['epoch_seconds']:.1f} | {fmt(total['iterations'], 0)} | "
                      f"{total['pretrain_seconds'] + total['epoch_seconds']:.1f} | {total['wall_seconds']:.1f} |")
     return lines
-
-
-def box_plot(rows: list, trainers: list, organs: list, path: Path) -> None:
-    """Per organ, the per-case Dice of every trainer side by side (NaN cases left out)."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(max(6.0, (len(trainers) + 1) * 0.6 * len(organs) + 2), 4.5), layout="constrained")
-    ax = fig.subplots()
-    step = len(trainers) + 1
-    colours = [f"C{i}" for i in range(len(trainers))]
-    for k, t in enumerate(trainers):
-        values = [[r["dice"] for r in rows if r["trainer"] == t and r["organ"] == o and not math.isnan(r["dice"])]
-                  for o in organs]
-        boxes = ax.boxplot([v or [math.nan] for v in values], positions=[i * step + k for i in range(len(organs))],
-                           widths=0.8, patch_artist=True, medianprops={"color": "black"})
-        for patch in boxes["boxes"]:
-            patch.set_facecolor(colours[k])
-        boxes["boxes"][0].set_label(t)
-    ax.set_xticks([i * step + (len(trainers) - 1) / 2 for i in range(len(organs))], organs, rotation=30, ha="right")
-    ax.set_ylabel("Dice per case")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower left", fontsize="small")
-    fig.savefig(path, dpi=100)
 
 
 def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> None:
@@ -190,7 +161,8 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     write_csv(nsd_table, out / "comparison_nsd.csv")
     write_csv([{"trainer": c["trainer"], "fold": c["fold"], **{k: c[k] for k in COST_COLUMNS}} for c in costs],
               out / "cost.csv")
-    box_plot(rows, trainers, organs, out / "dice_boxplot.png")
+    box_plot({t: [r for r in rows if r["trainer"] == t] for t in trainers}, organs, [("dice", "Dice per case")],
+             out / "dice_boxplot.png")
     paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
     if hasattr(study, "runs"):
         pseudo_dice_plot(study, out / "pseudo_dice.png")
@@ -216,11 +188,11 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     lines += ["", "## Paired comparison with the baseline (Dice)", ""] + _comparison_table(dice_table, budget)
     lines += ["", "## Paired comparison with the baseline (NSD)", ""] + _comparison_table(nsd_table, budget)
     lines += ["", "## Budget of each comparison", "",
-              "Iterations summed over folds (from the training logs and debug.json). Equal segmentation iterations: "
+              "Iterations summed over folds (epochs from nnU-Net's logging, iterations per epoch from debug.json). Equal segmentation iterations: "
               "pretraining (in the run, or in the run that wrote an arm's weights file) comes on top and is stated; "
               "equal total iterations: pretraining is taken from the segmentation budget.", ""]
     lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
-    lines += ["", "## Cost (from nnU-Net's training logs, summed over folds)", ""] + _cost_table(costs, trainers)
+    lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over folds)", ""] + _cost_table(costs, trainers)
     lines += ["", "## How to read this", "",
               f"A pair is one case, each side averaged over the folds that evaluated it; `{MEAN}` is the per-case "
               "mean over the organs both sides define. The 95% CI is the percentile interval of the mean difference "
@@ -291,9 +263,9 @@ def write_regimes_report(studies: list, reports: list, command: str = None) -> P
               "| K | trainer | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses | budget |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['train_cases']} | {r['trainer']} | {r['n_pairs']} | {_fmt(float(r['mean_diff']))} | "
-                     f"[{_fmt(float(r['ci_low']))}, {_fmt(float(r['ci_high']))}] | "
-                     f"{_fmt_p(float(r['p_wilcoxon']))} | {r['wins']} / {r['ties']} / {r['losses']} | "
+        lines.append(f"| {r['train_cases']} | {r['trainer']} | {r['n_pairs']} | {fmt(float(r['mean_diff']))} | "
+                     f"[{fmt(float(r['ci_low']))}, {fmt(float(r['ci_high']))}] | "
+                     f"{fmt_p(float(r['p_wilcoxon']))} | {r['wins']} / {r['ties']} / {r['losses']} | "
                      f"{r['budget']} |")
     lines += ["", "Each regime's folder holds its full report (per organ, NSD, cost, pseudo_dice.png). Files here: "
               "regimes.csv, dice_diff_vs_train_cases.png."]

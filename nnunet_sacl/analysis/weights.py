@@ -6,7 +6,6 @@ to every key and says which ones fail and why (other plans, input channels, 2d v
 """
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from os.path import basename, dirname, isfile, join
 from typing import Optional
@@ -96,40 +95,20 @@ def preprocessed_folder(dataset) -> str:
     return join(str(nnUNet_preprocessed), maybe_convert_to_dataset_name(dataset))
 
 
-def available_plans(folder: str) -> list:
-    """Plans identifiers in a preprocessed dataset folder (json files with 'configurations')."""
-    import json
-    names = []
-    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if f.endswith(".json") and f not in ("dataset.json", "dataset_fingerprint.json", "splits_final.json"):
-            try:
-                with open(join(folder, f)) as fh:
-                    if "configurations" in json.load(fh):
-                        names.append(f[:-len(".json")])
-            except (OSError, ValueError):
-                pass
-    return names
-
-
 def load_target_plans(dataset, configuration: str, plans_identifier: str):
-    """PlansManager, ConfigurationManager and dataset.json of B, with errors that name the file and the choices."""
+    """PlansManager, ConfigurationManager and dataset.json of B, with errors that name the file and the choices
+    (``nnunet.plans.read_plans``)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_sacl.nnunet.plans import read_plans
     folder = preprocessed_folder(dataset)
-    plans_file = join(folder, plans_identifier + ".json")
-    if not isfile(plans_file):
-        raise FileNotFoundError(
-            f"No plans file {plans_file}. Plans of {basename(folder)}: {', '.join(available_plans(folder)) or 'none'}"
-            f" (plan with nnUNetv2_plan_experiment, or copy another dataset's with "
-            f"nnUNetv2_move_plans_between_datasets).")
+    _, plans = read_plans(folder, plans_identifier, configuration)
     dataset_json_file = join(folder, "dataset.json")
     if not isfile(dataset_json_file):
         raise FileNotFoundError(f"No {dataset_json_file}: nnU-Net's planning copies it there; run "
                                 f"nnUNetv2_plan_and_preprocess -d {basename(folder)} --no_pp")
-    plans_manager = PlansManager(plans_file)
-    if configuration not in plans_manager.available_configurations:
-        raise ValueError(f"Configuration {configuration!r} is not in {plans_file}; available: "
-                         f"{', '.join(plans_manager.available_configurations)}")
+    plans_manager = PlansManager(plans)
     return plans_manager, plans_manager.get_configuration(configuration), load_json(dataset_json_file)
 
 
@@ -307,7 +286,3 @@ def check_weights(weights_file: str, dataset, configuration: str,
         report.fix = suggested_fix(file, target)
     return report
 
-
-if __name__ == "__main__":   # python -m nnunet_sacl.analysis.weights check-weights ... (as nnunet-sacl check-weights)
-    from nnunet_sacl.cli import main
-    sys.exit(main())

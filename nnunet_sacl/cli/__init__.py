@@ -2,8 +2,11 @@
 
 One module of this package per command (two for a pair that shares its options): the options (``add_arguments``),
 help text and examples, and ``run(args)``, which imports the library inside the function and calls plain library
-functions. At module level this package imports argparse and the standard library only, so ``nnunet-sacl --help``
-and ``nnunet-sacl env`` start without numpy, SimpleITK, torch or nnU-Net.
+functions. At module level this package imports argparse, the standard library and the defaults it shows, from the
+library modules that define them (none of which loads numpy, SimpleITK, torch or nnU-Net at import; see
+``nnunet_sacl.defaults``), so ``nnunet-sacl --help`` and ``nnunet-sacl env`` start without those. The library never
+imports this package; ``python -m nnunet_sacl.cli`` and ``python -m nnunet_sacl.train`` are the ``__main__`` modules
+that do.
 
 Errors: a command refuses an input by raising ``CommandError`` (``refusing(...)`` turns the library's own error
 classes into one); ``main`` prints it as one line, ``nnunet-sacl COMMAND: error: MESSAGE``, on stderr and returns 1.

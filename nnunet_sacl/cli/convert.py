@@ -1,14 +1,9 @@
 """``nnunet-sacl convert-btcv`` and ``convert-flare21``: a challenge download into an nnU-Net raw dataset
 (``nnunet_sacl.dataset_conversion.converters``)."""
 from nnunet_sacl.cli import Command, refusing
+from nnunet_sacl.dataset_conversion.converters import BTCV, FLARE21
 
-# the converters' ChallengeLayout title and example_tree of each challenge (tests/test_cli.py checks they agree)
-LAYOUTS = {
-    "convert-btcv": ("BTCV", "RawData/Training/img/img0001.nii.gz, RawData/Training/label/label0001.nii.gz, "
-                             "RawData/Testing/img/img0061.nii.gz (pass the RawData folder)"),
-    "convert-flare21": ("FLARE21", "TrainingImg/train_000_0000.nii.gz, TrainingMask/train_000.nii.gz, "
-                                   "ValidationImg/validation_001_0000.nii.gz (pass the folder holding these three)"),
-}
+LAYOUTS = {"convert-btcv": (BTCV.title, BTCV.example_tree), "convert-flare21": (FLARE21.title, FLARE21.example_tree)}
 EXAMPLES = {
     "convert-btcv": "nnunet-sacl convert-btcv ~/Downloads/RawData -d 17\n"
                     "# -> $nnUNet_raw/Dataset017_BTCV",

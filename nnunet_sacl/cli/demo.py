@@ -1,10 +1,9 @@
 """``nnunet-sacl demo``: baseline vs SACL on a small dataset, each step nnU-Net's own command
 (``nnunet_sacl.demo``)."""
 from nnunet_sacl.cli import Command, default_device, refusing
+from nnunet_sacl.defaults import SDIST_NAME
+from nnunet_sacl.demo import DEFAULT_CONFIGURATION, DEFAULT_TRAINERS
 
-# nnunet_sacl.demo's DEFAULT_TRAINERS and DEFAULT_CONFIGURATION (tests/test_cli.py checks they agree)
-DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "SACLTrainer_demo")
-DEFAULT_CONFIGURATION = "2d"
 EXAMPLE = ("# real CT, nnUNetTrainer_demo vs SACLTrainer_demo, 2d:\n"
            "nnunet-sacl demo\n"
            "nnunet-sacl demo --synthetic      # generated shapes, no download")
@@ -19,7 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("-c", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration (default: %(default)s)")
     p.add_argument("-f", type=int, default=0, help="fold (default 0)")
     p.add_argument("--synthetic", action="store_true", help="use the generated shapes instead of the real CT")
-    p.add_argument("--sdist", help="a local totalsegmentator-2.18.0.tar.gz (offline; see docs/demo-data.md)")
+    p.add_argument("--sdist", help=f"a local {SDIST_NAME} (offline; see docs/demo-data.md)")
 
 
 def run(args) -> int:

@@ -1,7 +1,7 @@
 """``nnunet-sacl demo-data``: the real-CT demo dataset (``nnunet_sacl.dataset_conversion.demo_data``)."""
 from nnunet_sacl.cli import Command, refusing
+from nnunet_sacl.defaults import SDIST_NAME
 
-SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"   # demo_data.SDIST_NAME (tests/test_cli.py checks they agree)
 EXAMPLE = ("nnunet-sacl demo-data -d 992    # into $nnUNet_raw/Dataset992_SACLDemoCT\n"
            "nnunet-sacl demo-data -d 992 --sdist totalsegmentator-2.18.0.tar.gz \\\n"
            "      --raw nnUNet_raw            # offline\n"

@@ -3,10 +3,8 @@ comparison of two (``nnunet_sacl.analysis.evaluation``). Both take the same refe
 from pathlib import Path
 
 from nnunet_sacl.cli import Command, refusing
+from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
-# evaluation.DEFAULT_TOLERANCE_MM and NSD_METHODS (tests/test_cli.py checks they agree)
-DEFAULT_TOLERANCE_MM = 2.0
-NSD_METHODS = ("voxel", "surface")
 EXAMPLES = {
     "evaluate": "nnunet-sacl evaluate -p pred_sacl -r labelsTs -d dataset.json --tolerance 2 \\\n"
                 "      -o sacl.csv\n"

@@ -1,8 +1,9 @@
 """``nnunet-sacl export-submission``: nnUNetv2_predict output as a challenge scores it
 (``nnunet_sacl.dataset_conversion.submission``)."""
 from nnunet_sacl.cli import Command, refusing
+from nnunet_sacl.dataset_conversion.submission import FORMATS
 
-CHALLENGES = ("btcv", "flare21")   # sorted(submission.FORMATS) (tests/test_cli.py checks they agree)
+CHALLENGES = tuple(sorted(FORMATS))
 EXAMPLE = ("nnunet-sacl export-submission -i pred_btcv -o submission_btcv --challenge btcv \\\n"
            "      --images $nnUNet_raw/Dataset017_BTCV/imagesTs")
 

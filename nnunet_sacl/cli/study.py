@@ -4,9 +4,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from nnunet_sacl.analysis.study import DEFAULT_FOLDS
 from nnunet_sacl.cli import Command, CommandError, default_device, refusing
+from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
-DEFAULT_FOLDS = 5   # study.DEFAULT_FOLDS, nnU-Net's split (tests/test_cli.py checks they agree)
 EXAMPLE = ("nnunet-sacl study -d 17 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
            "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
            "nnunet-sacl study -d 17 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
@@ -19,15 +20,16 @@ def add_arguments(p) -> None:
     p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER",
                    help="trainers; the first is the baseline every other one is compared with")
     p.add_argument("-f", nargs="+", type=int, default=list(range(DEFAULT_FOLDS)), metavar="FOLD",
-                   help="folds (default 0 1 2 3 4)")
+                   help="folds (default %(default)s)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("-device", "--device", dest="device", default=None,
                    help="cuda, cpu or mps, as nnUNetv2_train's -device (default: cuda if available)")
     p.add_argument("--test-images", help="evaluate on these images (nnU-Net's imagesTs layout) instead of the "
                                          "validation folds; each fold's model predicts them")
     p.add_argument("--test-labels", help="labels of --test-images (one per case)")
-    p.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    p.add_argument("--nsd-method", choices=("voxel", "surface"), default="voxel",
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM,
+                   help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM:g})")
+    p.add_argument("--nsd-method", choices=NSD_METHODS, default=NSD_METHODS[0],
                    help="NSD by boundary voxels (default) or by area-weighted surface elements, as FLARE scores it "
                         "(see docs/evaluation.md)")
     p.add_argument("--weights", nargs="+", metavar="LABEL=FILE",

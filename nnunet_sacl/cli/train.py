@@ -1,10 +1,11 @@
-"""``nnunet-sacl train`` and ``python -m nnunet_sacl.train``: ``nnUNetv2_train``'s arguments, one process or a
-torchrun worker (``nnunet_sacl.train``)."""
+"""``nnunet-sacl train`` and ``python -m nnunet_sacl.train`` (``nnunet_sacl/train/__main__.py``): ``nnUNetv2_train``'s
+arguments, one process or a torchrun worker (the launcher: ``nnunet_sacl.train``)."""
 import argparse
 
+from nnunet_sacl import train as launcher
 from nnunet_sacl.cli import RAW, Command, refusing, run_command
+from nnunet_sacl.train import DEFAULT_COLLECTIVE_TIMEOUT_S
 
-DEFAULT_COLLECTIVE_TIMEOUT_S = 1800   # nnunet_sacl.train's (tests/test_cli.py checks they agree)
 EXAMPLE = ("torchrun --standalone --nproc_per_node 8 \\\n"
            "    -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 \\\n"
@@ -37,9 +38,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from nnunet_sacl.train import LaunchError, launch
-    with refusing(LaunchError):
-        return launch(args)
+    with refusing(launcher.LaunchError):
+        return launcher.launch(args)
 
 
 COMMANDS = [Command("train", "nnUNetv2_train's arguments, one process or a torchrun worker (multi-node)", EXAMPLE,
@@ -49,8 +49,7 @@ COMMANDS = [Command("train", "nnUNetv2_train's arguments, one process or a torch
 def standalone(argv=None) -> int:
     """``python -m nnunet_sacl.train ARGS``: the same as ``nnunet-sacl train ARGS`` (refusals read
     ``nnunet-sacl train: error: ...``)."""
-    from nnunet_sacl import train
-    parser = argparse.ArgumentParser(prog="python -m nnunet_sacl.train", description=train.__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m nnunet_sacl.train", description=launcher.__doc__.splitlines()[0],
                                      epilog=EXAMPLE, formatter_class=RAW)
     add_arguments(parser)
     return run_command(COMMANDS[0], parser.parse_args(argv))

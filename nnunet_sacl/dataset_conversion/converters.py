@@ -11,6 +11,9 @@ Images and labels are copied byte for byte (geometry and label values unchanged)
 (pairs complete, image/label geometry equal, label values in the challenge's set), and the dataset is written to
 a hidden temporary folder next to the target and renamed into place at the end, so a refused or failed
 conversion leaves nothing in ``nnUNet_raw``.
+
+numpy and SimpleITK are imported by the functions that read images, so that the command line can show the layouts
+(``BTCV``, ``FLARE21``) without loading them.
 """
 from __future__ import annotations
 
@@ -22,9 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
-
-import numpy as np
-import SimpleITK as sitk
 
 BTCV_LABELS = {"background": 0, "spleen": 1, "right kidney": 2, "left kidney": 3, "gallbladder": 4,
                "esophagus": 5, "liver": 6, "stomach": 7, "aorta": 8, "inferior vena cava": 9,
@@ -81,6 +81,7 @@ FLARE21 = ChallengeLayout(
 
 def geometry(path: Path) -> dict:
     """Size, spacing, origin and direction from the file header only (no voxels are read)."""
+    import SimpleITK as sitk
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -98,6 +99,7 @@ def grid_of(image) -> dict:
 
 def geometry_mismatch(a: dict, b: dict) -> Optional[str]:
     """``None`` when two headers describe the same voxel grid, else which property differs and how."""
+    import numpy as np
     if a["size"] != b["size"]:
         return f"size {a['size']} vs {b['size']}"
     for key in ("spacing", "origin", "direction"):
@@ -181,6 +183,8 @@ def _test_images(src: Path, layout: ChallengeLayout) -> List[Tuple[str, Path]]:
 
 
 def _check_pair(stem: str, image: Path, label: Path, layout: ChallengeLayout) -> None:
+    import numpy as np
+    import SimpleITK as sitk
     mismatch = geometry_mismatch(geometry(image), geometry(label))
     if mismatch:
         raise ChallengeLayoutError(f"{layout.title}: case {stem}: {image.name} and {label.name} are on different "

@@ -19,8 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS
+from nnunet_sacl.defaults import SDIST_NAME
 
-SDIST_NAME = "totalsegmentator-2.18.0.tar.gz"
 SDIST_REQUIREMENT = "totalsegmentator==2.18.0"
 # measured on the downloaded file and identical to the sha256 PyPI publishes for it
 SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"

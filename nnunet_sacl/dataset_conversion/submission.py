@@ -10,20 +10,21 @@ image's header geometry under the challenge's own name:
 
 Sources and the caveats on them are in docs/btcv.md and docs/flare21.md. A missing case, a prediction for an
 unknown case, a grid mismatch or a foreign label value stops the export, naming the case; the output folder is
-staged and only appears when every case passed.
+staged and only appears when every case passed. numpy and SimpleITK are imported where images are read and
+written, so that the command line can show the challenges (``FORMATS``) without loading them.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
-
-import numpy as np
-import SimpleITK as sitk
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, geometry, geometry_mismatch,
                                                        staged_folder)
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 TEST_IMAGE_SUFFIX = "_0000.nii.gz"
 
@@ -86,6 +87,8 @@ def _check_predictions_present(prediction_folder: Path, cases) -> None:
 
 def _submission_image(case: str, prediction: Path, test_image: Path, fmt: SubmissionFormat) -> sitk.Image:
     """The prediction as uint8 with exactly the test image's header geometry, after checking both."""
+    import numpy as np
+    import SimpleITK as sitk
     target = geometry(test_image)
     mismatch = geometry_mismatch(geometry(prediction), target)
     if mismatch:
@@ -109,6 +112,7 @@ def export_submission(prediction_folder, out_folder, challenge: str, test_images
     """Writes ``out_folder`` with one result file per test image, named as ``challenge`` expects; returns it."""
     if challenge not in FORMATS:
         raise SubmissionError(f"challenge {challenge!r}: choose one of {', '.join(FORMATS)}")
+    import SimpleITK as sitk
     fmt = FORMATS[challenge]
     prediction_folder, out_folder = Path(prediction_folder), Path(out_folder)
     cases = _cases(Path(test_images_folder), fmt)

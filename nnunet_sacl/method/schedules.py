@@ -40,7 +40,8 @@ def group_lrs(epoch: int, groups, max_epochs: int, exponent: float = 0.9) -> lis
 class GroupWarmupPolyLRScheduler:
     """Per-group warm-up + poly schedule, stepped by epoch as nnU-Net steps its PolyLRScheduler
     (``step(current_epoch)``). nnU-Net's own scheduler gives every group the same learning rate; this one sets each
-    group's from ``group_lrs``. It sets the epoch-0 rates when built."""
+    group's from ``group_lrs`` (the same ``(initial_lr, warmup_epochs)`` for every group: one warm-up + poly curve,
+    as ``FineTuneScheduleMixin`` uses it). It sets the epoch-0 rates when built."""
 
     def __init__(self, optimizer, groups, max_steps: int, exponent: float = 0.9):
         groups = [tuple(g) for g in groups]

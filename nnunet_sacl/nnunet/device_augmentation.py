@@ -3,6 +3,7 @@ import torch
 
 from nnunet_sacl.method.augment import augment_batch, downsample_for_deep_supervision
 from nnunet_sacl.nnunet.augment_settings import augment_settings_from_trainer, hands_augmentation_to_device
+from nnunet_sacl.nnunet.update import batch_on_device
 
 
 def make_augmenter(trainer):
@@ -30,8 +31,7 @@ class OnDeviceAugmentationMixin:
         return None
 
     def train_step(self, batch: dict) -> dict:
-        data = batch['data'].to(self.device, non_blocking=True)
-        seg = batch['target'].to(self.device, non_blocking=True)
+        data, seg = batch_on_device(batch, self.device)
         data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)
         target = downsample_for_deep_supervision(seg, self._get_deep_supervision_scales()) \
             if self.enable_deep_supervision else seg

@@ -1,26 +1,8 @@
 """Fine-tuning schedules as a mixin for any nnU-Net trainer: linear LR warm-up and a frozen encoder at the start."""
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_sacl.nnunet.network import encoder_of
-from nnunet_sacl.method.schedules import encoder_is_frozen, warmup_poly_lr
-
-
-class WarmupPolyLRScheduler(PolyLRScheduler):
-    """nnU-Net's poly scheduler with a linear warm-up (``warmup_poly_lr``); stepped by epoch as nnU-Net does."""
-
-    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup_steps: int):
-        self.warmup_steps = warmup_steps
-        super().__init__(optimizer, initial_lr, max_steps)
-
-    def step(self, current_step=None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = warmup_poly_lr(current_step, self.initial_lr, self.max_steps, self.warmup_steps, self.exponent)
-        for group in self.optimizer.param_groups:
-            group['lr'] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
+from nnunet_sacl.method.schedules import GroupWarmupPolyLRScheduler, encoder_is_frozen
 
 
 class FineTuneScheduleMixin:
@@ -42,8 +24,10 @@ class FineTuneScheduleMixin:
 
     def configure_optimizers(self):
         optimizer, scheduler = super().configure_optimizers()
-        if self.finetune_warmup_epochs:
-            scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.finetune_warmup_epochs)
+        if self.finetune_warmup_epochs:    # the same warm-up and poly decay for every parameter group
+            scheduler = GroupWarmupPolyLRScheduler(
+                optimizer, [(self.initial_lr, self.finetune_warmup_epochs)] * len(optimizer.param_groups),
+                self.num_epochs)
         return optimizer, scheduler
 
     def on_train_epoch_start(self):

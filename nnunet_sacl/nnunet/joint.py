@@ -11,7 +11,7 @@ from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.network import encoder_of
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
 from nnunet_sacl.nnunet.seeding import SeededMixin
-from nnunet_sacl.nnunet.update import GuardedUpdateMixin
+from nnunet_sacl.nnunet.update import GuardedUpdateMixin, batch_on_device
 
 
 class SACLTrainer_joint(ContrastiveMixin, GuardedUpdateMixin, AtomicCheckpointMixin, SeededMixin, nnUNetTrainer):
@@ -71,10 +71,7 @@ class SACLTrainer_joint(ContrastiveMixin, GuardedUpdateMixin, AtomicCheckpointMi
         return optimizer, scheduler
 
     def train_step(self, batch: dict) -> dict:
-        data = batch['data'].to(self.device, non_blocking=True)
-        target = batch['target']
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
+        data, target = batch_on_device(batch, self.device)
         full_resolution = target[0] if isinstance(target, list) else target
         self.optimizer.zero_grad(set_to_none=True)
         with self.amp_context():

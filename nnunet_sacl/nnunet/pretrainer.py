@@ -18,7 +18,7 @@ from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.seeding import SeededMixin
-from nnunet_sacl.nnunet.update import GuardedUpdateMixin
+from nnunet_sacl.nnunet.update import GuardedUpdateMixin, batch_on_device
 
 PRETRAINING = "pretraining"    # the phase named in the checkpoints of phase 1 ('sacl' entry)
 EARLIER_PRETRAINING = "pretrain"   # the same in nnunet-sacl 0.1, which kept phase 1 in the fold folder itself
@@ -126,13 +126,8 @@ class PretrainingMixin:
         self.head.eval()
         super().on_validation_epoch_start()
 
-    def _batch_on_device(self, batch: dict):
-        data = batch['data'].to(self.device, non_blocking=True)
-        seg = batch['target'][0] if isinstance(batch['target'], (list, tuple)) else batch['target']
-        return data, seg.to(self.device, non_blocking=True)
-
     def train_step(self, batch: dict) -> dict:
-        data, seg = self._batch_on_device(batch)
+        data, seg = batch_on_device(batch, self.device, full_resolution_only=True)
         if self.augment_settings is not None:
             with record_function("sacl.augment"):
                 data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)
@@ -157,7 +152,7 @@ class PretrainingMixin:
             f"{statistics['batches_without_positive']}")
 
     def validation_step(self, batch: dict) -> dict:
-        data, seg = self._batch_on_device(batch)
+        data, seg = batch_on_device(batch, self.device, full_resolution_only=True)
         with self.amp_context():
             z, organs, samples = self.embed(data, seg)
             loss, _ = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))

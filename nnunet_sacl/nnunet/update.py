@@ -9,6 +9,18 @@ from nnunet_sacl.method.distributed import average_gradients, is_distributed
 from nnunet_sacl.method.nonfinite import NonFiniteLossGuard
 
 
+def batch_on_device(batch: dict, device: torch.device, full_resolution_only: bool = False) -> tuple:
+    """``data`` and ``target`` of one of nnU-Net's training batches on ``device``, copied as nnU-Net's own train_step
+    copies them (non-blocking): the target as the loader gives it (one tensor, or a list of one per deep-supervision
+    scale), or with ``full_resolution_only`` only its full-resolution tensor (the first scale)."""
+    data, target = batch['data'].to(device, non_blocking=True), batch['target']
+    if full_resolution_only and isinstance(target, (list, tuple)):
+        target = target[0]
+    if isinstance(target, (list, tuple)):
+        return data, [t.to(device, non_blocking=True) for t in target]
+    return data, target.to(device, non_blocking=True)
+
+
 class GuardedUpdateMixin:
     """Put before ``nnUNetTrainer``. A step whose loss is NaN/inf on any rank is skipped on every rank (the decision
     is all-reduced, ``NonFiniteLossGuard``); ``max_nonfinite_in_a_row`` of them stop the run. ``amp_context`` and
@@ -29,10 +41,7 @@ class GuardedUpdateMixin:
     def train_step(self, batch: dict) -> dict:
         # Copies nnUNetTrainer.train_step (forward, loss, backward, clip, step in one body) to skip the step when the
         # loss is not finite: there is no hook between computing the loss and the optimizer step.
-        data = batch['data'].to(self.device, non_blocking=True)
-        target = batch['target']
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
+        data, target = batch_on_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self.amp_context():
             loss = self.loss(self.network(data), target)

@@ -5,6 +5,9 @@ Under torchrun (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ... in the environment
 trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes as the rendezvous joins. When
 torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
 Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
+
+This package is the launcher (a library: ``launch(args)``); ``python -m nnunet_sacl.train`` runs its ``__main__``
+module, which parses the options with ``nnunet_sacl.cli.train``, as ``nnunet-sacl train`` does.
 """
 import difflib
 import os
@@ -167,22 +170,18 @@ def set_cudnn_for_training() -> None:
 
 
 def _read_plans(args):
-    """The dataset's preprocessed folder and plans, with the configuration checked."""
-    from batchgenerators.utilities.file_and_folder_operations import load_json
+    """The dataset's preprocessed folder and plans, with the configuration checked (``nnunet.plans.read_plans``)."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    from nnunet_sacl.nnunet.plans import read_plans
     dataset = args.dataset_name_or_id
     dataset = maybe_convert_to_dataset_name(dataset if dataset.startswith("Dataset") else int(dataset))
     base = join(nnUNet_preprocessed, dataset)
-    plans_file = join(base, args.p + ".json")
-    if not isfile(plans_file):
-        raise LaunchError(f"plans file {plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} "
-                          f"(or check -p {args.p})")
-    plans = load_json(plans_file)
-    if args.configuration not in plans["configurations"]:
-        raise LaunchError(f"configuration {args.configuration} is not in {plans_file} "
-                          f"({', '.join(plans['configurations'])})")
+    try:
+        plans_file, plans = read_plans(base, args.p, args.configuration)
+    except (FileNotFoundError, ValueError) as e:
+        raise LaunchError(str(e)) from None
     return base, plans_file, plans
 
 
@@ -323,7 +322,3 @@ def launch(args) -> int:
         return run_single(args)
     return run_worker(args, env)
 
-
-if __name__ == "__main__":   # python -m nnunet_sacl.train ..., e.g. under torchrun -m
-    from nnunet_sacl.cli.train import standalone
-    sys.exit(standalone())

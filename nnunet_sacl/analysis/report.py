@@ -1,0 +1,55 @@
+"""The report path of analysis/, one for ``nnunet-sacl compare`` and for a study: CSV files, numbers as the Markdown
+tables print them, and the per-organ box plot of each method's per-case values."""
+import csv
+import math
+from pathlib import Path
+
+
+def write_csv(rows: list, path) -> Path:
+    """``rows`` (dicts with the same keys, in column order) as a CSV file with a header line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A number as the tables print it; 'n/a' for none or NaN."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value as the tables print it: four decimals, '<0.0001' below, 'n/a' for NaN."""
+    return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def box_plot(rows_by_method: dict, organs: list, panels: list, path, colours: tuple = None) -> Path:
+    """One panel per ``(metric, y label)`` of ``panels``; in each, per organ, every method's per-case values side by
+    side (``rows_by_method``: name -> rows with ``organ`` and the metric; NaN cases left out). ``colours``: one per
+    method (default matplotlib's C0, C1, ...)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with agg
+
+    names, step = list(rows_by_method), len(rows_by_method) + 1
+    colours = colours or [f"C{i}" for i in range(len(names))]
+    fig = Figure(figsize=(max(6.0, step * 0.6 * len(organs) + 2), 1.5 + 3.0 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (metric, label) in zip(axes, panels):
+        for k, name in enumerate(names):
+            values = [[float(r[metric]) for r in rows_by_method[name]
+                       if r["organ"] == o and not math.isnan(float(r[metric]))] for o in organs]
+            boxes = ax.boxplot([v or [math.nan] for v in values], positions=[i * step + k for i in range(len(organs))],
+                               widths=0.8, patch_artist=True, medianprops={"color": "black"})
+            for patch in boxes["boxes"]:
+                patch.set_facecolor(colours[k])
+            boxes["boxes"][0].set_label(name)
+        ax.set_xticks([i * step + (len(names) - 1) / 2 for i in range(len(organs))], organs, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(loc="lower left", fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

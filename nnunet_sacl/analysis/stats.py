@@ -1,0 +1,137 @@
+"""The paired statistics of analysis/, one path for ``nnunet-sacl compare`` (two prediction folders) and for a
+study (each trainer against the baseline): per organ and for the per-case mean over organs, n pairs, mean and sd of
+each side, mean difference, bootstrap 95% CI, Wilcoxon signed-rank p, wins/ties/losses.
+
+A pair is one case. For the case mean, each side averages the organs where both are defined (not NaN), so both sides
+average the same organs; a case with none is left out. In a study, a case's value under a trainer is first averaged
+over the folds that evaluated it (validation: exactly one fold; a test set: every fold's model); NaN (undefined)
+values are left out.
+"""
+import math
+import warnings
+
+import numpy as np
+
+MEAN = "mean"
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+COMPARISON_COLUMNS = ("trainer", "baseline", "organ", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_wilcoxon",
+                      "wins", "ties", "losses")
+
+
+# ---------------------------------------------------------------- on paired arrays
+
+def mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; NaN for fewer than two values)."""
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p of the paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon`` defaults: zero differences
+    dropped; exact for small samples, with ties or zeros too in scipy >= 1.9, see docs/evaluation.md). 1.0 when every
+    difference is zero, NaN without pairs."""
+    from scipy import stats
+    if a.size == 0:
+        return math.nan
+    if np.all(a == b):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on tiny samples; the p-value is still right
+        return float(stats.wilcoxon(a, b).pvalue)
+
+
+def bootstrap_ci(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean paired difference: ``resamples`` draws of n cases with replacement (seeded,
+    so a report is reproducible). NaN without pairs."""
+    differences = np.asarray(differences, dtype=float)
+    if differences.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, differences.size, (resamples, differences.size))].mean(1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_statistics(a: np.ndarray, b: np.ndarray) -> dict:
+    """Everything a comparison table reports of the pairs (a[i], b[i]); differences are a - b, so a win is a case
+    where a is higher."""
+    diff = a - b
+    (mean_a, sd_a), (mean_b, sd_b) = mean_sd(a), mean_sd(b)
+    low, high = bootstrap_ci(diff)
+    return {"n": int(diff.size), "mean_a": mean_a, "sd_a": sd_a, "mean_b": mean_b, "sd_b": sd_b,
+            "mean_diff": float(diff.mean()) if diff.size else math.nan, "ci_low": low, "ci_high": high,
+            "p_wilcoxon": wilcoxon_p(a, b), "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
+            "losses": int((diff < 0).sum())}
+
+
+# ---------------------------------------------------------------- on per-case values of two sides
+
+def paired(values_a: dict, values_b: dict, cases: list, organs: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per case of ``cases`` ((case, organ) -> value on each side): the organ's value (one organ) or the mean over
+    the organs (several), taken over the organs where both sides are defined (not NaN), so both sides average the
+    same organs; cases with none are left out."""
+    a, b = [], []
+    for case in cases:
+        pa = np.array([values_a[(case, o)] for o in organs])
+        pb = np.array([values_b[(case, o)] for o in organs])
+        both = ~np.isnan(pa) & ~np.isnan(pb)
+        if both.any():
+            a.append(pa[both].mean())
+            b.append(pb[both].mean())
+    return np.array(a), np.array(b)
+
+
+def paired_comparison(values_a: dict, values_b: dict, organs: list, mean_label: str = None) -> list:
+    """(label, ``paired_statistics``) per organ, then, with a ``mean_label``, for the per-case mean over the organs;
+    over the cases both sides have."""
+    cases = sorted({case for case, _ in values_a} & {case for case, _ in values_b})
+    groups = [([o], o) for o in organs] + ([(list(organs), mean_label)] if mean_label else [])
+    return [(label, paired_statistics(*paired(values_a, values_b, cases, organ_set))) for organ_set, label in groups]
+
+
+# ---------------------------------------------------------------- on rows: (case, organ, metric) of one method, or
+# (trainer, fold, case, organ, metric) of a study
+
+def by_case(rows: list, metric: str) -> dict:
+    """(case, organ) -> value of one method's rows."""
+    return {(r["case"], r["organ"]): float(r[metric]) for r in rows}
+
+
+def case_values(rows: list, trainer: str, metric: str) -> dict:
+    """(case, organ) -> the trainer's value, averaged over the folds that evaluated the case (NaN ignored)."""
+    collected = {}
+    for r in rows:
+        if r["trainer"] == trainer:
+            collected.setdefault((r["case"], r["organ"]), []).append(float(r[metric]))
+    return {key: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan for key, v in collected.items()}
+
+
+def organ_mean(rows: list, trainer: str, organ: str, metric: str = "dice") -> float:
+    """The trainer's mean of one organ over every evaluated (fold, case) row, NaN (both masks empty) left out as
+    nnU-Net's summary.json does; NaN when no row has a value."""
+    values = np.array([r[metric] for r in rows if r["trainer"] == trainer and r["organ"] == organ], dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def paired_values(rows: list, trainer: str, baseline: str, organs: list, metric: str):
+    """The trainer's and the baseline's per-case values of one organ (or the case mean over ``organs``)."""
+    a, b = case_values(rows, trainer, metric), case_values(rows, baseline, metric)
+    cases = sorted({case for case, _ in a} & {case for case, _ in b})
+    return paired(a, b, cases, organs)
+
+
+def compare_with_baseline(rows: list, trainers: list, organs: list, metric: str = "dice") -> list:
+    """One row per (trainer after the first, organ, then ``mean``), columns ``COMPARISON_COLUMNS``; differences are
+    trainer - baseline (the first trainer), so wins are cases where the trainer is better."""
+    baseline, table = trainers[0], []
+    for trainer in trainers[1:]:
+        comparison = paired_comparison(case_values(rows, trainer, metric), case_values(rows, baseline, metric),
+                                       organs, MEAN)
+        for organ, s in comparison:
+            table.append({"trainer": trainer, "baseline": baseline, "organ": organ, "n_pairs": s["n"],
+                          **{k: s[k] for k in COMPARISON_COLUMNS[4:]}})
+    return table
