@@ -18,6 +18,11 @@ class _Stock(nnUNetTrainer_smoke):
     run_epochs, run_iterations, run_val_iterations = 2, 2, 1
 
 
+class _Unseeded(_Stock):
+    """_Stock without a seed: nnU-Net's own data loaders."""
+    seed = None
+
+
 class _SACL(SACLTrainer_smoke):
     """SACLTrainer (seed 0): 1 pretraining + 1 segmentation epoch of 2 iterations."""
     pretrain_epochs = 1
@@ -72,3 +77,19 @@ def test_seed_from_environment_or_class(monkeypatch):
         with pytest.raises(RuntimeError, match=f"{SEED_VARIABLE}='{bad}'"):
             run_seed(trainer)
     assert derived_seed(0, 1) != derived_seed(1, 0) and derived_seed(3, 4) == derived_seed(3, 4)
+
+
+def test_seeded_augmenters_keep_nnunets_worker_counts(in_process_env, monkeypatch):
+    """The ordered augmenters copy nnU-Net's worker counts (training: all, validation: half of nnUNet_n_proc_DA):
+    guarded against the installed nnU-Net's own get_dataloaders."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")
+    monkeypatch.delenv(SEED_VARIABLE, raising=False)
+    counts = {}
+    for name, cls in (("stock", _Unseeded), ("seeded", _Stock)):
+        trainer = make_trainer(cls)
+        trainer.initialize()
+        loaders = trainer.get_dataloaders()
+        counts[name] = [loader.num_processes for loader in loaders]
+        for loader in loaders:
+            loader._finish()
+    assert counts["seeded"] == counts["stock"] == [2, 1]
