@@ -10,6 +10,7 @@ This package is the launcher (a library: ``launch(args)``); ``python -m nnunet_s
 module, which parses the options with ``nnunet_sacl.cli.train``, as ``nnunet-sacl train`` does.
 """
 import difflib
+import gc
 import os
 import re
 import sys
@@ -292,6 +293,11 @@ def run_worker(args, env: dict) -> int:
         print(message, file=sys.stderr, flush=True)
         return 1
     finally:
+        # DDP's reducer holds the process group: release the trainer (and its DDP-wrapped network) before the group
+        # is destroyed, not in the interpreter's teardown, where gloo's threads can abort the process ("terminate
+        # called without an active exception", seen on rank 1 after a finished run)
+        trainer = None
+        gc.collect()
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()
