@@ -54,6 +54,7 @@ class WeightsReport:
     mismatches: list = field(default_factory=list)
     causes: list = field(default_factory=list)
     fix: str = ""
+    recorded: list = field(default_factory=list)    # what the file records about itself (encoder_file.recorded)
 
     @property
     def fits(self) -> bool:
@@ -61,6 +62,7 @@ class WeightsReport:
 
     def __str__(self) -> str:
         lines = [f"Weights: {self.weights_file}",
+                 *(f"  recorded: {line}" for line in self.recorded),
                  f"  file:   {describe(self.file)}",
                  f"  target: {describe(self.target)}"]
         if self.fits:
@@ -127,10 +129,11 @@ def target_state_dict(dataset, configuration: str, plans_identifier: str) -> tup
 
 # ------------------------------------------------------------------------------------------------ the file's side
 def read_weights_file(weights_file: str) -> dict:
-    """The checkpoint; a file that is missing, truncated, not a torch file or no nnU-Net checkpoint is refused with
+    """The checkpoint, read as a received file (weights_only: no code in it runs); a file that is missing,
+    truncated, not a torch file, no nnU-Net checkpoint or needs more than tensors and plain values is refused with
     the reason (read_checkpoint)."""
     from nnunet_sacl.nnunet.checkpoints import read_checkpoint
-    return read_checkpoint(weights_file)
+    return read_checkpoint(weights_file, received=True)
 
 
 def file_plans(weights_file: str, checkpoint: dict) -> tuple:
@@ -274,13 +277,15 @@ def check_weights(weights_file: str, dataset, configuration: str,
                   plans_identifier: str = "nnUNetPlans") -> WeightsReport:
     """Would ``nnUNetv2_train DATASET CONFIGURATION F -p PLANS -pretrained_weights FILE`` load FILE? Answered
     before any training, with every failing key, both shapes and the likely cause."""
+    from nnunet_sacl.nnunet.encoder_file import recorded
     checkpoint = read_weights_file(weights_file)
     file_shapes = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
     target, target_shapes = target_state_dict(dataset, configuration, plans_identifier)
     file = architecture(without_wrappers(file_shapes), *file_plans(weights_file, checkpoint))
     report = WeightsReport(weights_file, target, file,
                            checked_keys=sum(map(checked_by_nnunet, target_shapes)),
-                           mismatches=mismatched_keys(file_shapes, target_shapes))
+                           mismatches=mismatched_keys(file_shapes, target_shapes),
+                           recorded=recorded(checkpoint))
     if not report.fits:
         report.causes = likely_causes(file, target, file_shapes)
         report.fix = suggested_fix(file, target)

@@ -36,7 +36,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 RAW = HelpFormatter
 # the modules of this package that define the commands, in the order of ``nnunet-sacl --help``
 COMMAND_MODULES = ("env", "synthetic_data", "convert", "merge_datasets", "demo", "demo_data", "export_submission",
-                   "evaluate", "embeddings", "check_weights", "train", "study")
+                   "evaluate", "embeddings", "check_weights", "prepare_finetune", "train", "study")
 
 
 @dataclass(frozen=True)

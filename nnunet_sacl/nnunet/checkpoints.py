@@ -40,19 +40,59 @@ class UnreadableCheckpoint(RuntimeError):
     """A checkpoint file that exists but cannot be loaded or holds no network weights; the message says why."""
 
 
-def read_checkpoint(filename: str, map_location="cpu") -> dict:
+class UnsafeCheckpoint(UnreadableCheckpoint):
+    """A received file that needs more than tensors and plain values to load: unpickling it could run code."""
+
+
+def plain_values() -> list:
+    """What ``read_checkpoint(received=True)`` lets the unpickler build besides torch's own weights-only set: numpy
+    scalars and their dtypes (nnU-Net's checkpoints log numpy floats), values that construct no other object."""
+    import numpy as np
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")
+              and name not in ("ObjectDType", "VoidDType", "StringDType")]
+    return [np._core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def read_checkpoint(filename: str, map_location="cpu", received: bool = False) -> dict:
     """torch.load (memory-mapped) with an error that says why a file cannot be loaded: missing
     (FileNotFoundError), truncated, not a torch file, or another error with torch's own text (UnreadableCheckpoint),
-    or loaded but no nnU-Net checkpoint (UnreadableCheckpoint too)."""
+    or loaded but no nnU-Net checkpoint (UnreadableCheckpoint too).
+
+    ``received``: a file from elsewhere, read with ``weights_only=True`` (tensors and plain values, plus numpy
+    scalars: ``plain_values``), so that unpickling runs no code it carries; a file that needs more is refused
+    (UnsafeCheckpoint) with what it needs and how to go on if its source is trusted."""
     if not os.path.exists(filename):
         raise FileNotFoundError(f"Checkpoint {filename} does not exist")
     try:
-        checkpoint = torch.load(filename, map_location=map_location, weights_only=False, mmap=True)
+        if received:
+            with torch.serialization.safe_globals(plain_values()):
+                checkpoint = torch.load(filename, map_location=map_location, weights_only=True, mmap=True)
+        else:
+            checkpoint = torch.load(filename, map_location=map_location, weights_only=False, mmap=True)
     except Exception as e:  # torch raises several types for a damaged file
+        if received:
+            _refuse_unsafe(filename, e)
         raise UnreadableCheckpoint(f"Cannot read checkpoint {filename}: {_why_unreadable(filename, e)}") from e
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise UnreadableCheckpoint(f"{filename} is not an nnU-Net checkpoint (no 'network_weights' entry)")
     return checkpoint
+
+
+def _refuse_unsafe(filename: str, error: Exception) -> None:
+    """Raises UnsafeCheckpoint when the weights-only load failed for a global the file names (listed without
+    unpickling it); returns for any other failure (a damaged file)."""
+    try:
+        allowed = {f"{g.__module__}.{g.__name__}" for g in plain_values()}
+        needs = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(filename) if g not in allowed]
+    except Exception:
+        return
+    if needs:
+        raise UnsafeCheckpoint(
+            f"{filename} is not loaded: it needs more than tensors and plain values ({', '.join(needs[:5])}"
+            f"{', ...' if len(needs) > 5 else ''}), and unpickling such a file can run any code it carries. If you "
+            f"trust its source, keep only its weights and plans: python -c \"import torch; c = torch.load('{filename}',"
+            f" weights_only=False); torch.save({{k: c[k] for k in ('network_weights', 'init_args', 'trainer_name') "
+            f"if k in c}}, 'plain.pth')\" and pass plain.pth instead") from error
 
 
 def _why_unreadable(filename: str, error: Exception) -> str:

@@ -16,6 +16,7 @@ from nnunet_sacl.nnunet.augment_settings import hands_augmentation_to_device
 from nnunet_sacl.nnunet.checkpoints import AtomicCheckpointMixin, save_atomically
 from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
+from nnunet_sacl.nnunet.encoder_file import encoder_file_contents
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
 from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin, batch_on_device
@@ -174,16 +175,7 @@ class PretrainingMixin:
         ``nnUNetv2_train ... -pretrained_weights FILE`` (which needs every key but seg_layers) accepts it."""
         if self.local_rank != 0:
             return
-        weights = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
-        losses = self.logger.get_value('train_losses', step=None)
-        save_atomically({
-            'network_weights': weights,
-            'trainer_name': self.__class__.__name__,
-            'sacl': {'plans_name': self.plans_manager.plans_name, 'configuration': self.configuration_name,
-                     'dataset_name': self.plans_manager.dataset_name, 'pretrain_epochs': self.current_epoch,
-                     'pool_stages': list(self.pool_stages), 'embedding': self.embedding,
-                     'temperature': self.temperature, 'final_loss': float(losses[-1]) if losses else None},
-        }, self.encoder_file)
+        save_atomically(encoder_file_contents(self), self.encoder_file)   # with plans, dataset, settings
         self.print_to_log_file(f"Pretrained encoder written to {self.encoder_file} (usable with -pretrained_weights)")
 
     def checkpoint_extras(self) -> dict:
