@@ -381,6 +381,19 @@ MUTANTS = [
            "return (train, val) if processes == 0 else ordered_augmenters(self, train, val, processes, seed)\n",
            "return super().get_dataloaders()\n",
            ("tests/test_seeding.py::test_same_seed_same_weights_other_seed_other_weights",)),
+    Mutant("a stem adapted to other input channels is divided by their number", "nnunet_sacl/nnunet/prepare_finetune.py",
+           "stem_for_channels",
+           "summed.repeat(1, channels, *([1] * (weight.ndim - 2))) / channels",
+           "summed.repeat(1, channels, *([1] * (weight.ndim - 2)))",
+           ("tests/test_prepare_finetune.py::test_stem_for_channels_keeps_the_response_to_a_repeated_image",
+            "tests/test_prepare_finetune.py::test_c_two_channels_get_the_channel_averaged_stem")),
+    Mutant("prepare-finetune hands nnU-Net the file's weights", "nnunet_sacl/nnunet/prepare_finetune.py",
+           "prepare_finetune",
+           "{k: v.detach().clone().contiguous() for k, v in weights.items()}",
+           "{k: v.detach().clone().contiguous() for k, v in\n"
+           " build_nnunet_network(manager, manager.get_configuration(configuration), target_json, True)"
+           ".state_dict().items()}",
+           ("tests/test_prepare_finetune.py::test_b_prepared_from_the_file_alone_trains_from_it",)),
 ]
 
 

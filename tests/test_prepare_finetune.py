@@ -161,7 +161,7 @@ def received(env, tmp_path_factory) -> dict:
     kept: the encoder file, nnU-Net's checkpoint_final.pth of the same run, and nnU-Net checkpoints (the format of
     checkpoint_final.pth) of A's 2d and ResEnc networks, randomly initialised; then A's raw, preprocessed and
     results folders are deleted."""
-    make_synthetic_dataset(env["nnUNet_raw"], A_ID, name="FinetuneA", num_training=4, num_test=0)
+    make_synthetic_dataset(env["nnUNet_raw"], A_ID, name="FinetuneA", num_training=5, num_test=0)
     run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", P, "-npfp", P], env)
     run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", str(A_ID), "-pl", "nnUNetPlannerResEncM"], env)
     run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke", "-device", "cpu"],
@@ -201,7 +201,7 @@ def remap_labels(raw: Path, labels: dict, remap: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def raw_b(env) -> Path:
     """B: two organs (box 1, tube 2), 16x56x56 at 2.5x0.8x0.8 mm; nothing planned."""
-    raw = make_synthetic_dataset(env["nnUNet_raw"], B_ID, name="FinetuneB", num_training=4, num_test=1,
+    raw = make_synthetic_dataset(env["nnUNet_raw"], B_ID, name="FinetuneB", num_training=5, num_test=1,
                                  shape=(16, 56, 56), spacing=(2.5, 0.8, 0.8), seed=1)
     remap_labels(raw, B_LABELS, np.array([0, 0, 1, 2], np.uint8))
     return raw
@@ -210,7 +210,7 @@ def raw_b(env) -> Path:
 @pytest.fixture(scope="module")
 def raw_c(env) -> Path:
     """C: A's organs in two input channels (the second a brighter copy of the first)."""
-    raw = make_synthetic_dataset(env["nnUNet_raw"], C_ID, name="FinetuneC", num_training=4, num_test=0, seed=3)
+    raw = make_synthetic_dataset(env["nnUNet_raw"], C_ID, name="FinetuneC", num_training=5, num_test=0, seed=3)
     for image in raw.glob("imagesTr/*_0000.nii.gz"):
         second = sitk.Cast(sitk.ReadImage(str(image)), sitk.sitkFloat32) * 1.2 + 10
         sitk.WriteImage(second, str(image).replace("_0000.nii.gz", "_0001.nii.gz"))
@@ -223,9 +223,12 @@ def prepare(env, *args):
     return run([nnunet_bin("nnunet-sacl"), "prepare-finetune", *args, "-np", P], env)
 
 
+def printed_line(stdout: str, command="nnUNetv2_train") -> str:
+    return next(line.strip() for line in stdout.splitlines() if line.strip().startswith(f"{command} "))
+
+
 def printed_train_line(stdout: str) -> list:
-    line = next(line.strip() for line in stdout.splitlines() if line.strip().startswith("nnUNetv2_train "))
-    words = shlex.split(line)
+    words = shlex.split(printed_line(stdout))
     words[words.index("-tr") + 1] = "nnUNetTrainer_smoke"
     return [nnunet_bin("nnUNetv2_train"), *words[1:], "-device", "cpu"]
 
@@ -241,13 +244,13 @@ def fine_tune(env, stdout: str, name: str) -> dict:
 @pytest.fixture(scope="module")
 def prepared_b(env, received, raw_b) -> dict:
     result = prepare(env, received["encoder"], "-d", str(B_ID), "-c", "3d_fullres")
-    return {"stdout": result.stdout, "weights": re.search(r"-pretrained_weights (\S+)", result.stdout).group(1)}
+    return {"stdout": result.stdout, "weights": shlex.split(printed_line(result.stdout))[-1]}
 
 
 @pytest.fixture(scope="module")
 def prepared_c(env, received, raw_c) -> dict:
     result = prepare(env, received["encoder"], "-d", str(C_ID), "-c", "3d_fullres")
-    return {"stdout": result.stdout, "weights": re.search(r"-pretrained_weights (\S+)", result.stdout).group(1)}
+    return {"stdout": result.stdout, "weights": shlex.split(printed_line(result.stdout))[-1]}
 
 
 def encoder_keys(weights: dict) -> list:
@@ -272,7 +275,7 @@ def correlation(a, b) -> float:
 
 
 @pytest.mark.slow
-def test_the_encoder_file_is_self_describing(env, received):
+def test_the_encoder_file_is_self_describing(env, received, prepared_b):
     encoder = torch.load(received["encoder"], weights_only=True)
     assert encoder["trainer_name"] == "SACLPretrainer_smoke"
     assert encoder["init_args"]["plans"]["dataset_name"] == A_NAME and encoder["init_args"]["configuration"] == \
@@ -303,7 +306,7 @@ def test_b_prepared_from_the_file_alone_trains_from_it(env, received, prepared_b
     plans = json.loads((folder / f"{PLANS}.json").read_text())
     assert plans["dataset_name"] == B_NAME and plans["plans_name"] == PLANS
     assert plans["configurations"]["3d_fullres"]["data_identifier"] == f"{PLANS}_3d_fullres"
-    assert len(list((folder / f"{PLANS}_3d_fullres").glob("*.pkl"))) == 4
+    assert len(list((folder / f"{PLANS}_3d_fullres").glob("*.pkl"))) == 5
     assert (folder / "dataset_fingerprint.json").is_file() and (folder / "dataset.json").is_file()
     # the weights nnU-Net loads are the file's, exactly; the received file is untouched
     a = torch.load(received["encoder"], weights_only=True)["network_weights"]

@@ -86,6 +86,14 @@ def test_pretrained_encoder_file_loads_into_stock_network(in_process_env, tmp_pa
     sacl.train_step(first_batch(sacl))
     file = sacl.encoder_file = str(tmp_path / "encoder.pth")
     sacl.save_pretrained_encoder()
+    # self-describing, in plain values (weights_only): plans, configuration, dataset, settings, versions
+    record = torch.load(file, weights_only=True)
+    assert record["init_args"]["plans"] == sacl.plans_manager.plans
+    assert record["init_args"]["configuration"] == "3d_fullres" and record["init_args"]["fold"] == 0
+    assert record["init_args"]["dataset_json"] == sacl.dataset_json and record["trainer_name"] == "SACLTrainer_smoke"
+    assert record["sacl"]["pretraining"]["pool_stages"] == list(sacl.pool_stages)
+    assert record["sacl"]["pretraining"]["batch_size"] == sacl.configuration_manager.batch_size
+    assert set(record["sacl"]["versions"]) == {"nnunet_sacl", "nnunetv2", "torch", "dynamic_network_architectures"}
     stock = make_trainer("nnUNetTrainer_smoke", fold=1)
     stock.initialize()
     load_pretrained_weights(stock.network, file, verbose=False)

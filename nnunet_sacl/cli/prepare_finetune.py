@@ -3,7 +3,10 @@
 from nnunet_sacl.cli import Command, refusing
 
 EXAMPLE = ("nnunet-sacl prepare-finetune checkpoint_sacl_encoder.pth -d 18 -c 3d_fullres\n"
-           "# prints the nnUNetv2_train ... -p PLANS -pretrained_weights FILE line to run, and nnUNetv2_predict's")
+           "# then run the lines it prints:\n"
+           "#   nnUNetv2_train 18 3d_fullres 0 -tr nnUNetTrainer -p nnUNetPlans_from17 \\\n"
+           "#       -pretrained_weights WEIGHTS_IT_WROTE\n"
+           "#   nnUNetv2_predict ... -p nnUNetPlans_from17")
 
 
 def add_arguments(p) -> None:

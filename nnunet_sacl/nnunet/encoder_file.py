@@ -19,7 +19,16 @@ PRETRAINING_SETTINGS = ("pretrain_initial_lr", "pretrain_weight_decay", "pretrai
 
 
 def plain(value):
-    """``value`` as JSON's plain types (tuples -> lists, numpy scalars -> numbers): loadable with weights_only."""
+    """``value`` as JSON's plain types (tuples -> lists, numpy scalars -> numbers, tensors left out, e.g. a
+    projection head in a checkpoint's record): loadable with weights_only."""
+    def without_tensors(obj):
+        if isinstance(obj, dict):
+            return {k: without_tensors(v) for k, v in obj.items() if not _is_tensor_like(v)}
+        if isinstance(obj, (list, tuple)):
+            return [without_tensors(v) for v in obj if not _is_tensor_like(v)]
+        return obj
+    value = without_tensors(value)
+
     def default(obj):
         if hasattr(obj, "item"):
             return obj.item()
@@ -27,6 +36,14 @@ def plain(value):
             return sorted(obj)
         return str(obj)
     return json.loads(json.dumps(value, default=default))
+
+
+def _is_tensor_like(value) -> bool:
+    """Tensors, and dicts that hold only tensors and dicts of them (state dicts)."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, dict) and bool(value) and all(_is_tensor_like(v) for v in value.values())
 
 
 def package_versions() -> dict:
