@@ -24,6 +24,7 @@ from tests.helpers import DATASET_NAME, NNUNET_PROCESSES as P, in_process, make_
 A_ID, B_ID, C_ID, FLAT_ID, PLAIN_ID = 981, 982, 983, 984, 985
 A_NAME, B_NAME, C_NAME = f"Dataset{A_ID}_FinetuneA", f"Dataset{B_ID}_FinetuneB", f"Dataset{C_ID}_FinetuneC"
 PLANS = f"nnUNetPlans_from{A_ID}"
+TRAINING_TIMEOUT = 1800     # a smoke training takes about 30 s; on a machine shared with other trainings, minutes
 B_LABELS = {"background": 0, "box": 1, "tube": 2}     # A's ellipsoid (1) is background in B; box 2->1, tube 3->2
 
 
@@ -119,6 +120,14 @@ def test_refusals_name_what_is_wrong_and_leave_nothing_behind(refusal_env, tmp_p
                  r"3d_fullres", env["file"], "-d", target, "-c", "2d")
     refused(env, r"target dataset 977: Could not find a dataset with the ID 977", env["file"], "-d", "977", "-c",
             "3d_fullres")
+    taken = Path(env["nnUNet_preprocessed"]) / f"Dataset{PLAIN_ID}_Target" / "nnUNetPlans_from991.json"
+    taken.parent.mkdir(parents=True)
+    taken.write_text('{"configurations": {}}')
+    code, out, err = prepare_cli(env, "prepare-finetune", env["file"], "-d", target, "-c", "3d_fullres")
+    assert code == 1 and re.search(r"error: .*nnUNetPlans_from991.json exists and holds other plans than those of "
+                                   r".*checkpoint_final.pth: choose another name with -p\n$", err), err
+    assert [p.name for p in taken.parent.iterdir()] == [taken.name] and taken.read_text() == '{"configurations": {}}'
+    shutil.rmtree(taken.parent)
 
 
 class WritesAMarker:
@@ -165,7 +174,7 @@ def received(env, tmp_path_factory) -> dict:
     run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", P, "-npfp", P], env)
     run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", str(A_ID), "-pl", "nnUNetPlannerResEncM"], env)
     run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke", "-device", "cpu"],
-        train_env(env))
+        train_env(env), timeout=TRAINING_TIMEOUT)
     kept = tmp_path_factory.mktemp("received")
     fold = Path(env["nnUNet_results"]) / A_NAME / "SACLPretrainer_smoke__nnUNetPlans__3d_fullres" / "fold_0"
     files = {"encoder": str(kept / "checkpoint_sacl_encoder.pth"), "final": str(kept / "checkpoint_final.pth")}
@@ -235,7 +244,7 @@ def printed_train_line(stdout: str) -> list:
 
 def fine_tune(env, stdout: str, name: str) -> dict:
     """The printed line run (nnUNetTrainer_smoke on the CPU): its output and final checkpoint."""
-    trained = run(printed_train_line(stdout), train_env(env))
+    trained = run(printed_train_line(stdout), train_env(env), timeout=TRAINING_TIMEOUT)
     final = Path(env["nnUNet_results"]) / name / f"nnUNetTrainer_smoke__{PLANS}__3d_fullres" / "fold_0" / \
         "checkpoint_final.pth"
     return {"stdout": trained.stdout, "final": torch.load(final, weights_only=False)["network_weights"]}

@@ -225,7 +225,8 @@ def transfer_changes(source_config: dict, plans: dict, fingerprint: dict, target
     """What the file's plans do to the target: spacing and patch size, intensity normalisation per channel."""
     import numpy as np
     spacing = source_config["spacing"]
-    own = np.median(np.array(fingerprint["spacings"]), 0)[-len(spacing):]
+    transpose = plans.get("transpose_forward", [0, 1, 2])     # the plans' spacing is in their transposed order
+    own = np.median(np.array(fingerprint["spacings"]), 0)[transpose][-len(spacing):]
     changes = [f"resampled to the file's spacing {_spacing_text(spacing)} (the target's median: "
                f"{_spacing_text(own)}) and trained on the file's patch size {source_config['patch_size']}"]
     ratios = [max(a / b, b / a) for a, b in zip(spacing, own)]
