@@ -147,8 +147,10 @@ def parse_with_nnunet(line, monkeypatch):
 
 def paired(rows, trainer, baseline, organs, organ):
     """Independent reference for the study's pairing, from per_case.csv rows: per case, the trainer's and the
-    baseline's Dice of one organ, or their means over the organs both define (`organ` = "mean")."""
-    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) for r in rows}
+    baseline's Dice of one organ, or their means over the organs in the case's reference label (`organ` = "mean");
+    an organ absent from the reference is not scored."""
+    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) if int(r["reference_voxels"]) > 0 else math.nan
+             for r in rows}
     a, b = [], []
     for case in sorted({r["case"] for r in rows}):
         pairs = [(value[(trainer, case, o)], value[(baseline, case, o)])

@@ -381,6 +381,18 @@ MUTANTS = [
            "return (train, val) if processes == 0 else ordered_augmenters(self, train, val, processes, seed)\n",
            "return super().get_dataloaders()\n",
            ("tests/test_seeding.py::test_same_seed_same_weights_other_seed_other_weights",)),
+    Mutant("one case mean, over the organs in the reference, in the console, the report and the paired comparison",
+           "nnunet_sacl/analysis/stats.py", "scored",
+           "return float(row[metric]) if in_reference(row) else math.nan\n",
+           "return float(row[metric])\n",
+           ("tests/test_report.py::test_one_case_mean_in_the_console_and_the_report",
+            "tests/test_evaluation.py::test_only_organs_in_the_reference_count_the_same_for_both_methods")),
+    Mutant("the demo's table shows an organ absent from the reference alike in every column", "nnunet_sacl/demo.py",
+           "dice_table",
+           "lines.append(cells(o + ' (absent)', [NOT_SCORED] * (2 * len(trainers) - 1)))\n",
+           "lines.append(cells(o + ' (absent)', [fmt(dice[t][o]) for t in trainers] +\n"
+           "                   [signed(dice[t][o] - dice[base][o]) for t in trainers[1:]]))\n",
+           ("tests/test_report.py::test_demo_table_names_its_columns_and_marks_absent_organs_alike",)),
 ]
 
 

@@ -4,6 +4,8 @@ import csv
 import math
 from pathlib import Path
 
+from nnunet_sacl.analysis.stats import scored
+
 
 def write_csv(rows: list, path) -> Path:
     """``rows`` (dicts with the same keys, in column order) as a CSV file with a header line."""
@@ -28,8 +30,8 @@ def fmt_p(p: float) -> str:
 
 def box_plot(rows_by_method: dict, organs: list, panels: list, path, colours: tuple = None) -> Path:
     """One panel per ``(metric, y label)`` of ``panels``; in each, per organ, every method's per-case values side by
-    side (``rows_by_method``: name -> rows with ``organ`` and the metric; NaN cases left out). ``colours``: one per
-    method (default matplotlib's C0, C1, ...)."""
+    side (``rows_by_method``: name -> rows with ``organ``, the metric and ``reference_voxels``; only cases whose
+    reference holds the organ, ``stats.scored``). ``colours``: one per method (default matplotlib's C0, C1, ...)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with agg
 
     names, step = list(rows_by_method), len(rows_by_method) + 1
@@ -38,8 +40,8 @@ def box_plot(rows_by_method: dict, organs: list, panels: list, path, colours: tu
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (metric, label) in zip(axes, panels):
         for k, name in enumerate(names):
-            values = [[float(r[metric]) for r in rows_by_method[name]
-                       if r["organ"] == o and not math.isnan(float(r[metric]))] for o in organs]
+            values = [[v for v in (scored(r, metric) for r in rows_by_method[name] if r["organ"] == o)
+                       if not math.isnan(v)] for o in organs]
             boxes = ax.boxplot([v or [math.nan] for v in values], positions=[i * step + k for i in range(len(organs))],
                                widths=0.8, patch_artist=True, medianprops={"color": "black"})
             for patch in boxes["boxes"]:

@@ -7,22 +7,24 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
-from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline, organ_mean,
-                                        paired_values)
+from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, case_mean,
+                                        compare_with_baseline, organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
-PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd")
+PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd", "reference_voxels")
+ABSENT = "absent"
 
 
 def _mean_table(rows: list, trainers: list, organs: list) -> list:
-    lines = ["| trainer | " + " | ".join(organs) + " | mean (case mean) |", "|---" * (len(organs) + 2) + "|"]
+    """Per trainer, each organ's mean Dice over the cases whose reference holds it ("absent" where none does) and the
+    case mean (``stats.case_mean``, the mean the demo prints)."""
+    lines = ["| trainer | " + " | ".join(organs) + " | case mean |", "|---" * (len(organs) + 2) + "|"]
     for t in trainers:
         cells = []
         for organ in organs:
             mean = organ_mean(rows, t, organ, "dice")
-            cells.append("n/a" if math.isnan(mean) else fmt(mean))
-        case_means = paired_values(rows, t, t, organs, "dice")[0]
-        cells.append(fmt(float(case_means.mean())) if case_means.size else "n/a")
+            cells.append(ABSENT if math.isnan(mean) else fmt(mean))
+        cells.append(fmt(case_mean(rows, t, organs, "dice")))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 
@@ -194,12 +196,15 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
     lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over folds)", ""] + _cost_table(costs, trainers)
     lines += ["", "## How to read this", "",
-              f"A pair is one case, each side averaged over the folds that evaluated it; `{MEAN}` is the per-case "
-              "mean over the organs both sides define. The 95% CI is the percentile interval of the mean difference "
-              f"over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the cases (seed {BOOTSTRAP_SEED}); p is the "
-              "two-sided Wilcoxon signed-rank test (scipy, zero differences dropped). Cost: pretraining and "
-              "segmentation epochs with their summed epoch times, iterations = iterations per epoch x all epochs, "
-              "wall time = first to last line of every training log (start-up and validation included).", "",
+              f"An organ counts only in the cases whose reference label holds it; `{ABSENT}`: in no evaluated case's "
+              "reference, so its Dice is undefined. A pair is one case, each side averaged over the folds that "
+              f"evaluated it; `{MEAN}` and the case mean above are each case's mean over the organs in its reference "
+              "label (the same organs for every trainer), the mean `nnunet-sacl demo` prints. The 95% CI is the "
+              f"percentile interval of the mean difference over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the "
+              f"cases (seed {BOOTSTRAP_SEED}); p is the two-sided Wilcoxon signed-rank test (scipy, zero differences "
+              "dropped). Cost: pretraining and segmentation epochs with their summed epoch times, iterations = "
+              "iterations per epoch x all epochs, wall time = first to last line of every training log (start-up and "
+              "validation included).", "",
               "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, dice_boxplot.png, "
               "case_mean_pairs.png, pseudo_dice.png."]
     report = out / "report.md"

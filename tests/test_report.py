@@ -1,0 +1,54 @@
+"""What a report and the demo's console show, on small hand-made rows (no training): one case mean in the console and
+the report, over the organs in the reference for every arm; the demo table's columns and absent organs say what they
+are."""
+import math
+
+import numpy as np
+import pytest
+
+from nnunet_sacl.analysis.stats import compare_with_baseline
+from nnunet_sacl.analysis.study_report import _mean_table
+
+BASE, SACL = "nnUNetTrainer_demo", "SACLTrainer_demo"
+NAN = math.nan
+# one held-out case as the demo's: organ -> ((baseline Dice, SACL Dice), reference voxels). gallbladder is absent
+# from the reference and the baseline labelled a few voxels as it (0, a false positive) while SACL did not (NaN);
+# kidney is absent and labelled by both (0, 0); stomach is present and SACL missed it (0, which counts)
+ONE_CASE = {"liver": ((0.9, 0.8), 900), "spleen": ((0.7, 0.75), 300), "gallbladder": ((0.0, NAN), 0),
+            "kidney": ((0.0, 0.0), 0), "stomach": ((0.1, 0.0), 200)}
+ORGANS = list(ONE_CASE)
+PRESENT_MEANS = (np.mean([0.9, 0.7, 0.1]), np.mean([0.8, 0.75, 0.0]))
+
+
+def rows_of(cases: dict) -> list:
+    """Study rows (trainer, fold, case, organ, dice, nsd, reference_voxels) of {case: ONE_CASE-like dict}."""
+    return [{"trainer": t, "fold": 0, "case": case, "organ": o, "dice": v[i], "nsd": v[i], "reference_voxels": n}
+            for case, organs in cases.items() for o, (v, n) in organs.items() for i, t in enumerate((BASE, SACL))]
+
+
+def test_one_case_mean_in_the_console_and_the_report():
+    from nnunet_sacl.demo import dice_table
+    rows = rows_of({"c1": ONE_CASE})
+    mean_row = next(line for line in dice_table(rows, [BASE, SACL], ORGANS).splitlines()
+                    if line.strip().startswith("mean"))
+    assert mean_row.split()[-3:] == [f"{PRESENT_MEANS[0]:.3f}", f"{PRESENT_MEANS[1]:.3f}",
+                                     f"{PRESENT_MEANS[1] - PRESENT_MEANS[0]:+.3f}"]
+    report = _mean_table(rows, [BASE, SACL], ORGANS)
+    assert report[2].endswith(f"| {PRESENT_MEANS[0]:.4f} |") and report[3].endswith(f"| {PRESENT_MEANS[1]:.4f} |")
+    # the paired comparison averages the same organs on both sides
+    mean = next(r for r in compare_with_baseline(rows, [BASE, SACL], ORGANS) if r["organ"] == "mean")
+    assert mean["n_pairs"] == 1 and mean["mean_diff"] == pytest.approx(PRESENT_MEANS[1] - PRESENT_MEANS[0])
+
+
+def test_demo_table_names_its_columns_and_marks_absent_organs_alike():
+    from nnunet_sacl.demo import NOT_SCORED, dice_table
+    table = dice_table(rows_of({"c1": ONE_CASE}), [BASE, SACL], ORGANS)
+    lines = table.splitlines()
+    assert lines[0].split() == ["organ", BASE, SACL, SACL, "-", "baseline"] and "diff" not in table
+    for organ in ("gallbladder", "kidney"):   # one predicted by the baseline only, one by both: shown alike
+        row = next(line for line in lines if line.strip().startswith(organ))
+        assert row.split() == [organ, "(absent)", NOT_SCORED, NOT_SCORED, NOT_SCORED]
+    assert "nan" not in table and "0.000" not in next(line for line in lines if "gallbladder" in line)
+    assert f"baseline: {BASE}" in table and "not in the held-out reference label" in table
+    assert "mean is over the 3 organs present" in table
+    assert f"{BASE} labelled voxels as gallbladder, kidney" in table and f"{SACL} labelled voxels as kidney" in table
