@@ -393,6 +393,10 @@ MUTANTS = [
            "lines.append(cells(o + ' (absent)', [fmt(dice[t][o]) for t in trainers] +\n"
            "                   [signed(dice[t][o] - dice[base][o]) for t in trainers[1:]]))\n",
            ("tests/test_report.py::test_demo_table_names_its_columns_and_marks_absent_organs_alike",)),
+    Mutant("no p-value or CI from fewer pairs than a test needs", "nnunet_sacl/analysis/stats.py", "testable",
+           "return n >= MIN_PAIRS\n", "return n >= 1\n",
+           ("tests/test_report.py::test_no_test_and_no_interval_from_too_few_pairs",
+            "tests/test_report.py::test_the_report_says_no_test_for_one_case")),
 ]
 
 

@@ -290,7 +290,7 @@ def test_only_organs_in_the_reference_count_the_same_for_both_methods():
     assert table[(ALL_ORGANS, "dice")]["mean_a"] == pytest.approx(np.mean(per_case_a))
     assert table[(ALL_ORGANS, "dice")]["mean_b"] == pytest.approx(np.mean(per_case_b))
     assert table[(ALL_ORGANS, "dice")]["mean_diff"] == pytest.approx(np.mean(per_case_a) - np.mean(per_case_b))
-    assert table[(ALL_ORGANS, "dice")]["p_value"] == pytest.approx(stats.wilcoxon(per_case_a, per_case_b).pvalue)
+    assert math.isnan(table[(ALL_ORGANS, "dice")]["p_value"])     # 4 pairs: too few for a test
 
 
 def test_compare_refuses_a_folder_missing_a_case(tmp_path):

@@ -1,13 +1,15 @@
 """What a report and the demo's console show, on small hand-made rows (no training): one case mean in the console and
-the report, over the organs in the reference for every arm; the demo table's columns and absent organs say what they
-are."""
+the report, over the organs in the reference for every arm; no p-value or CI from fewer pairs than a test needs; the
+demo table's columns and absent organs say what they are."""
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from nnunet_sacl.analysis.stats import compare_with_baseline
-from nnunet_sacl.analysis.study_report import _mean_table
+from nnunet_sacl.analysis.report import fmt_ci, fmt_test
+from nnunet_sacl.analysis.stats import MIN_PAIRS, compare_with_baseline, paired_statistics
+from nnunet_sacl.analysis.study_report import _comparison_table, _mean_table
 
 BASE, SACL = "nnUNetTrainer_demo", "SACLTrainer_demo"
 NAN = math.nan
@@ -38,6 +40,26 @@ def test_one_case_mean_in_the_console_and_the_report():
     # the paired comparison averages the same organs on both sides
     mean = next(r for r in compare_with_baseline(rows, [BASE, SACL], ORGANS) if r["organ"] == "mean")
     assert mean["n_pairs"] == 1 and mean["mean_diff"] == pytest.approx(PRESENT_MEANS[1] - PRESENT_MEANS[0])
+
+
+@pytest.mark.parametrize("n", range(1, MIN_PAIRS + 1))
+def test_no_test_and_no_interval_from_too_few_pairs(n):
+    a = np.linspace(0.5, 0.9, n)
+    b = a - np.linspace(0.05, 0.2, n)
+    s = paired_statistics(a, b)
+    assert s["n"] == n and s["mean_diff"] == pytest.approx((a - b).mean())
+    if n < MIN_PAIRS:
+        assert math.isnan(s["p_wilcoxon"]) and math.isnan(s["ci_low"]) and math.isnan(s["ci_high"])
+        assert fmt_test(s["p_wilcoxon"], n) == f"n = {n}: no test" and fmt_ci(s["ci_low"], s["ci_high"], n) == "no CI"
+    else:
+        assert s["p_wilcoxon"] == pytest.approx(stats.wilcoxon(a, b).pvalue) and s["ci_low"] <= s["ci_high"]
+        assert fmt_test(s["p_wilcoxon"], n) == f"{s['p_wilcoxon']:.4f}"
+
+
+def test_the_report_says_no_test_for_one_case():
+    table = compare_with_baseline(rows_of({"c1": ONE_CASE}), [BASE, SACL], ORGANS)
+    lines = "\n".join(_comparison_table(table))
+    assert "n = 1: no test" in lines and "no CI" in lines and "1.0000" not in lines and "[" not in lines
 
 
 def test_demo_table_names_its_columns_and_marks_absent_organs_alike():

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
+from nnunet_sacl.analysis.report import box_plot, fmt, fmt_test, write_csv
 from nnunet_sacl.analysis.stats import by_case, mean_sd, paired_comparison, scored
 from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
 from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
@@ -278,8 +278,8 @@ def evaluate_folder(pred_folder, ref_folder, labels: dict, tolerance_mm: float =
 def comparison_table(rows_a: list[dict], rows_b: list[dict], organs: list[str],
                      names: tuple[str, str]) -> list[dict]:
     """Per organ and metric, and (with several organs) for the case mean over organs: n pairs, mean and sd of each
-    method, mean difference (a - b) and the Wilcoxon p (``stats.paired_comparison``). Only organs in a case's
-    reference label count (``stats.scored``)."""
+    method, mean difference (a - b) and the Wilcoxon p (``stats.paired_comparison``; NaN under ``MIN_PAIRS``
+    pairs). Only organs in a case's reference label count (``stats.scored``)."""
     if sorted({r["case"] for r in rows_a}) != sorted({r["case"] for r in rows_b}):
         raise ValueError("the two methods were evaluated on different cases")
     mean_label = ALL_ORGANS if len(organs) > 1 else None
@@ -303,14 +303,16 @@ def nsd_name(tolerance_mm: float, nsd_method: str = "voxel", spaced: bool = Fals
 
 
 def markdown_table(table: list[dict], tolerance_mm: float, nsd_method: str = "voxel") -> str:
-    """The comparison as a Markdown table: mean ± sd per method, p of the paired Wilcoxon signed-rank test."""
+    """The comparison as a Markdown table: mean ± sd per method, p of the paired Wilcoxon signed-rank test (or
+    "n = K: no test" under ``MIN_PAIRS`` pairs)."""
     a, b = table[0]["method_a"], table[0]["method_b"]
     lines = [f"| organ | metric | n | {a} | {b} | {a} - {b} | p (Wilcoxon) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         metric = "Dice" if r["metric"] == "dice" else nsd_name(tolerance_mm, nsd_method)
         lines.append(f"| {r['organ']} | {metric} | {r['n']} | {fmt(r['mean_a'])} ± {fmt(r['sd_a'])} | "
-                     f"{fmt(r['mean_b'])} ± {fmt(r['sd_b'])} | {fmt(r['mean_diff'])} | {fmt_p(r['p_value'])} |")
+                     f"{fmt(r['mean_b'])} ± {fmt(r['sd_b'])} | {fmt(r['mean_diff'])} | "
+                     f"{fmt_test(r['p_value'], r['n'])} |")
     return "\n".join(lines) + "\n"
 
 

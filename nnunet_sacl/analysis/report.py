@@ -1,10 +1,11 @@
 """The report path of analysis/, one for ``nnunet-sacl compare`` and for a study: CSV files, numbers as the Markdown
-tables print them, and the per-organ box plot of each method's per-case values."""
+tables print them (no p or CI from fewer pairs than ``stats.MIN_PAIRS``), and the per-organ box plot of each
+method's per-case values."""
 import csv
 import math
 from pathlib import Path
 
-from nnunet_sacl.analysis.stats import scored
+from nnunet_sacl.analysis.stats import scored, testable
 
 
 def write_csv(rows: list, path) -> Path:
@@ -26,6 +27,16 @@ def fmt(value, digits: int = 4) -> str:
 def fmt_p(p: float) -> str:
     """A p-value as the tables print it: four decimals, '<0.0001' below, 'n/a' for NaN."""
     return "n/a" if math.isnan(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def fmt_test(p: float, n) -> str:
+    """The p cell of a paired comparison of ``n`` pairs: ``fmt_p``, or "n = K: no test" under ``stats.MIN_PAIRS``."""
+    return fmt_p(p) if testable(int(n)) else f"n = {int(n)}: no test"
+
+
+def fmt_ci(low: float, high: float, n) -> str:
+    """The 95% CI cell of ``n`` pairs: "[low, high]", or "no CI" under ``stats.MIN_PAIRS``."""
+    return f"[{fmt(low)}, {fmt(high)}]" if testable(int(n)) else "no CI"
 
 
 def box_plot(rows_by_method: dict, organs: list, panels: list, path, colours: tuple = None) -> Path:

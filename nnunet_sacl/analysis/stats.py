@@ -11,6 +11,8 @@ reference holds it.
 
 A pair is one case. In a study, a case's value under a trainer is first averaged over the folds that evaluated it
 (validation: exactly one fold; a test set: every fold's model).
+
+Fewer than ``MIN_PAIRS`` pairs get no test and no interval (NaN): see ``MIN_PAIRS``.
 """
 import math
 import warnings
@@ -18,6 +20,11 @@ import warnings
 import numpy as np
 
 MEAN = "mean"
+# The fewest pairs for a Wilcoxon p or a bootstrap CI. Below 6 pairs the exact two-sided signed-rank test cannot
+# reach p < 0.05 whatever the data (its smallest p is 2 / 2^n: 0.0625 at n = 5, 0.03125 at n = 6), and the
+# percentile bootstrap of a mean resamples so few distinct values (one at n = 1, 126 at n = 5) that its interval
+# covers far less than its nominal 95%; a table says "n = K: no test" instead.
+MIN_PAIRS = 6
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 COMPARISON_COLUMNS = ("trainer", "baseline", "organ", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_wilcoxon",
@@ -61,16 +68,21 @@ def bootstrap_ci(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, 
     return float(low), float(high)
 
 
+def testable(n: int) -> bool:
+    """Whether ``n`` pairs are enough for a Wilcoxon p and a bootstrap CI (``MIN_PAIRS``)."""
+    return n >= MIN_PAIRS
+
+
 def paired_statistics(a: np.ndarray, b: np.ndarray) -> dict:
     """Everything a comparison table reports of the pairs (a[i], b[i]); differences are a - b, so a win is a case
-    where a is higher."""
+    where a is higher. The CI and p are NaN for fewer than ``MIN_PAIRS`` pairs."""
     diff = a - b
     (mean_a, sd_a), (mean_b, sd_b) = mean_sd(a), mean_sd(b)
-    low, high = bootstrap_ci(diff)
+    low, high = bootstrap_ci(diff) if testable(diff.size) else (math.nan, math.nan)
     return {"n": int(diff.size), "mean_a": mean_a, "sd_a": sd_a, "mean_b": mean_b, "sd_b": sd_b,
             "mean_diff": float(diff.mean()) if diff.size else math.nan, "ci_low": low, "ci_high": high,
-            "p_wilcoxon": wilcoxon_p(a, b), "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
-            "losses": int((diff < 0).sum())}
+            "p_wilcoxon": wilcoxon_p(a, b) if testable(diff.size) else math.nan, "wins": int((diff > 0).sum()),
+            "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
 
 
 # ---------------------------------------------------------------- on per-case values of two sides

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
-from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, case_mean,
+from nnunet_sacl.analysis.report import box_plot, fmt, fmt_ci, fmt_test, write_csv
+from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, MIN_PAIRS, case_mean,
                                         compare_with_baseline, organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
@@ -35,7 +35,7 @@ def _comparison_table(table: list, budgets: dict = None) -> list:
              "|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['trainer']} | {r['organ']} | {r['n_pairs']} | {fmt(r['mean_diff'])} | "
-                     f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt_p(r['p_wilcoxon'])} | "
+                     f"{fmt_ci(r['ci_low'], r['ci_high'], r['n_pairs'])} | {fmt_test(r['p_wilcoxon'], r['n_pairs'])} | "
                      f"{r['wins']} / {r['ties']} / {r['losses']} | {budgets.get(r['trainer'], {}).get('budget', '')} |")
     return lines
 
@@ -202,9 +202,11 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "label (the same organs for every trainer), the mean `nnunet-sacl demo` prints. The 95% CI is the "
               f"percentile interval of the mean difference over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the "
               f"cases (seed {BOOTSTRAP_SEED}); p is the two-sided Wilcoxon signed-rank test (scipy, zero differences "
-              "dropped). Cost: pretraining and segmentation epochs with their summed epoch times, iterations = "
-              "iterations per epoch x all epochs, wall time = first to last line of every training log (start-up and "
-              "validation included).", "",
+              f"dropped). Under {MIN_PAIRS} pairs neither is computed (`n = K: no test`, `no CI`): the exact test "
+              f"cannot reach p < 0.05 below {MIN_PAIRS} pairs, and a bootstrap of so few cases has no 95% coverage. "
+              "Cost: pretraining and segmentation epochs with their summed epoch times, iterations = iterations per "
+              "epoch x all epochs, wall time = first to last line of every training log (start-up and validation "
+              "included).", "",
               "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, dice_boxplot.png, "
               "case_mean_pairs.png, pseudo_dice.png."]
     report = out / "report.md"
@@ -269,8 +271,8 @@ def write_regimes_report(studies: list, reports: list, command: str = None) -> P
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['train_cases']} | {r['trainer']} | {r['n_pairs']} | {fmt(float(r['mean_diff']))} | "
-                     f"[{fmt(float(r['ci_low']))}, {fmt(float(r['ci_high']))}] | "
-                     f"{fmt_p(float(r['p_wilcoxon']))} | {r['wins']} / {r['ties']} / {r['losses']} | "
+                     f"{fmt_ci(float(r['ci_low']), float(r['ci_high']), r['n_pairs'])} | "
+                     f"{fmt_test(float(r['p_wilcoxon']), r['n_pairs'])} | {r['wins']} / {r['ties']} / {r['losses']} | "
                      f"{r['budget']} |")
     lines += ["", "Each regime's folder holds its full report (per organ, NSD, cost, pseudo_dice.png). Files here: "
               "regimes.csv, dice_diff_vs_train_cases.png."]
