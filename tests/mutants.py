@@ -397,6 +397,9 @@ MUTANTS = [
            "return n >= MIN_PAIRS\n", "return n >= 1\n",
            ("tests/test_report.py::test_no_test_and_no_interval_from_too_few_pairs",
             "tests/test_report.py::test_the_report_says_no_test_for_one_case")),
+    Mutant("a one-case report draws a bar per organ, not flat boxes", "nnunet_sacl/analysis/report.py", "drawing",
+           '"boxes" if most >= FEWEST_FOR_A_BOX else "bars" if most <= 1 else "dots"', '"boxes"',
+           ("tests/test_report.py::test_one_case_draws_bars_per_organ_and_no_pairs_plot",)),
 ]
 
 

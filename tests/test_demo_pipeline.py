@@ -93,12 +93,13 @@ def check_first_run(workdir, first: str) -> dict:
     means = [np.mean([summaries[a][str(labels[o])]["Dice"] for o in present]) for a in ARMS]
     assert abs(table["mean (organs present)"][0] - means[0]) < 6e-4
     assert abs(table["mean (organs present)"][1] - means[1]) < 6e-4
-    report = (workdir / "study" / "report.md").read_text()   # the same mean; one case: no test
+    report = (workdir / "study" / "report.md").read_text()   # the same mean; one case: no test, no pairs plot
     for arm, mean in zip(ARMS, means):
         row = next(line for line in report.splitlines()
                    if line.startswith(f"| {arm} |") and line.count("|") == len(labels) + 3)
         assert abs(float(row.split("|")[-2]) - mean) < 6e-5, row
-    assert "n = 1: no test" in report and "no CI" in report
+    assert "n = 1: no test" in report and "no CI" in report and "no case_mean_pairs.png" in report
+    assert not (workdir / "study" / "case_mean_pairs.png").exists()
 
     assert "Dice on the held-out scan" in first and (workdir / "study" / "report.md").is_file()
     assert {r["trainer"] for r in csv.DictReader(open(workdir / "study" / "per_case.csv"))} == set(ARMS)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_sacl.analysis.report import box_plot, fmt, fmt_ci, fmt_test, write_csv
+from nnunet_sacl.analysis.report import FEWEST_FOR_A_BOX, box_plot, drawing, fmt, fmt_ci, fmt_test, write_csv
 from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, MIN_PAIRS, case_mean,
                                         compare_with_baseline, organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
@@ -135,11 +135,19 @@ def _cost_table(costs: list, trainers: list) -> list:
     return lines
 
 
-def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> None:
+FEWEST_CASES_TO_PLOT = 2
+
+
+def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> bool:
     """Per compared trainer: each case's mean Dice under the baseline (x) and the trainer (y); above the diagonal
-    the trainer is better."""
+    the trainer is better. Not drawn (False; an older picture is removed) when no trainer has
+    ``FEWEST_CASES_TO_PLOT`` case pairs: one point says no more than the table."""
     from matplotlib.figure import Figure
     others = trainers[1:]
+    if max((paired_values(rows, t, trainers[0], organs, "dice")[0].size for t in others), default=0) \
+            < FEWEST_CASES_TO_PLOT:
+        Path(path).unlink(missing_ok=True)
+        return False
     fig = Figure(figsize=(4.2 * len(others), 4.2), layout="constrained")
     for ax, t in zip(np.atleast_1d(fig.subplots(1, len(others))), others):
         a, b = paired_values(rows, t, trainers[0], organs, "dice")
@@ -151,6 +159,7 @@ def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> None:
         ax.set_xlabel(f"{trainers[0]} (case mean Dice)")
         ax.set_ylabel(f"{t} (case mean Dice)")
     fig.savefig(path, dpi=100)
+    return True
 
 
 def write_report(study, rows: list, costs: list, command: str = None) -> Path:
@@ -164,8 +173,8 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     write_csv([{"trainer": c["trainer"], "fold": c["fold"], **{k: c[k] for k in COST_COLUMNS}} for c in costs],
               out / "cost.csv")
     box_plot({t: [r for r in rows if r["trainer"] == t] for t in trainers}, organs, [("dice", "Dice per case")],
-             out / "dice_boxplot.png")
-    paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
+             out / "dice_boxplot.png")   # bars for one case, dots for a few (``report.drawing``)
+    pairs_drawn = paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
     if hasattr(study, "runs"):
         pseudo_dice_plot(study, out / "pseudo_dice.png")
     budget = budgets(study, costs)
@@ -195,6 +204,17 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "equal total iterations: pretraining is taken from the segmentation budget.", ""]
     lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
     lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over folds)", ""] + _cost_table(costs, trainers)
+    by_trainer = {t: [r for r in rows if r["trainer"] == t] for t in trainers}
+    kind = drawing(by_trainer, organs, "dice")
+    plots = {"boxes": "dice_boxplot.png (a box per organ and trainer)",
+             "bars": "dice_boxplot.png (one case: a bar per organ and trainer, as there is no spread to box)",
+             "dots": f"dice_boxplot.png (each case a dot: fewer than {FEWEST_FOR_A_BOX} cases, too few for a box)"}
+    plots = [plots[kind]]
+    if pairs_drawn:
+        plots.append("case_mean_pairs.png")
+    else:
+        plots.append(f"no case_mean_pairs.png (drawn from {FEWEST_CASES_TO_PLOT} case pairs on: a single point "
+                     "says no more than the table)")
     lines += ["", "## How to read this", "",
               f"An organ counts only in the cases whose reference label holds it; `{ABSENT}`: in no evaluated case's "
               "reference, so its Dice is undefined. A pair is one case, each side averaged over the folds that "
@@ -207,8 +227,8 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "Cost: pretraining and segmentation epochs with their summed epoch times, iterations = iterations per "
               "epoch x all epochs, wall time = first to last line of every training log (start-up and validation "
               "included).", "",
-              "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, dice_boxplot.png, "
-              "case_mean_pairs.png, pseudo_dice.png."]
+              "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, pseudo_dice.png, "
+              + ", ".join(plots) + "."]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
