@@ -400,6 +400,13 @@ MUTANTS = [
     Mutant("a one-case report draws a bar per organ, not flat boxes", "nnunet_sacl/analysis/report.py", "drawing",
            '"boxes" if most >= FEWEST_FOR_A_BOX else "bars" if most <= 1 else "dots"', '"boxes"',
            ("tests/test_report.py::test_one_case_draws_bars_per_organ_and_no_pairs_plot",)),
+    Mutant("the silhouette step runs on one thread", "nnunet_sacl/analysis/embeddings.py", "embeddings_before_after",
+           "with one_thread():\n"
+           "    return _embeddings_before_after(model_folder, fold, configuration, preprocessed_folder, weights_file,\n"
+           "                                    max_cases, out_png, device, seed)\n",
+           "return _embeddings_before_after(model_folder, fold, configuration, preprocessed_folder, weights_file,\n"
+           "                                max_cases, out_png, device, seed)\n",
+           ("tests/test_embeddings.py::test_silhouettes_run_on_one_thread",)),
 ]
 
 
