@@ -381,6 +381,10 @@ MUTANTS = [
            "return (train, val) if processes == 0 else ordered_augmenters(self, train, val, processes, seed)\n",
            "return super().get_dataloaders()\n",
            ("tests/test_seeding.py::test_same_seed_same_weights_other_seed_other_weights",)),
+    Mutant("a segmentation schedule (frozen encoder, warm-up, LR groups) stands aside in SACL's phase 1",
+           "nnunet_sacl/nnunet/phases.py", "only_in.decorate.in_its_phase",
+           "phase_of(self) == phase", "phase_of(self) == phase or phase == SEGMENTATION",
+           ("tests/test_phases.py::test_phase_one_is_the_variants_own_class_and_its_segmentation_schedules_stand_aside",)),
 ]
 
 
