@@ -58,11 +58,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_sacl.method.augment import downsample_for_deep_supervision
 from nnunet_sacl.nnunet import variants
 from nnunet_sacl.nnunet.network import encoder_of
-from nnunet_sacl.nnunet.pretrainer import pretraining_class
 
 from label_values import AssumeFinite, LabelValues
-from step_benchmark import (REPO, add_plan_arguments, format_targets, load_json_file,
-                            nnunet_workspace, organ_block_labels, plans_for_benchmark, shown_path, write_results)
+from step_benchmark import (REPO, SACLPretrainer_DCC, SACLPretrainer_PaperStyle, add_plan_arguments, format_targets,
+                            load_json_file, nnunet_workspace, organ_block_labels, plans_for_benchmark, shown_path,
+                            write_results)
 
 CPU = torch.device("cpu")
 
@@ -81,9 +81,9 @@ def counted_steps() -> List[CountedStep]:
     return [
         CountedStep("stock", nnUNetTrainer, "train_step", "nnUNetTrainer.train_step (whole U-Net, deep supervision)"),
         CountedStep("sacl", variants.SACLPretrainer, "train_step", "SACLPretrainer.train_step (SACL phase 1)"),
-        CountedStep("paper_style", pretraining_class(variants.SACLTrainer_PaperStyle), "train_step",
+        CountedStep("paper_style", SACLPretrainer_PaperStyle, "train_step",
                     "SACLTrainer_PaperStyle phase 1 (one encoder pass per organ)"),
-        CountedStep("dcc", pretraining_class(variants.SACLTrainer_DCC), "train_step",
+        CountedStep("dcc", SACLPretrainer_DCC, "train_step",
                     "SACLTrainer_DCC phase 1 (intensity-weighted negatives)"),
         CountedStep("joint", joint, "train_step",
                     "SACLTrainer_joint.train_step (segmentation loss + SupCon in one pass)"),

@@ -36,11 +36,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_sacl.nnunet.pretrainer import SACLPretrainer, pretraining_class
-from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
 
 import accounting
-from step_benchmark import (LOSS_RANGE, add_plan_arguments, POOL_RANGE, REPO, STEP_RANGE,
+from step_benchmark import (LOSS_RANGE, add_plan_arguments, POOL_RANGE, REPO, SACLPretrainer_PaperStyle, STEP_RANGE,
                             _node_owners, _range_time_us, _ranged, _total_time_us, build_trainer, device_name,
                             load_json_file, nnunet_workspace, plans_for_benchmark, shown_path, synthetic_batch,
                             write_results)
@@ -50,7 +49,7 @@ CPU = torch.device("cpu")
 STEPS = {   # key -> (trainer class, step method)
     "stock": (nnUNetTrainer, "train_step"),
     "sacl": (SACLPretrainer, "train_step"),
-    "paper_style": (pretraining_class(SACLTrainer_PaperStyle), "train_step"),
+    "paper_style": (SACLPretrainer_PaperStyle, "train_step"),
 }
 
 

@@ -41,10 +41,19 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_sacl.method.augment import downsample_for_deep_supervision
-from nnunet_sacl.nnunet.pretrainer import SACLPretrainer, pretraining_class
-from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class SACLPretrainer_PaperStyle(SACLPretrainer):
+    """SACLTrainer_PaperStyle's phase 1 (its train_step is SACLPretrainer's with the paper-style embedding)."""
+    embedding = "paper_style"
+
+
+class SACLPretrainer_DCC(SACLPretrainer):
+    """SACLTrainer_DCC's phase 1 (SACLPretrainer's train_step with intensity-weighted negatives)."""
+    intensity_weighted_negatives = True
 DEFAULT_PLANS = REPO / "plans" / "btcv_like_nnUNetPlans.json"
 DEFAULT_DATASET_JSON = REPO / "plans" / "btcv_like_dataset.json"
 GIB = 1024 ** 3
@@ -65,7 +74,7 @@ class StepUnderTest:
 STEPS = (
     StepUnderTest("stock nnUNetTrainer.train_step", nnUNetTrainer, "train_step", "stock"),
     StepUnderTest("SACLPretrainer.train_step (SACL phase 1)", SACLPretrainer, "train_step", "sacl"),
-    StepUnderTest("SACLTrainer_PaperStyle phase 1 train_step", pretraining_class(SACLTrainer_PaperStyle), "train_step",
+    StepUnderTest("SACLTrainer_PaperStyle phase 1 train_step", SACLPretrainer_PaperStyle, "train_step",
                   "paper_style"),
 )
 

@@ -104,38 +104,43 @@ def plan_and_preprocess(dataset_id: int, raw: Path, preprocessed_folder: Path, c
          "-npfp", processes, "-np", processes, "--verify_dataset_integrity"], planning_env(os.environ))
 
 
-def organs_in_test_labels(raw: Path, labels: dict) -> set:
-    """Names of the organs that occur in at least one held-out label file."""
-    import numpy as np
-    import SimpleITK as sitk
-    present = set()
-    for f in sorted((raw / "labelsTs").glob("*.nii.gz")):
-        present |= {int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f))))}
-    return {name for name, label in labels.items() if label in present}
+NOT_SCORED = "-"
 
 
-def dice_table(dice: dict, present: set) -> str:
-    """Every arm's Dice per organ side by side; every further arm's difference to the first (the baseline),
-    paired by organ; the means are over the organs present in the held-out labels."""
-    arms = list(dice)
-    base = arms[0]
-    w = max(len(a) for a in arms) + 2
-    head = f"  {'organ':30s}" + "".join(f"{a:>{w}s}" for a in arms) + "".join(f"{'diff ' + str(i + 1):>10s}"
-                                                                           for i in range(1, len(arms)))
-    lines = [head]
-    for organ in dice[base]:
-        row = f"  {organ + ('' if organ in present else ' (absent)'):30s}"
-        row += "".join(f"{fmt(dice[a][organ]):>{w}s}" for a in arms)
-        row += "".join(f"{signed(dice[a][organ] - dice[base][organ]):>10s}" for a in arms[1:])
-        lines.append(row)
-    means = {a: sum(dice[a][o] for o in present) / len(present) for a in arms}
-    row = f"  {'mean (organs present)':30s}" + "".join(f"{fmt(means[a]):>{w}s}" for a in arms)
-    lines.append(row + "".join(f"{signed(means[a] - means[base]):>10s}" for a in arms[1:]))
-    for i, a in enumerate(arms[1:], 2):
-        diffs = [dice[a][o] - dice[base][o] for o in present]
-        wins = sum(d > 0 for d in diffs)
-        lines.append(f"  diff {i}: {a} - {base}; better on {wins}, worse on {sum(d < 0 for d in diffs)} "
-                     f"of the {len(diffs)} organs present")
+def dice_table(rows: list, trainers: list, organs: list) -> str:
+    """Every arm's held-out Dice per organ side by side and each further arm's difference to the first (the
+    baseline); organs absent from the reference label are marked, not scored; the mean is the case mean of the
+    study's report (``stats.case_mean``: each case's mean over the organs in its reference label)."""
+    from nnunet_sacl.analysis.stats import case_mean, in_reference, organ_mean
+    base = trainers[0]
+    dice = {t: {o: organ_mean(rows, t, o) for o in organs} for t in trainers}
+    present = [o for o in organs if any(in_reference(r) for r in rows if r["organ"] == o)]
+    widths = [max(len(t), 6) + 2 for t in trainers] + [len(f"{t} - baseline") + 2 for t in trainers[1:]]
+    cells = lambda first, values: f"  {first:34s}" + "".join(f"{v:>{w}s}" for v, w in zip(values, widths))
+    lines = [cells("organ", [*trainers, *(f"{t} - baseline" for t in trainers[1:])])]
+    for o in organs:
+        if o in present:
+            lines.append(cells(o, [fmt(dice[t][o]) for t in trainers] +
+                               [signed(dice[t][o] - dice[base][o]) for t in trainers[1:]]))
+        else:
+            lines.append(cells(o + " (absent)", [NOT_SCORED] * (2 * len(trainers) - 1)))
+    means = {t: case_mean(rows, t, organs) for t in trainers}
+    lines.append(cells("mean (organs present)", [fmt(means[t]) for t in trainers] +
+                       [signed(means[t] - means[base]) for t in trainers[1:]]))
+    lines.append(f"  baseline: {base}.")
+    for t in trainers[1:]:
+        diffs = [dice[t][o] - dice[base][o] for o in present]
+        lines.append(f"  {t} - baseline: better on {sum(d > 0 for d in diffs)}, worse on "
+                     f"{sum(d < 0 for d in diffs)} of the {len(diffs)} organs present.")
+    if len(present) < len(organs):
+        lines.append(f"  (absent): not in the held-out reference label, so Dice is undefined ('{NOT_SCORED}');\n"
+                     f"  the mean is over the {len(present)} organs present, as in the study's report.md.")
+    for t in trainers:
+        false_positives = sorted({r["organ"] for r in rows if r["trainer"] == t and not in_reference(r)
+                                  and float(r["dice"]) == 0})
+        if false_positives:
+            lines.append(f"  {t} labelled voxels as {', '.join(false_positives)}, absent from the reference\n"
+                         "  (false positives; Dice does not score them).")
     return "\n".join(lines)
 
 
@@ -151,7 +156,8 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
              configuration=DEFAULT_CONFIGURATION, fold=0, synthetic=False, sdist=None) -> dict:
     """A one-fold study in ``workdir`` (nnUNet_raw/preprocessed/results and the study's report live there): the
     dataset, nnU-Net's planning, then the study's training, test-set prediction and evaluation, one trainer at a
-    time for the timing; returns {trainer: {organ: held-out Dice}} (nan: organ in neither label nor prediction)."""
+    time for the timing; returns {"dice": {trainer: {organ: held-out Dice}}, "present": organs in the reference, ...}
+    (Dice NaN: organ absent from every held-out reference label, not scored)."""
     work = Path(workdir).resolve()
     with nnunet_environment(work):
         return _run_demo(work, device, dataset_id, trainers, configuration, fold, synthetic, sdist)
@@ -159,7 +165,7 @@ def run_demo(workdir="sacl_demo", device="cpu", dataset_id=990, trainers=DEFAULT
 
 def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, synthetic, sdist) -> dict:
     from nnunet_sacl.analysis import study as studies
-    from nnunet_sacl.analysis.stats import organ_mean
+    from nnunet_sacl.analysis.stats import in_reference, organ_mean
     timer = StepTimer()
     raw = timer("build the dataset", demo_dataset, work / "nnUNet_raw", dataset_id, synthetic, sdist)
     print(f"dataset: {raw}")
@@ -173,11 +179,11 @@ def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, syn
     for t in trainers:
         timer(f"predict the test set with {t}", studies.predict_test_set, replace(study, trainers=[t]))
     report, rows = timer("evaluate and report", studies.evaluate_and_report, study, "nnunet-sacl demo")
-    dice = {t: {organ: organ_mean(rows, t, organ) for organ in study.labels} for t in trainers}
-    present = organs_in_test_labels(raw, study.labels)
-    print(f"\nDice on the held-out scan ({configuration}, fold {fold}; absent: organ not in the held-out label, "
-          f"nan: in neither label nor prediction):")
-    print(dice_table(dice, present))
+    organs = list(study.labels)
+    dice = {t: {organ: organ_mean(rows, t, organ) for organ in organs} for t in trainers}
+    present = {r["organ"] for r in rows if in_reference(r)}
+    print(f"\nDice on the held-out scan ({configuration}, fold {fold}):")
+    print(dice_table(rows, list(trainers), organs))
     silhouettes = {}
     for run in study.runs:
         if (run.folder / "checkpoint_sacl_encoder.pth").is_file():
@@ -197,8 +203,8 @@ def _run_demo(work: Path, device, dataset_id, trainers, configuration, fold, syn
 MEASURED = ("\nWhat was measured on this data (docs/studies/, 3 folds each, seeded, 825 segmentation iterations): "
             "two-phase SACL (SACLTrainer) with 225 to 3,600 pretraining iterations on top learned two organs of the "
             "validation crops earlier but was level with stock nnU-Net on the held-out scan, and longer pretraining "
-            "did not help; the joint trainer (SACLTrainer_joint) was level. No trainer here has beaten stock nnU-Net "
-            "on independent data yet.")
+            "did not help; the joint trainer (SACLTrainer_joint) was level, at 825 and at 3,300 iterations. No "
+            "trainer here has beaten stock nnU-Net on independent data yet.")
 
 
 def print_cluster_quality(trainer: str, model_folder: Path, fold, configuration: str, preprocessed_folder: Path,

@@ -147,8 +147,10 @@ def parse_with_nnunet(line, monkeypatch):
 
 def paired(rows, trainer, baseline, organs, organ):
     """Independent reference for the study's pairing, from per_case.csv rows: per case, the trainer's and the
-    baseline's Dice of one organ, or their means over the organs both define (`organ` = "mean")."""
-    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) for r in rows}
+    baseline's Dice of one organ, or their means over the organs in the case's reference label (`organ` = "mean");
+    an organ absent from the reference is not scored."""
+    value = {(r["trainer"], r["case"], r["organ"]): float(r["dice"]) if int(r["reference_voxels"]) > 0 else math.nan
+             for r in rows}
     a, b = [], []
     for case in sorted({r["case"] for r in rows}):
         pairs = [(value[(trainer, case, o)], value[(baseline, case, o)])
@@ -162,15 +164,21 @@ def paired(rows, trainer, baseline, organs, organ):
 
 # ---------------------------------------------------------------- in-process trainers
 
-def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
+def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=0, phase=None):
     """A trainer built as nnUNetv2_train builds it, its __init__ included: by name (found via nnUNet_extTrainer,
-    as nnU-Net does), or a test's own trainer class (a user's variant: settings as class attributes)."""
+    as nnU-Net does), or a test's own trainer class (a user's variant: settings as class attributes). ``phase``:
+    the phase it runs (PRETRAINING: a SACLTrainer variant's phase 1, as ``make_pretrainer`` sets it, in fold_X)."""
     if isinstance(trainer, str):
-        return get_trainer_from_args(str(DATASET_ID), configuration, fold, trainer, plans, device=torch.device("cpu"))
-    from nnunetv2.paths import nnUNet_preprocessed
-    folder = join(str(nnUNet_preprocessed), DATASET_NAME)
-    plans_dict = dict(json.load(open(join(folder, f"{plans}.json"))), continue_training=False)
-    return trainer(plans_dict, configuration, fold, json.load(open(join(folder, "dataset.json"))), torch.device("cpu"))
+        made = get_trainer_from_args(str(DATASET_ID), configuration, fold, trainer, plans, device=torch.device("cpu"))
+    else:
+        from nnunetv2.paths import nnUNet_preprocessed
+        folder = join(str(nnUNet_preprocessed), DATASET_NAME)
+        plans_dict = dict(json.load(open(join(folder, f"{plans}.json"))), continue_training=False)
+        made = trainer(plans_dict, configuration, fold, json.load(open(join(folder, "dataset.json"))),
+                       torch.device("cpu"))
+    if phase is not None:
+        made.phase = phase
+    return made
 
 
 def make_pretrainer(trainer, **kwargs):

@@ -30,7 +30,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5
 
 from nnunet_sacl.nnunet.augment_settings import NotReproducible, augment_settings_from_trainer, training_transforms
 from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
-from nnunet_sacl.nnunet.pretrainer import pretraining_class
+from nnunet_sacl.nnunet.phases import PRETRAINING
 from nnunet_sacl.nnunet.short_runs import SACLTrainer_torchaug_smoke
 from tests.helpers import make_pretrainer, make_trainer
 
@@ -215,11 +215,11 @@ CHANGED = dict(p_noise=0.5, noise_std_range=(0.0, 0.3), p_scaling=0.35, scale_ra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer_class", [pretraining_class(SACLChangedDA),
-                                           type("ChangedDA", (OnDeviceAugmentationMixin, ChangedDA), {})],
+@pytest.mark.parametrize("trainer_class, phase", [
+    (SACLChangedDA, PRETRAINING), (type("ChangedDA", (OnDeviceAugmentationMixin, ChangedDA), {}), None)],
                          ids=["SACLTrainer phase 1", "OnDeviceAugmentationMixin"])
-def test_a_changed_probability_or_range_reaches_the_device(in_process_env, trainer_class):
-    trainer = make_trainer(trainer_class)
+def test_a_changed_probability_or_range_reaches_the_device(in_process_env, trainer_class, phase):
+    trainer = make_trainer(trainer_class, phase=phase)
     trainer.initialize()
     settings = trainer.augment_settings
     for key, value in CHANGED.items():
@@ -322,8 +322,9 @@ def test_batchgenerators_v1_transforms_are_refused():
 
 
 def test_an_override_in_front_of_the_on_device_one_is_refused():
-    """It would run on the CPU workers and again on the device. SACL's phase 1 puts its on-device override in front
-    of the whole variant, so there the variant's transforms are what the device applies."""
+    """It would run on the CPU workers and again on the device: refused for OnDeviceAugmentationMixin and for SACL's
+    phase 1 alike (whose on-device override is PretrainingMixin's, a base of SACLTrainer); listed after SACLTrainer,
+    the same transforms are what the device applies (test_a_changed_probability_or_range_reaches_the_device)."""
     from nnunet_sacl.nnunet.variants import nnUNetTrainer_torchaug
 
     class InFront(nnUNetTrainer_torchaug):
@@ -337,16 +338,18 @@ def test_an_override_in_front_of_the_on_device_one_is_refused():
     class SACLInFront(SACLTrainer_torchaug_smoke):
         get_training_transforms = staticmethod(ChangedDA.get_training_transforms)
 
-    phase_one = btcv_like_trainer(pretraining_class(SACLInFront), "3d_lowres")
-    changed = btcv_like_trainer(ChangedDA, "3d_lowres")
-    assert augment_settings_from_trainer(phase_one) == augment_settings_from_trainer(changed)
+    phase_one = btcv_like_trainer(SACLInFront, "3d_lowres")
+    phase_one.phase = PRETRAINING
+    with pytest.raises(NotReproducible, match=r"^SACLInFront: SACLInFront.get_training_transforms comes before the "
+                                              r"on-device override \(PretrainingMixin.get_training_transforms\)"):
+        augment_settings_from_trainer(phase_one)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer_class", [
-    pretraining_class(type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {})),
-    type("nnUNetTrainerDA5", (OnDeviceAugmentationMixin, nnUNetTrainerDA5), {})], ids=["SACLTrainer", "mixin"])
-def test_refused_at_initialize_before_training(in_process_env, trainer_class):
-    trainer = make_trainer(trainer_class)
+@pytest.mark.parametrize("trainer_class, phase", [
+    (type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {}), PRETRAINING),
+    (type("nnUNetTrainerDA5", (OnDeviceAugmentationMixin, nnUNetTrainerDA5), {}), None)], ids=["SACLTrainer", "mixin"])
+def test_refused_at_initialize_before_training(in_process_env, trainer_class, phase):
+    trainer = make_trainer(trainer_class, phase=phase)
     with pytest.raises(NotReproducible, match=rf"^{trainer_class.__name__}: .*SpatialTransform\(p_rot_per_axis=0.5\)"):
         trainer.initialize()

@@ -37,10 +37,13 @@ def test_demo_arms_train_equal_total_iterations_without_mirroring(arms):
 
 
 def printed_table(stdout: str) -> dict:
-    """organ -> (values of both arms, difference) from the demo's side-by-side table."""
-    block = stdout[stdout.index("Dice on the held-out"):stdout.index("diff 2:")]
-    rows = re.findall(rf"^  (\S.*?)\s+{NUMBER}\s+{NUMBER}\s+{SIGNED}$", block, re.M)
-    return {name.replace(" (absent)", ""): (float(a), float(b), float(d)) for name, a, b, d in rows}
+    """organ -> (values of both arms, difference) from the demo's side-by-side table; None for an organ marked
+    absent (not scored)."""
+    block = stdout[stdout.index("Dice on the held-out"):stdout.index("  baseline: ")]
+    assert block.splitlines()[1].split() == ["organ", *ARMS, ARMS[1], "-", "baseline"]
+    rows = re.findall(rf"^  (\S.*?)\s+(?:{NUMBER}\s+{NUMBER}\s+{SIGNED}|-\s+-\s+-)$", block, re.M)
+    return {name.replace(" (absent)", ""): (float(a), float(b), float(d)) if a else None
+            for name, a, b, d in rows}
 
 
 @pytest.mark.slow
@@ -85,9 +88,18 @@ def check_first_run(workdir, first: str) -> dict:
             assert all(math.isfinite(d) for d in dice), (organ, dice)
             assert all(abs(shown - d) < 6e-4 for shown, d in zip(table[organ][:2], dice))
             assert abs(table[organ][2] - (dice[1] - dice[0])) < 6e-4
+        else:                 # absent from the label: not scored, shown alike whatever was predicted
+            assert table[organ] is None and f"{organ} (absent)" in first
     means = [np.mean([summaries[a][str(labels[o])]["Dice"] for o in present]) for a in ARMS]
     assert abs(table["mean (organs present)"][0] - means[0]) < 6e-4
     assert abs(table["mean (organs present)"][1] - means[1]) < 6e-4
+    report = (workdir / "study" / "report.md").read_text()   # the same mean; one case: no test, no pairs plot
+    for arm, mean in zip(ARMS, means):
+        row = next(line for line in report.splitlines()
+                   if line.startswith(f"| {arm} |") and line.count("|") == len(labels) + 3)
+        assert abs(float(row.split("|")[-2]) - mean) < 6e-5, row
+    assert "n = 1: no test" in report and "no CI" in report and "no case_mean_pairs.png" in report
+    assert not (workdir / "study" / "case_mean_pairs.png").exists()
 
     assert "Dice on the held-out scan" in first and (workdir / "study" / "report.md").is_file()
     assert {r["trainer"] for r in csv.DictReader(open(workdir / "study" / "per_case.csv"))} == set(ARMS)
@@ -110,5 +122,4 @@ def check_second_run(workdir, first: str, second: str, logs_before: list, table:
         assert re.search(rf"{line}\s+{NUMBER}", second).group(1) == re.search(rf"{line}\s+{NUMBER}", first).group(1)
     assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
     again = printed_table(second)
-    assert list(again) == list(table)
-    assert np.array_equal(np.array(list(again.values())), np.array(list(table.values())), equal_nan=True)
+    assert again == table      # the same values, None for the same absent organs (no NaN is printed)

@@ -9,7 +9,8 @@ from PIL import Image
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
 from nnunet_sacl.nnunet.joint import SACLTrainer_joint
-from nnunet_sacl.nnunet.pretrainer import SACLPretrainer, pretraining_class
+from nnunet_sacl.nnunet.phases import PRETRAINING
+from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
 from nnunet_sacl.nnunet.progress import PSEUDO_DICE_LABEL, pseudo_dice_axis_named
 from nnunet_sacl.nnunet.trainer import SACLTrainer
 
@@ -44,10 +45,18 @@ def y_labels_as_saved(folder, label) -> list:
     return saved[0]
 
 
+def uninitialised(cls, phase=None):
+    """An object of the class without nnU-Net's __init__ (which needs a dataset): enough to read its labels."""
+    trainer = object.__new__(cls)
+    if phase is not None:
+        trainer.phase = phase
+    return trainer
+
+
 @pytest.mark.parametrize("trainer, label", [
-    (SACLTrainer, PSEUDO_DICE_LABEL), (SACLTrainer_joint, PSEUDO_DICE_LABEL),
-    (SACLPretrainer, "nearest-neighbour organ F1 (validation)"),
-    (pretraining_class(SACLTrainer), "nearest-neighbour organ F1 (validation)")],
+    (uninitialised(SACLTrainer), PSEUDO_DICE_LABEL), (uninitialised(SACLTrainer_joint), PSEUDO_DICE_LABEL),
+    (uninitialised(SACLPretrainer), "nearest-neighbour organ F1 (validation)"),
+    (uninitialised(SACLTrainer, PRETRAINING), "nearest-neighbour organ F1 (validation)")],
     ids=["SACLTrainer", "joint", "SACLPretrainer", "SACLTrainer phase 1"])
 def test_pseudo_dice_axis_is_named_for_its_curve(tmp_path, trainer, label):
     assert trainer.pseudo_dice_label == label

@@ -6,6 +6,7 @@ torch and nnU-Net are imported inside the functions that need them.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from os.path import isdir, join
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -114,11 +115,40 @@ def plot_tsne(groups: Dict[str, Tuple[np.ndarray, np.ndarray]], scores: Dict[str
     plt.close(fig)
 
 
+@contextmanager
+def one_thread():
+    """torch and every OpenMP and BLAS pool loaded (torch's and scikit-learn's own libgomp, numpy's OpenBLAS) at one
+    thread while the block runs, restored afterwards. The embeddings are many small forward passes and t-SNE a
+    thousand short parallel loops: each waits at a barrier for all of its threads, and on a machine whose cores are
+    busy with other work (a training beside it) a thread waits for a time slice at every barrier. One thread does
+    not wait: it costs little on an idle machine and avoids a many-fold slowdown on a busy one (docs/performance.md).
+    """
+    import sklearn.manifold  # noqa: F401  (loads scikit-learn's OpenMP runtime, so that the limit reaches it)
+    import sklearn.metrics  # noqa: F401
+    import torch
+    from threadpoolctl import threadpool_limits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def embeddings_before_after(model_folder: str, fold, configuration: str, preprocessed_folder: str,
                             weights_file: Optional[str] = None, max_cases: int = 20, out_png: Optional[str] = None,
                             device: str = "cpu", seed: int = 0) -> Dict[str, float]:
     """Silhouette of the freshly initialised encoder ('before') and of the pretrained one ('after', by default the
-    fold's checkpoint_sacl_encoder.pth); writes the t-SNE picture when out_png is given."""
+    fold's checkpoint_sacl_encoder.pth); writes the t-SNE picture when out_png is given. Runs on one thread
+    (``one_thread``)."""
+    with one_thread():
+        return _embeddings_before_after(model_folder, fold, configuration, preprocessed_folder, weights_file,
+                                        max_cases, out_png, device, seed)
+
+
+def _embeddings_before_after(model_folder, fold, configuration, preprocessed_folder, weights_file, max_cases,
+                             out_png, device, seed) -> Dict[str, float]:
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from nnunet_sacl.nnunet.checkpoints import read_checkpoint

@@ -4,8 +4,10 @@ analysis/: the study evaluates its runs with ``evaluate_cases`` too; the compari
 ``analysis.stats``'s and its files are written by ``analysis.report``, as the study's are.
 
 Conventions (the same as nnU-Net's evaluation and Metrics Reloaded):
-- both masks empty: Dice and NSD are NaN (undefined, nothing to find); such pairs are left out of means and tests;
+- both masks empty: Dice and NSD are NaN (undefined, nothing to find);
 - exactly one mask empty: Dice and NSD are 0;
+- means and tests count an organ of a case only where the reference holds it (``reference_voxels`` > 0, see
+  ``analysis.stats``): an organ absent from the reference is left out, whether it was predicted (0) or not (NaN);
 - spacing is in the array's axis order (for an array from ``sitk.GetArrayFromImage`` that is the reverse of
   ``image.GetSpacing()``).
 NSD comes in two methods (``nsd_method``): "voxel" (one point per boundary voxel, Metrics Reloaded) and "surface"
@@ -22,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
-from nnunet_sacl.analysis.stats import by_case, mean_sd, paired_comparison
+from nnunet_sacl.analysis.report import box_plot, fmt, fmt_test, write_csv
+from nnunet_sacl.analysis.stats import by_case, mean_sd, paired_comparison, scored
 from nnunet_sacl.dataset_conversion.converters import geometry_mismatch, grid_of
 from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
@@ -215,7 +217,8 @@ def _check_predictions_present(pred_folder: Path, cases: list[str], file_ending:
 
 
 def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float, nsd_method: str = "voxel") -> list[dict]:
-    """Dice and NSD of every organ of one case; spacing from the reference, whose grid the prediction must share."""
+    """Dice, NSD and the reference's voxel count of every organ of one case; spacing from the reference, whose grid
+    the prediction must share."""
     pred_path, ref_path = Path(pred_path), Path(ref_path)
     pred_img, ref_img = _read(pred_path), _read(ref_path)
     mismatch = geometry_mismatch(grid_of(pred_img), grid_of(ref_img))  # prediction vs reference
@@ -228,7 +231,8 @@ def evaluate_case(pred_path, ref_path, labels: dict, tolerance_mm: float, nsd_me
         values = _label_values(value)
         pred_mask, ref_mask = np.isin(pred, values), np.isin(ref, values)
         rows.append({"organ": organ, "label": _label_text(value), "dice": dice(pred_mask, ref_mask),
-                     "nsd": normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm, nsd_method)})
+                     "nsd": normalized_surface_dice(pred_mask, ref_mask, spacing, tolerance_mm, nsd_method),
+                     "reference_voxels": int(ref_mask.sum())})
     return rows
 
 
@@ -243,9 +247,9 @@ def _check_inputs(pred_folder: Path, labels: dict, nsd_method: str) -> None:
 
 def evaluate_cases(pred_folder, ref_folder, cases: list, labels: dict, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                    file_ending: str = ".nii.gz", nsd_method: str = "voxel") -> list[dict]:
-    """One row (case, organ, label, dice, nsd) per case of ``cases`` and organ: the case's prediction and reference
-    are ``CASE + file_ending`` in the two folders, on the same grid. Checks all predictions exist before computing
-    anything. ``nsd_method``: "voxel" or "surface" (see ``normalized_surface_dice``)."""
+    """One row (case, organ, label, dice, nsd, reference_voxels) per case of ``cases`` and organ: the case's
+    prediction and reference are ``CASE + file_ending`` in the two folders, on the same grid. Checks all predictions
+    exist before computing anything. ``nsd_method``: "voxel" or "surface" (see ``normalized_surface_dice``)."""
     pred_folder = Path(pred_folder)
     _check_inputs(pred_folder, labels, nsd_method)
     _check_predictions_present(pred_folder, cases, file_ending)
@@ -273,8 +277,9 @@ def evaluate_folder(pred_folder, ref_folder, labels: dict, tolerance_mm: float =
 
 def comparison_table(rows_a: list[dict], rows_b: list[dict], organs: list[str],
                      names: tuple[str, str]) -> list[dict]:
-    """Per organ and metric, and (with several organs) for the per-case mean over organs: n pairs, mean and sd of
-    each method, mean difference (a - b) and the Wilcoxon p (``stats.paired_comparison``)."""
+    """Per organ and metric, and (with several organs) for the case mean over organs: n pairs, mean and sd of each
+    method, mean difference (a - b) and the Wilcoxon p (``stats.paired_comparison``; NaN under ``MIN_PAIRS``
+    pairs). Only organs in a case's reference label count (``stats.scored``)."""
     if sorted({r["case"] for r in rows_a}) != sorted({r["case"] for r in rows_b}):
         raise ValueError("the two methods were evaluated on different cases")
     mean_label = ALL_ORGANS if len(organs) > 1 else None
@@ -298,14 +303,16 @@ def nsd_name(tolerance_mm: float, nsd_method: str = "voxel", spaced: bool = Fals
 
 
 def markdown_table(table: list[dict], tolerance_mm: float, nsd_method: str = "voxel") -> str:
-    """The comparison as a Markdown table: mean ± sd per method, p of the paired Wilcoxon signed-rank test."""
+    """The comparison as a Markdown table: mean ± sd per method, p of the paired Wilcoxon signed-rank test (or
+    "n = K: no test" under ``MIN_PAIRS`` pairs)."""
     a, b = table[0]["method_a"], table[0]["method_b"]
     lines = [f"| organ | metric | n | {a} | {b} | {a} - {b} | p (Wilcoxon) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         metric = "Dice" if r["metric"] == "dice" else nsd_name(tolerance_mm, nsd_method)
         lines.append(f"| {r['organ']} | {metric} | {r['n']} | {fmt(r['mean_a'])} ± {fmt(r['sd_a'])} | "
-                     f"{fmt(r['mean_b'])} ± {fmt(r['sd_b'])} | {fmt(r['mean_diff'])} | {fmt_p(r['p_value'])} |")
+                     f"{fmt(r['mean_b'])} ± {fmt(r['sd_b'])} | {fmt(r['mean_diff'])} | "
+                     f"{fmt_test(r['p_value'], r['n'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -340,11 +347,11 @@ def _file_safe(name: str) -> str:
 # ---------------------------------------------------------------- summary
 
 def summary_lines(rows: list[dict], organs: list[str]) -> list[str]:
-    """Per organ and metric: mean ± sd over the cases where it is defined, and their number."""
+    """Per organ and metric: mean ± sd over the cases whose reference holds the organ, and their number."""
     lines = []
     for organ in organs:
         for metric in METRICS:
-            values = np.array([float(r[metric]) for r in rows if r["organ"] == organ])
+            values = np.array([scored(r, metric) for r in rows if r["organ"] == organ])
             values = values[~np.isnan(values)]
             mean, sd = mean_sd(values)
             lines.append(f"{organ:>20s} {metric:>5s}: {fmt(mean)} ± {fmt(sd)} (n={values.size})")

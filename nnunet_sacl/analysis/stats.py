@@ -2,10 +2,17 @@
 study (each trainer against the baseline): per organ and for the per-case mean over organs, n pairs, mean and sd of
 each side, mean difference, bootstrap 95% CI, Wilcoxon signed-rank p, wins/ties/losses.
 
-A pair is one case. For the case mean, each side averages the organs where both are defined (not NaN), so both sides
-average the same organs; a case with none is left out. In a study, a case's value under a trainer is first averaged
-over the folds that evaluated it (validation: exactly one fold; a test set: every fold's model); NaN (undefined)
-values are left out.
+What is scored: an organ of a case counts only where the case's reference label holds it (``reference_voxels`` > 0
+in the evaluation's rows). There its Dice and NSD are defined for every method, whatever was predicted; an organ
+absent from the reference (Dice NaN, or 0 for a false positive, as nnU-Net writes it) is left out of every mean and
+test here. So one definition serves the console, the report and the tests: the **case mean** is a case's mean over the
+organs in its reference label, the same organs for every method, and an organ's mean is over the cases whose
+reference holds it.
+
+A pair is one case. In a study, a case's value under a trainer is first averaged over the folds that evaluated it
+(validation: exactly one fold; a test set: every fold's model).
+
+Fewer than ``MIN_PAIRS`` pairs get no test and no interval (NaN): see ``MIN_PAIRS``.
 """
 import math
 import warnings
@@ -13,6 +20,11 @@ import warnings
 import numpy as np
 
 MEAN = "mean"
+# The fewest pairs for a Wilcoxon p or a bootstrap CI. Below 6 pairs the exact two-sided signed-rank test cannot
+# reach p < 0.05 whatever the data (its smallest p is 2 / 2^n: 0.0625 at n = 5, 0.03125 at n = 6), and the
+# percentile bootstrap of a mean resamples so few distinct values (one at n = 1, 126 at n = 5) that its interval
+# covers far less than its nominal 95%; a table says "n = K: no test" instead.
+MIN_PAIRS = 6
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 COMPARISON_COLUMNS = ("trainer", "baseline", "organ", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_wilcoxon",
@@ -56,24 +68,30 @@ def bootstrap_ci(differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, 
     return float(low), float(high)
 
 
+def testable(n: int) -> bool:
+    """Whether ``n`` pairs are enough for a Wilcoxon p and a bootstrap CI (``MIN_PAIRS``)."""
+    return n >= MIN_PAIRS
+
+
 def paired_statistics(a: np.ndarray, b: np.ndarray) -> dict:
     """Everything a comparison table reports of the pairs (a[i], b[i]); differences are a - b, so a win is a case
-    where a is higher."""
+    where a is higher. The CI and p are NaN for fewer than ``MIN_PAIRS`` pairs."""
     diff = a - b
     (mean_a, sd_a), (mean_b, sd_b) = mean_sd(a), mean_sd(b)
-    low, high = bootstrap_ci(diff)
+    low, high = bootstrap_ci(diff) if testable(diff.size) else (math.nan, math.nan)
     return {"n": int(diff.size), "mean_a": mean_a, "sd_a": sd_a, "mean_b": mean_b, "sd_b": sd_b,
             "mean_diff": float(diff.mean()) if diff.size else math.nan, "ci_low": low, "ci_high": high,
-            "p_wilcoxon": wilcoxon_p(a, b), "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
-            "losses": int((diff < 0).sum())}
+            "p_wilcoxon": wilcoxon_p(a, b) if testable(diff.size) else math.nan, "wins": int((diff > 0).sum()),
+            "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
 
 
 # ---------------------------------------------------------------- on per-case values of two sides
 
 def paired(values_a: dict, values_b: dict, cases: list, organs: list) -> tuple[np.ndarray, np.ndarray]:
-    """Per case of ``cases`` ((case, organ) -> value on each side): the organ's value (one organ) or the mean over
-    the organs (several), taken over the organs where both sides are defined (not NaN), so both sides average the
-    same organs; cases with none are left out."""
+    """Per case of ``cases`` ((case, organ) -> value on each side, NaN where not scored): the organ's value (one
+    organ) or the case mean over the organs (several), taken over the organs where both sides have a value (the
+    organs of the case's reference label: the same on both sides), so both sides average the same organs; cases with
+    none are left out."""
     a, b = [], []
     for case in cases:
         pa = np.array([values_a[(case, o)] for o in organs])
@@ -93,28 +111,47 @@ def paired_comparison(values_a: dict, values_b: dict, organs: list, mean_label: 
     return [(label, paired_statistics(*paired(values_a, values_b, cases, organ_set))) for organ_set, label in groups]
 
 
-# ---------------------------------------------------------------- on rows: (case, organ, metric) of one method, or
-# (trainer, fold, case, organ, metric) of a study
+# ---------------------------------------------------------------- on rows: (case, organ, metric, reference_voxels)
+# of one method, or (trainer, fold, case, organ, metric, reference_voxels) of a study
+
+def in_reference(row: dict) -> bool:
+    """Whether the row's organ is in its case's reference label (rows as the evaluation returns them, or read back
+    from its CSV)."""
+    return float(row["reference_voxels"]) > 0
+
+
+def scored(row: dict, metric: str) -> float:
+    """The row's value where its organ is in the case's reference label, else NaN (not scored)."""
+    return float(row[metric]) if in_reference(row) else math.nan
+
 
 def by_case(rows: list, metric: str) -> dict:
-    """(case, organ) -> value of one method's rows."""
-    return {(r["case"], r["organ"]): float(r[metric]) for r in rows}
+    """(case, organ) -> scored value of one method's rows."""
+    return {(r["case"], r["organ"]): scored(r, metric) for r in rows}
 
 
 def case_values(rows: list, trainer: str, metric: str) -> dict:
-    """(case, organ) -> the trainer's value, averaged over the folds that evaluated the case (NaN ignored)."""
+    """(case, organ) -> the trainer's scored value, averaged over the folds that evaluated the case."""
     collected = {}
     for r in rows:
         if r["trainer"] == trainer:
-            collected.setdefault((r["case"], r["organ"]), []).append(float(r[metric]))
+            collected.setdefault((r["case"], r["organ"]), []).append(scored(r, metric))
     return {key: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan for key, v in collected.items()}
 
 
 def organ_mean(rows: list, trainer: str, organ: str, metric: str = "dice") -> float:
-    """The trainer's mean of one organ over every evaluated (fold, case) row, NaN (both masks empty) left out as
-    nnU-Net's summary.json does; NaN when no row has a value."""
-    values = np.array([r[metric] for r in rows if r["trainer"] == trainer and r["organ"] == organ], dtype=float)
+    """The trainer's mean of one organ over every evaluated (fold, case) row whose reference holds the organ; NaN
+    when no reference does."""
+    values = np.array([scored(r, metric) for r in rows if r["trainer"] == trainer and r["organ"] == organ])
     return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def case_mean(rows: list, trainer: str, organs: list, metric: str = "dice") -> float:
+    """The trainer's mean over cases of the case mean (each case's mean over the organs of ``organs`` in its
+    reference label): the one mean the demo prints and the study's report shows. NaN without a scored case."""
+    values = case_values(rows, trainer, metric)
+    means = paired(values, values, sorted({case for case, _ in values}), organs)[0]
+    return float(means.mean()) if means.size else math.nan
 
 
 def paired_values(rows: list, trainer: str, baseline: str, organs: list, metric: str):

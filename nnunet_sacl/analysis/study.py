@@ -325,14 +325,15 @@ def reference_folder(study: Study) -> Path:
 
 
 def evaluate(study: Study) -> list:
-    """Rows (trainer, fold, case, organ, dice, nsd) for every run, case and organ."""
+    """Rows (trainer, fold, case, organ, dice, nsd, reference_voxels) for every run, case and organ."""
     from nnunet_sacl.analysis.evaluation import evaluate_cases
     reference, rows = reference_folder(study), []
     for run in study.runs:
         for r in evaluate_cases(prediction_folder(study, run), reference, evaluated_cases(study, run), study.labels,
                                 study.tolerance, study.file_ending, study.nsd_method):
             rows.append({"trainer": run.trainer, "fold": run.fold, "case": r["case"], "organ": r["organ"],
-                         "dice": r["dice"], "nsd": r["nsd"]})
+                         "dice": r["dice"], "nsd": r["nsd"],
+                         "reference_voxels": r["reference_voxels"]})
     return rows
 
 

@@ -6,23 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_sacl.analysis.report import box_plot, fmt, fmt_p, write_csv
-from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, compare_with_baseline, organ_mean,
-                                        paired_values)
+from nnunet_sacl.analysis.report import FEWEST_FOR_A_BOX, box_plot, drawing, fmt, fmt_ci, fmt_test, write_csv
+from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, MIN_PAIRS, case_mean,
+                                        compare_with_baseline, organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
-PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd")
+PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd", "reference_voxels")
+ABSENT = "absent"
 
 
 def _mean_table(rows: list, trainers: list, organs: list) -> list:
-    lines = ["| trainer | " + " | ".join(organs) + " | mean (case mean) |", "|---" * (len(organs) + 2) + "|"]
+    """Per trainer, each organ's mean Dice over the cases whose reference holds it ("absent" where none does) and the
+    case mean (``stats.case_mean``, the mean the demo prints)."""
+    lines = ["| trainer | " + " | ".join(organs) + " | case mean |", "|---" * (len(organs) + 2) + "|"]
     for t in trainers:
         cells = []
         for organ in organs:
             mean = organ_mean(rows, t, organ, "dice")
-            cells.append("n/a" if math.isnan(mean) else fmt(mean))
-        case_means = paired_values(rows, t, t, organs, "dice")[0]
-        cells.append(fmt(float(case_means.mean())) if case_means.size else "n/a")
+            cells.append(ABSENT if math.isnan(mean) else fmt(mean))
+        cells.append(fmt(case_mean(rows, t, organs, "dice")))
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 
@@ -33,7 +35,7 @@ def _comparison_table(table: list, budgets: dict = None) -> list:
              "|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['trainer']} | {r['organ']} | {r['n_pairs']} | {fmt(r['mean_diff'])} | "
-                     f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | {fmt_p(r['p_wilcoxon'])} | "
+                     f"{fmt_ci(r['ci_low'], r['ci_high'], r['n_pairs'])} | {fmt_test(r['p_wilcoxon'], r['n_pairs'])} | "
                      f"{r['wins']} / {r['ties']} / {r['losses']} | {budgets.get(r['trainer'], {}).get('budget', '')} |")
     return lines
 
@@ -133,11 +135,19 @@ def _cost_table(costs: list, trainers: list) -> list:
     return lines
 
 
-def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> None:
+FEWEST_CASES_TO_PLOT = 2
+
+
+def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> bool:
     """Per compared trainer: each case's mean Dice under the baseline (x) and the trainer (y); above the diagonal
-    the trainer is better."""
+    the trainer is better. Not drawn (False; an older picture is removed) when no trainer has
+    ``FEWEST_CASES_TO_PLOT`` case pairs: one point says no more than the table."""
     from matplotlib.figure import Figure
     others = trainers[1:]
+    if max((paired_values(rows, t, trainers[0], organs, "dice")[0].size for t in others), default=0) \
+            < FEWEST_CASES_TO_PLOT:
+        Path(path).unlink(missing_ok=True)
+        return False
     fig = Figure(figsize=(4.2 * len(others), 4.2), layout="constrained")
     for ax, t in zip(np.atleast_1d(fig.subplots(1, len(others))), others):
         a, b = paired_values(rows, t, trainers[0], organs, "dice")
@@ -149,6 +159,7 @@ def paired_plot(rows: list, trainers: list, organs: list, path: Path) -> None:
         ax.set_xlabel(f"{trainers[0]} (case mean Dice)")
         ax.set_ylabel(f"{t} (case mean Dice)")
     fig.savefig(path, dpi=100)
+    return True
 
 
 def write_report(study, rows: list, costs: list, command: str = None) -> Path:
@@ -162,8 +173,8 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     write_csv([{"trainer": c["trainer"], "fold": c["fold"], **{k: c[k] for k in COST_COLUMNS}} for c in costs],
               out / "cost.csv")
     box_plot({t: [r for r in rows if r["trainer"] == t] for t in trainers}, organs, [("dice", "Dice per case")],
-             out / "dice_boxplot.png")
-    paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
+             out / "dice_boxplot.png")   # bars for one case, dots for a few (``report.drawing``)
+    pairs_drawn = paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
     if hasattr(study, "runs"):
         pseudo_dice_plot(study, out / "pseudo_dice.png")
     budget = budgets(study, costs)
@@ -193,15 +204,31 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "equal total iterations: pretraining is taken from the segmentation budget.", ""]
     lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
     lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over folds)", ""] + _cost_table(costs, trainers)
+    by_trainer = {t: [r for r in rows if r["trainer"] == t] for t in trainers}
+    kind = drawing(by_trainer, organs, "dice")
+    plots = {"boxes": "dice_boxplot.png (a box per organ and trainer)",
+             "bars": "dice_boxplot.png (one case: a bar per organ and trainer, as there is no spread to box)",
+             "dots": f"dice_boxplot.png (each case a dot: fewer than {FEWEST_FOR_A_BOX} cases, too few for a box)"}
+    plots = [plots[kind]]
+    if pairs_drawn:
+        plots.append("case_mean_pairs.png")
+    else:
+        plots.append(f"no case_mean_pairs.png (drawn from {FEWEST_CASES_TO_PLOT} case pairs on: a single point "
+                     "says no more than the table)")
     lines += ["", "## How to read this", "",
-              f"A pair is one case, each side averaged over the folds that evaluated it; `{MEAN}` is the per-case "
-              "mean over the organs both sides define. The 95% CI is the percentile interval of the mean difference "
-              f"over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the cases (seed {BOOTSTRAP_SEED}); p is the "
-              "two-sided Wilcoxon signed-rank test (scipy, zero differences dropped). Cost: pretraining and "
-              "segmentation epochs with their summed epoch times, iterations = iterations per epoch x all epochs, "
-              "wall time = first to last line of every training log (start-up and validation included).", "",
-              "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, dice_boxplot.png, "
-              "case_mean_pairs.png, pseudo_dice.png."]
+              f"An organ counts only in the cases whose reference label holds it; `{ABSENT}`: in no evaluated case's "
+              "reference, so its Dice is undefined. A pair is one case, each side averaged over the folds that "
+              f"evaluated it; `{MEAN}` and the case mean above are each case's mean over the organs in its reference "
+              "label (the same organs for every trainer), the mean `nnunet-sacl demo` prints. The 95% CI is the "
+              f"percentile interval of the mean difference over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the "
+              f"cases (seed {BOOTSTRAP_SEED}); p is the two-sided Wilcoxon signed-rank test (scipy, zero differences "
+              f"dropped). Under {MIN_PAIRS} pairs neither is computed (`n = K: no test`, `no CI`): the exact test "
+              f"cannot reach p < 0.05 below {MIN_PAIRS} pairs, and a bootstrap of so few cases has no 95% coverage. "
+              "Cost: pretraining and segmentation epochs with their summed epoch times, iterations = iterations per "
+              "epoch x all epochs, wall time = first to last line of every training log (start-up and validation "
+              "included).", "",
+              "Files: per_case.csv, comparison.csv, comparison_nsd.csv, cost.csv, budget.csv, pseudo_dice.png, "
+              + ", ".join(plots) + "."]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -264,8 +291,8 @@ def write_regimes_report(studies: list, reports: list, command: str = None) -> P
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['train_cases']} | {r['trainer']} | {r['n_pairs']} | {fmt(float(r['mean_diff']))} | "
-                     f"[{fmt(float(r['ci_low']))}, {fmt(float(r['ci_high']))}] | "
-                     f"{fmt_p(float(r['p_wilcoxon']))} | {r['wins']} / {r['ties']} / {r['losses']} | "
+                     f"{fmt_ci(float(r['ci_low']), float(r['ci_high']), r['n_pairs'])} | "
+                     f"{fmt_test(float(r['p_wilcoxon']), r['n_pairs'])} | {r['wins']} / {r['ties']} / {r['losses']} | "
                      f"{r['budget']} |")
     lines += ["", "Each regime's folder holds its full report (per organ, NSD, cost, pseudo_dice.png). Files here: "
               "regimes.csv, dice_diff_vs_train_cases.png."]

@@ -3,6 +3,7 @@ import torch
 
 from nnunet_sacl.method.augment import augment_batch, downsample_for_deep_supervision
 from nnunet_sacl.nnunet.augment_settings import augment_settings_from_trainer, hands_augmentation_to_device
+from nnunet_sacl.nnunet.phases import SEGMENTATION, only_in
 from nnunet_sacl.nnunet.update import batch_on_device
 
 
@@ -22,6 +23,7 @@ class OnDeviceAugmentationMixin:
     front of nnUNetTrainerNoMirroring it does not mirror); what it cannot reproduce is refused at initialize()."""
     pretrain_augmentation = "torch"   # SACL trainers: phase 1 on the device as well
 
+    @only_in(SEGMENTATION)     # SACL's phase 1 augments on the device by itself (PretrainingMixin)
     def initialize(self):
         super().initialize()
         self.augment_settings, self.augment_generator = make_augmenter(self)
@@ -30,6 +32,7 @@ class OnDeviceAugmentationMixin:
     def get_training_transforms(self, *args, **kwargs):
         return None
 
+    @only_in(SEGMENTATION)
     def train_step(self, batch: dict) -> dict:
         data, seg = batch_on_device(batch, self.device)
         data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)

@@ -2,6 +2,7 @@
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_sacl.nnunet.network import encoder_of
+from nnunet_sacl.nnunet.phases import SEGMENTATION, only_in
 from nnunet_sacl.method.schedules import GroupWarmupPolyLRScheduler, encoder_is_frozen
 
 
@@ -18,10 +19,14 @@ class FineTuneScheduleMixin:
     a gradient when it is built, and one that stops getting gradients would leave its bucket waiting (an error at
     the next step). Every rank switches at the same epoch, and the new wrapper broadcasts rank 0's parameters and
     buffers, so the ranks hold equal weights after every switch.
+
+    Both act in segmentation training only: in SACL's phase 1 (a SACLTrainer variant's pretraining) they stand
+    aside.
     """
     finetune_warmup_epochs: int = 0
     finetune_frozen_encoder_epochs: int = 0
 
+    @only_in(SEGMENTATION)
     def configure_optimizers(self):
         optimizer, scheduler = super().configure_optimizers()
         if self.finetune_warmup_epochs:    # the same warm-up and poly decay for every parameter group
@@ -30,6 +35,7 @@ class FineTuneScheduleMixin:
                 self.num_epochs)
         return optimizer, scheduler
 
+    @only_in(SEGMENTATION)
     def on_train_epoch_start(self):
         frozen = encoder_is_frozen(self.current_epoch, self.finetune_frozen_encoder_epochs)
         encoder = list(encoder_of(self.network).parameters())

@@ -17,11 +17,12 @@ from nnunet_sacl.nnunet.checkpoints import AtomicCheckpointMixin, save_atomicall
 from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.device_augmentation import make_augmenter
 from nnunet_sacl.nnunet.encoder_file import encoder_file_contents
-from nnunet_sacl.nnunet.network import encoder_of, unwrap
+from nnunet_sacl.nnunet.network import encoder_of
+from nnunet_sacl.nnunet.phases import PRETRAINING, only_in, phase_of
 from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin, batch_on_device
 
-PRETRAINING = "pretraining"    # the phase named in the checkpoints of phase 1 ('sacl' entry)
+PRETRAINING_CURVE = "nearest-neighbour organ F1 (validation)"   # phase 1's pseudo Dice (progress.png's right axis)
 EARLIER_PRETRAINING = "pretrain"   # the same in nnunet-sacl 0.1, which kept phase 1 in the fold folder itself
 
 
@@ -46,21 +47,40 @@ class PretrainingSettings:
 
 
 class PretrainingMixin:
-    """Makes an nnU-Net trainer that has ``ContrastiveMixin`` and ``GuardedUpdateMixin`` (and the settings of
-    ``PretrainingSettings``) a phase-1 trainer; put it first. ``pretrain_epochs`` epochs of
-    ``num_iterations_per_epoch`` contrastive steps on encoder + projection head; each epoch's validation reports the
-    contrastive loss on validation batches and, as nnU-Net's pseudo Dice, the F1 score of nearest-neighbour organ
-    classification of their embeddings (``method.neighbours``). At its end the whole network (pretrained encoder,
-    decoder as initialised) is written to ``encoder_file``, usable with ``-pretrained_weights``.
+    """SACL's phase 1 for an nnU-Net trainer that has ``ContrastiveMixin`` and ``GuardedUpdateMixin`` (and the
+    settings of ``PretrainingSettings``), acting while the trainer's ``phase`` is ``PRETRAINING`` (``phases.py``):
+    ``pretrain_epochs`` epochs of ``num_iterations_per_epoch`` contrastive steps on encoder + projection head; each
+    epoch's validation reports the contrastive loss on validation batches and, as nnU-Net's pseudo Dice, the F1 score
+    of nearest-neighbour organ classification of their embeddings (``method.neighbours``). At its end the whole
+    network (pretrained encoder, decoder as initialised) is written to ``encoder_file``, usable with
+    ``-pretrained_weights``.
 
-    SACLTrainer runs its phase 1 as this mixin in front of its own class, so that a variant's run length,
-    augmentation and settings hold in both phases; such a phase-1 trainer works in ``fold_X/pretraining``."""
+    SACLPretrainer is always in phase 1. SACLTrainer has this mixin too and runs its phase 1 as an instance of its
+    own class with ``phase = PRETRAINING`` (``SACLTrainer.make_pretrainer``, working in ``fold_X/pretraining``), so
+    that a variant's run length, augmentation and settings hold in both phases; in its segmentation phase every
+    method of this mixin marked ``only_in(PRETRAINING)`` hands over to the next class."""
 
-    finetune_warmup_epochs = 0                 # phase 1 of a SACLTrainer variant: the phase-2 schedules do not apply
-    finetune_frozen_encoder_epochs = 0
-    pseudo_dice_label = "nearest-neighbour organ F1 (validation)"
+    phase = PRETRAINING
     augment_settings = augment_generator = None
-    seed_phase = 1                             # seeded runs: phase 1 draws streams of its own (seeding.py)
+
+    @property
+    def num_epochs(self) -> int:
+        """The length of the phase this trainer runs: ``pretrain_epochs`` in phase 1; in the segmentation phase
+        nnU-Net's ``num_epochs`` as set (by nnU-Net's __init__, a run-length variant, a user)."""
+        return self.pretrain_epochs if phase_of(self) == PRETRAINING else self.segmentation_epochs
+
+    @num_epochs.setter
+    def num_epochs(self, epochs: int) -> None:
+        self.segmentation_epochs = epochs
+
+    @property
+    def seed_phase(self) -> int:
+        """Seeded runs: phase 1 draws random streams of its own (seeding.py)."""
+        return 1 if phase_of(self) == PRETRAINING else 0
+
+    @property
+    def pseudo_dice_label(self) -> str:
+        return PRETRAINING_CURVE if phase_of(self) == PRETRAINING else super().pseudo_dice_label
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -68,10 +88,10 @@ class PretrainingMixin:
         self.encoder_file = join(self.output_folder, self.encoder_file_name)
 
     # ----------------------------------------------------------------------------------------------- set-up
+    @only_in(PRETRAINING)
     def initialize(self):
         if self.was_initialized:
             return super().initialize()      # nnU-Net's: raises
-        self.num_epochs = self.pretrain_epochs   # here: run-length mixins set num_epochs in their __init__
         super().initialize()
         self.build_contrastive_parts()
         # nnU-Net built its optimizer before the head existed
@@ -82,6 +102,7 @@ class PretrainingMixin:
     def pretraining_parameters(self) -> list:
         return list(encoder_of(self.network).parameters()) + list(self.head.parameters())
 
+    @only_in(PRETRAINING)
     def configure_optimizers(self):
         params = self.pretraining_parameters() if self.head is not None else encoder_of(self.network).parameters()
         optimizer = torch.optim.SGD(params, self.pretrain_initial_lr, weight_decay=self.pretrain_weight_decay,
@@ -96,6 +117,7 @@ class PretrainingMixin:
         return self.pretrain_augmentation == "torch" or \
             (self.pretrain_augmentation == "auto" and self.device.type == "cuda")
 
+    @only_in(PRETRAINING)
     @hands_augmentation_to_device
     def get_training_transforms(self, *args, **kwargs):
         # nnU-Net's is a staticmethod called as self.get_training_transforms(...): with on-device augmentation the
@@ -106,11 +128,7 @@ class PretrainingMixin:
         return super().get_training_transforms(*args, **kwargs)
 
     # --------------------------------------------------------------------------------------------- the loop
-    def run_training(self):
-        # nnU-Net's own loop, also where this mixin is put in front of a SACLTrainer (whose run_training chains
-        # the two phases)
-        nnUNetTrainer.run_training(self)
-
+    @only_in(PRETRAINING)
     def on_train_start(self):
         super().on_train_start()
         self.print_to_log_file(
@@ -119,14 +137,17 @@ class PretrainingMixin:
             f"{self.temperature}. The pseudo Dice of this phase is the F1 score of nearest-neighbour organ "
             f"classification of validation embeddings.")
 
+    @only_in(PRETRAINING)
     def on_train_epoch_start(self):
         self.head.train()
         super().on_train_epoch_start()
 
+    @only_in(PRETRAINING)
     def on_validation_epoch_start(self):
         self.head.eval()
         super().on_validation_epoch_start()
 
+    @only_in(PRETRAINING)
     def train_step(self, batch: dict) -> dict:
         data, seg = batch_on_device(batch, self.device, full_resolution_only=True)
         if self.augment_settings is not None:
@@ -143,6 +164,7 @@ class PretrainingMixin:
         self.backward_and_step(loss, self.pretraining_parameters(), average_over_ranks=is_distributed())
         return {'loss': loss.detach().cpu().numpy(), **step}
 
+    @only_in(PRETRAINING)
     def on_train_epoch_end(self, train_outputs: list):
         statistics = self.epoch_statistics(train_outputs)       # skipped steps included
         super().on_train_epoch_end(train_outputs)               # nnU-Net logs the mean loss of the finite steps
@@ -152,6 +174,7 @@ class PretrainingMixin:
             f"organ embeddings per batch {statistics['organs_per_batch']:.1f}, batches without a positive pair "
             f"{statistics['batches_without_positive']}")
 
+    @only_in(PRETRAINING)
     def validation_step(self, batch: dict) -> dict:
         data, seg = batch_on_device(batch, self.device, full_resolution_only=True)
         with self.amp_context():
@@ -161,10 +184,12 @@ class PretrainingMixin:
         return {'loss': loss.detach().float().cpu().numpy(), 'tp_hard': tp.cpu().numpy(),
                 'fp_hard': fp.cpu().numpy(), 'fn_hard': fn.cpu().numpy()}
 
+    @only_in(PRETRAINING)
     def on_train_end(self):
         self.save_pretrained_encoder()     # before checkpoint_final.pth: a finished phase 1 has its encoder file
         super().on_train_end()
 
+    @only_in(PRETRAINING)
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file(f"{self.__class__.__name__} trains no decoder: nothing to validate. Pretrained "
                                f"encoder: {self.encoder_file}")
@@ -178,9 +203,11 @@ class PretrainingMixin:
         save_atomically(encoder_file_contents(self), self.encoder_file)   # with plans, dataset, settings
         self.print_to_log_file(f"Pretrained encoder written to {self.encoder_file} (usable with -pretrained_weights)")
 
+    @only_in(PRETRAINING)
     def checkpoint_extras(self) -> dict:
         return {'phase': PRETRAINING, 'head': self.head.state_dict()}
 
+    @only_in(PRETRAINING)
     def check_checkpoint_extras(self, filename: str, extras) -> None:
         refuse_earlier_layout(filename, extras)
         phase = (extras or {}).get('phase')
@@ -188,14 +215,9 @@ class PretrainingMixin:
             raise RuntimeError(f"{filename} is not a checkpoint of SACL pretraining ('sacl' entry: phase {phase!r}); "
                                f"{self.__class__.__name__} resumes only its own checkpoints")
 
+    @only_in(PRETRAINING)
     def load_checkpoint_extras(self, extras) -> None:
         self.head.load_state_dict(extras['head'])
-
-
-def pretraining_class(trainer_class: type) -> type:
-    """Phase 1 of a SACLTrainer (variant): ``PretrainingMixin`` in front of the class, under the same name."""
-    return type(trainer_class.__name__, (PretrainingMixin, trainer_class),
-                {"__module__": trainer_class.__module__, "__qualname__": trainer_class.__qualname__})
 
 
 class SACLPretrainer(PretrainingMixin, PretrainingSettings, ContrastiveMixin, GuardedUpdateMixin,

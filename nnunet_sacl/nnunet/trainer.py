@@ -13,24 +13,25 @@ from nnunet_sacl.nnunet.contrastive import ContrastiveMixin
 from nnunet_sacl.nnunet.finetune import FineTuneScheduleMixin
 from nnunet_sacl.nnunet.network import unwrap
 from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
+from nnunet_sacl.nnunet.phases import PRETRAINING, SEGMENTATION, only_in
+from nnunet_sacl.nnunet.pretrainer import PretrainingMixin, PretrainingSettings, refuse_earlier_layout
 from nnunet_sacl.nnunet.seeding import SeededMixin
-from nnunet_sacl.nnunet.pretrainer import PRETRAINING, PretrainingSettings, pretraining_class, refuse_earlier_layout
 from nnunet_sacl.nnunet.update import GuardedUpdateMixin
 
-SEGMENTATION = "segmentation"
 
-
-class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, GuardedUpdateMixin,
+class SACLTrainer(PretrainingMixin, FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, GuardedUpdateMixin,
                   AtomicCheckpointMixin, SeededMixin, nnUNetTrainer):
     """Phase 1: ``pretrain_epochs`` epochs of SACL, run as an nnU-Net training of its own in ``fold_X/pretraining``
-    (this class with ``PretrainingMixin`` in front: the variant's run length, augmentation and settings hold there
-    too). Phase 2: nnU-Net's standard training for ``num_epochs`` from the pretrained encoder
-    (``fold_X/checkpoint_sacl_encoder.pth``), with a fresh optimizer and poly schedule.
+    by an instance of this very class in the pretraining phase (``make_pretrainer``; ``PretrainingMixin`` acts
+    there): the variant's run length, augmentation and settings hold in both phases. Phase 2: nnU-Net's standard
+    training for ``num_epochs`` from the pretrained encoder (``fold_X/checkpoint_sacl_encoder.pth``), with a fresh
+    optimizer and poly schedule (``FineTuneScheduleMixin`` and the like act here only).
 
     ``--c`` resumes in either phase: nnU-Net resumes phase 2 from fold_X's checkpoints; when there are none, phase 1
     resumes from fold_X/pretraining's (nnU-Net tells the trainer about ``--c`` through the plans it passes).
     Settings are class attributes: a variant is a one-line subclass (see docs/trainers.md).
     """
+    phase = SEGMENTATION        # the instance that runs phase 1 is in PRETRAINING (make_pretrainer)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -45,18 +46,20 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
     def pretraining_folder(self) -> str:
         return join(self.output_folder, PRETRAINING)
 
+    @only_in(SEGMENTATION)
     def run_training(self):
         if not self.pretraining_done:
             self.run_pretraining()
         super().run_training()
 
     # ------------------------------------------------------------------------------------------------ phase 1
-    def make_pretrainer(self) -> nnUNetTrainer:
-        """Phase 1's trainer: ``PretrainingMixin`` in front of this trainer's class (same name), working in
+    def make_pretrainer(self) -> "SACLTrainer":
+        """Phase 1's trainer: an instance of this trainer's own class in the pretraining phase, working in
         fold_X/pretraining and writing the encoder file into fold_X."""
         plans = dict(self.plans_manager.plans, continue_training=self.continue_training)
-        pretrainer = pretraining_class(type(self))(plans=plans, configuration=self.configuration_name, fold=self.fold,
-                                                   dataset_json=self.dataset_json, device=self.device)
+        pretrainer = type(self)(plans=plans, configuration=self.configuration_name, fold=self.fold,
+                                dataset_json=self.dataset_json, device=self.device)
+        pretrainer.phase = PRETRAINING
         pretrainer.disable_checkpointing = self.disable_checkpointing
         # nnU-Net's __init__ opened its log in fold_X: phase 1 logs into its own folder (a log file of the same
         # second is this trainer's own, which keeps it)
@@ -111,13 +114,17 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
         if is_distributed():           # rank 0's read of the file (ranks need not share a results folder)
             broadcast_module(unwrap(self.network))
         self.pretraining_done = True
-        self.print_to_log_file(f"SACL pretraining done ({self.pretrain_epochs} epochs). Segmentation training starts "
-                               f"from the pretrained encoder {encoder_file}: {self.num_epochs} epochs.")
+        # nnU-Net ends each phase with its "Training done.": say which one ended and that the run goes on
+        self.print_to_log_file(f"SACL pretraining done: phase 1 of 2 ({self.pretrain_epochs} epochs) has ended. Phase 2 "
+                               f"of 2, segmentation training, starts from the pretrained encoder {encoder_file}: "
+                               f"{self.num_epochs} epochs.")
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    @only_in(SEGMENTATION)
     def checkpoint_extras(self) -> dict:
         return {'phase': SEGMENTATION, 'pretrain_epochs': self.pretrain_epochs}
 
+    @only_in(SEGMENTATION)
     def check_checkpoint_extras(self, filename: str, extras) -> None:
         if extras is None:
             raise RuntimeError(f"{filename} was not written by a SACL trainer (no 'sacl' entry); to start from its "
@@ -127,5 +134,6 @@ class SACLTrainer(FineTuneScheduleMixin, PretrainingSettings, ContrastiveMixin, 
             raise RuntimeError(f"{filename} is a checkpoint of SACL pretraining, not of the segmentation phase: "
                                f"--c finds it in {self.pretraining_folder} by itself")
 
+    @only_in(SEGMENTATION)
     def load_checkpoint_extras(self, extras) -> None:
         self.pretraining_done = True   # a segmentation checkpoint: phase 1 is behind it

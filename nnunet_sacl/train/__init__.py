@@ -202,12 +202,13 @@ def _load_trainer(args, base: str, plans: dict, device, continue_training: bool)
 
 def check_partial_labels(args, trainer_class: type) -> None:
     """Refuses segmentation training, by any trainer, on a merged dataset with partial labels (its preprocessed
-    dataset.json says ``sacl_partial_labels``); pretraining trainers (``PretrainingMixin``) may train on it."""
+    dataset.json says ``sacl_partial_labels``); pretraining trainers (phase ``PRETRAINING``: SACLPretrainer) may
+    train on it."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
-    from nnunet_sacl.nnunet.pretrainer import PretrainingMixin
-    if issubclass(trainer_class, PretrainingMixin):
+    from nnunet_sacl.nnunet.phases import PRETRAINING, phase_of
+    if phase_of(trainer_class) == PRETRAINING:
         return
     try:
         base, _, plans = _read_plans(args)
