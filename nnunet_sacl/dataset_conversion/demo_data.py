@@ -4,7 +4,6 @@ without a registration-gated download. See docs/demo-data.md for provenance and 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import BTCV_LABELS
 from nnunet_sacl.defaults import SDIST_NAME
+from nnunet_sacl.files import sha256_of
 
 SDIST_REQUIREMENT = "totalsegmentator==2.18.0"
 # measured on the downloaded file and identical to the sha256 PyPI publishes for it
@@ -81,14 +81,6 @@ class DemoDataUnavailable(RuntimeError):
 def default_cache_dir() -> Path:
     """Where the sdist is kept between runs: $NNUNET_SACL_CACHE, else ~/.cache/nnunet-sacl."""
     return Path(os.environ.get("NNUNET_SACL_CACHE") or Path.home() / ".cache" / "nnunet-sacl")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sdist(path: Path) -> Path:

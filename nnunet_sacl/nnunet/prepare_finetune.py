@@ -16,17 +16,18 @@ What it does is nnU-Net's own way across datasets (``nnUNetv2_move_plans_between
 5. preprocesses the target with those plans (nnU-Net's ``preprocess_dataset``) and runs check-weights on the result.
 A second call with the same arguments reuses each step that is done.
 """
-import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
-from os.path import basename, dirname, isdir, isfile, join
+from os.path import basename, dirname, isfile, join
 from typing import Optional
 
 import torch
+
+from nnunet_sacl.files import sha256_of
 
 
 class TransferRefused(ValueError):
@@ -167,14 +168,6 @@ def preprocessed_complete(folder: str, data_identifier: str, raw: str, dataset_j
     ending = dataset_json["file_ending"]
     return all(isfile(join(folder, data_identifier, f"{k}.pkl")) and
                isfile(join(folder, "gt_segmentations", f"{k}{ending}")) for k in cases)
-
-
-def sha256(filename: str) -> str:
-    digest = hashlib.sha256()
-    with open(filename, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------- the result
@@ -336,7 +329,7 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
         steps.append(f"{plans_name}.json: the file's plans as plans of {target}")
     else:
         steps.append(f"{plans_name}.json: there already")
-    source_hash = sha256(weights_file)
+    source_hash = sha256_of(weights_file)
     new_weights = join(folder, f"{plans_name}__{configuration}__weights_{source_hash[:12]}.pth")
     if not isfile(new_weights):
         save_atomically({
