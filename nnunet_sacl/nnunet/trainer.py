@@ -109,7 +109,8 @@ class SACLTrainer(PretrainingMixin, FineTuneScheduleMixin, PretrainingSettings, 
                 raise RuntimeError(f"SACL pretraining has finished but its encoder file {encoder_file} is missing: "
                                    f"start the training again without --c to pretrain again")
             weights = read_checkpoint(encoder_file)['network_weights']
-        pass
+        if weights is not None:
+            unwrap(self.network).load_state_dict(weights)
         if is_distributed():           # rank 0's read of the file (ranks need not share a results folder)
             broadcast_module(unwrap(self.network))
         self.pretraining_done = True
