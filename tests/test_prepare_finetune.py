@@ -65,7 +65,7 @@ def refusal_env(tmp_path_factory, preprocessed, nnunet_env):
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((folder / "dataset.json").read_text())
     with nnunet_folders(nnunet_env):
-        from nnunet_sacl.analysis.weights import load_target_plans
+        from nnunet_sacl.nnunet.weights import load_target_plans
         from nnunet_sacl.nnunet.network import build_nnunet_network
         manager, config, _ = load_target_plans(DATASET_NAME, "3d_fullres", "nnUNetPlans")
         weights = build_nnunet_network(manager, config, dataset_json, True).state_dict()
@@ -182,7 +182,7 @@ def received(env, tmp_path_factory) -> dict:
     shutil.copy(fold / "checkpoint_final.pth", files["final"])
     final = torch.load(files["final"], weights_only=False)
     with nnunet_folders(env):
-        from nnunet_sacl.analysis.weights import load_target_plans
+        from nnunet_sacl.nnunet.weights import load_target_plans
         from nnunet_sacl.nnunet.network import build_nnunet_network
         for name, plans_name, configuration in (("2d", "nnUNetPlans", "2d"),
                                                 ("resenc", "nnUNetResEncUNetMPlans", "3d_fullres")):

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from nnunet_sacl.analysis.weights import check_weights
+from nnunet_sacl.nnunet.weights import check_weights
 from tests.helpers import NNUNET_PROCESSES as P, make_nnunet_env, nnunet_bin, nnunet_folders, run
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
@@ -158,7 +158,7 @@ def test_report_agrees_with_nnunets_loader(in_process, encoder_file, planned_b):
     """nnU-Net's own load_pretrained_weights refuses B's network on a key that the report lists."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunet_sacl.analysis.weights import load_target_plans
+    from nnunet_sacl.nnunet.weights import load_target_plans
     plans_manager, config, dataset_json = load_target_plans(B_ID, "3d_fullres", "nnUNetPlans")
     network = nnUNetTrainer.build_network_architecture(plans_manager, config, 1, 3)
     with pytest.raises(AssertionError) as refused:
@@ -193,7 +193,7 @@ def test_the_fine_tuned_run_started_from_the_pretrained_encoder(env, encoder_fil
     """After 8 SGD steps from the merged encoder (the previous test's run), every encoder convolution is still
     almost the pretrained one (correlation > 0.9), while nnU-Net's own random initialisation of the same network
     is unrelated to it (|correlation| < 0.3): the run started from the file, not from scratch."""
-    from nnunet_sacl.analysis.weights import load_target_plans
+    from nnunet_sacl.nnunet.weights import load_target_plans
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     pretrained = torch.load(encoder_file, weights_only=False, map_location="cpu")["network_weights"]
     final = torch.load(os.path.join(env["nnUNet_results"], B_NAME, f"nnUNetTrainer_smoke__{moved_plans}__3d_fullres",

@@ -1,5 +1,5 @@
 """``nnunet-sacl check-weights``: will ``nnUNetv2_train ... -pretrained_weights FILE`` accept FILE for a dataset?
-(``nnunet_sacl.analysis.weights``)"""
+(``nnunet_sacl.nnunet.weights``)"""
 from nnunet_sacl.cli import Command, refusing
 
 EXAMPLE = ("A=$nnUNet_results/Dataset017_A/SACLPretrainer__nnUNetPlans__3d_fullres\n"
@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from nnunet_sacl.analysis.weights import check_weights
+    from nnunet_sacl.nnunet.weights import check_weights
     with refusing(FileNotFoundError, ValueError, RuntimeError):
         report = check_weights(args.file, args.d, args.c, args.p)
     print(report)

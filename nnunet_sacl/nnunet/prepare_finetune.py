@@ -48,7 +48,7 @@ def adapt_input_channels(weights: dict, target_shapes: dict) -> tuple:
     """(weights for the target, keys adapted): keys whose shape differs from the target's in the input channels of a
     convolution that takes the network's input (the stem and the aliases nnU-Net's state dict keeps of it) get
     ``stem_for_channels``; every other tensor is the file's own."""
-    from nnunet_sacl.analysis.weights import first_conv, without_wrappers
+    from nnunet_sacl.nnunet.weights import first_conv, without_wrappers
     first = first_conv(without_wrappers({k: tuple(v.shape) for k, v in weights.items()}))
     adapted, keys = dict(weights), []
     for key, shape in target_shapes.items():
@@ -265,7 +265,7 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_sacl.analysis.weights import check_weights, checked_by_nnunet, mismatched_keys
+    from nnunet_sacl.nnunet.weights import check_weights, checked_by_nnunet, mismatched_keys
     from nnunet_sacl.nnunet.checkpoints import read_checkpoint, save_atomically
     from nnunet_sacl.nnunet.encoder_file import plain, recorded
     from nnunet_sacl.nnunet.network import build_nnunet_network
