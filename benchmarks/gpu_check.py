@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     logs.mkdir()
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), PYTHONUNBUFFERED="1",
-               nnUNet_extTrainer=str(REPO / "trainers"), PYTHONPATH=os.pathsep.join(
+               # the tests' trainers (tests/trainers) hold the joint and on-device smoke lengths
+               nnUNet_extTrainer=os.pathsep.join([str(REPO / "trainers"), str(REPO / "tests" / "trainers")]),
+               PYTHONPATH=os.pathsep.join(
                    [str(REPO), os.environ.get("PYTHONPATH", "")]))
     env.setdefault("nnUNet_n_proc_DA", str(min(8, os.cpu_count() or 1)))
     stages = []

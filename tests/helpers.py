@@ -111,10 +111,11 @@ def nnunet_bin(name: str) -> str:
 
 
 def make_nnunet_env(root: Path) -> dict:
-    """Environment for nnU-Net subprocesses: fresh nnUNet_* folders under root, our trainers folder, the tests'
+    """Environment for nnU-Net subprocesses: fresh nnUNet_* folders under root, our trainers folder and the tests' own (tests/trainers), the tests'
     process counts (NNUNET_PROCESSES). Without nnUNet_n_proc_DA (``planning_env``); training sets it itself."""
     return planning_env(dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-                             nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainers_folder()),
+                             nnUNet_results=str(root / "results"),
+                             nnUNet_extTrainer=os.pathsep.join([str(trainers_folder()), str(TEST_TRAINERS)]),
                              nnUNet_def_n_proc=NNUNET_PROCESSES, nnUNet_npp=NNUNET_PROCESSES,
                              nnUNet_nps=NNUNET_PROCESSES, nnUNet_compile="f", PYTHONUNBUFFERED="1"))
 
@@ -164,10 +165,10 @@ def paired(rows, trainer, baseline, organs, organ):
 
 # ---------------------------------------------------------------- in-process trainers
 
-def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=0, phase=None):
+def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=0):
     """A trainer built as nnUNetv2_train builds it, its __init__ included: by name (found via nnUNet_extTrainer,
-    as nnU-Net does), or a test's own trainer class (a user's variant: settings as class attributes). ``phase``:
-    the phase it runs (PRETRAINING: a SACLTrainer variant's phase 1, as ``make_pretrainer`` sets it, in fold_X)."""
+    as nnU-Net does), or a test's own trainer class (a user's variant: settings as class attributes or in
+    ``__init__``)."""
     if isinstance(trainer, str):
         made = get_trainer_from_args(str(DATASET_ID), configuration, fold, trainer, plans, device=torch.device("cpu"))
     else:
@@ -176,13 +177,12 @@ def make_trainer(trainer, configuration="3d_fullres", plans="nnUNetPlans", fold=
         plans_dict = dict(json.load(open(join(folder, f"{plans}.json"))), continue_training=False)
         made = trainer(plans_dict, configuration, fold, json.load(open(join(folder, "dataset.json"))),
                        torch.device("cpu"))
-    if phase is not None:
-        made.phase = phase
     return made
 
 
 def make_pretrainer(trainer, **kwargs):
-    """Phase 1 of a SACLTrainer (its ``make_pretrainer``, working in fold_X/pretraining), or a SACLPretrainer."""
+    """Phase 1 of a SACLTrainer (the pretrainer its ``make_pretrainer`` builds, under fold_X/pretraining), or a
+    SACLPretrainer."""
     trainer = make_trainer(trainer, **kwargs)
     return trainer.make_pretrainer() if isinstance(trainer, SACLTrainer) else trainer
 
@@ -211,8 +211,9 @@ def train_env(nnunet_env):
 
 
 def with_test_trainers(env):
-    """env whose nnUNet_extTrainer also names the tests' own trainers (tests/torchrun_trainers)."""
-    return dict(env, nnUNet_extTrainer=env["nnUNet_extTrainer"] + os.pathsep + str(TEST_TRAINERS))
+    """env whose nnUNet_extTrainer also names the tests' own trainers (tests/trainers)."""
+    folders = env["nnUNet_extTrainer"].split(os.pathsep)
+    return dict(env, nnUNet_extTrainer=os.pathsep.join(folders + [str(TEST_TRAINERS)] * (str(TEST_TRAINERS) not in folders)))
 
 
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
@@ -256,9 +257,20 @@ def training_log(folder) -> str:
     return "\n".join(open(f).read() for f in sorted(glob.glob(join(folder, "training_log_*.txt"))))
 
 
+def pretraining_folder(folder, must_exist=True) -> str:
+    """SACLTrainer's phase-1 fold folder for the fold folder ``folder``: an nnU-Net training whose results root is
+    fold_X/pretraining (fold_X/pretraining/DATASET/PRETRAINER__PLANS__CONFIGURATION/fold_X); before phase 1 has
+    started, with ``must_exist=False``, a path where no file is."""
+    found = glob.glob(join(folder, "pretraining", "*", "*__*", os.path.basename(folder)))
+    if not found and not must_exist:
+        return join(folder, "pretraining", "not yet")
+    assert len(found) == 1, f"phase 1 of {folder}: {found}"
+    return found[0]
+
+
 def pretraining_log(folder) -> str:
-    """The log of SACLTrainer's phase 1, an nnU-Net training of its own in fold_X/pretraining."""
-    return training_log(join(folder, "pretraining"))
+    """The log of SACLTrainer's phase 1 (``pretraining_folder``)."""
+    return training_log(pretraining_folder(folder))
 
 
 def has_epoch_line(log: str, epoch: int) -> bool:
@@ -337,7 +349,7 @@ def reference_mask_pool(features, seg, num_classes, ignore_label=None, min_voxel
 
 # ---------------------------------------------------------------- torchrun launches
 
-TEST_TRAINERS = Path(__file__).parent / "torchrun_trainers"
+TEST_TRAINERS = Path(__file__).parent / "trainers"
 RUN_TIMEOUT = 300
 
 

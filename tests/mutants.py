@@ -163,11 +163,17 @@ MUTANTS = [
            "if weights is not None:\n    unwrap(self.network).load_state_dict(weights)\n",
            "pass\n",
            ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
-    Mutant("phase 1 is an nnU-Net training of its own in fold_X/pretraining, apart from phase 2's files", T,
+    Mutant("phase 1 is an nnU-Net training of its own under fold_X/pretraining, apart from phase 2's files", T,
            "SACLTrainer.make_pretrainer",
-           "pretrainer.output_folder, pretrainer.log_file = self.pretraining_folder, log_file\n",
-           "pretrainer.log_file = log_file\n",
-           ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",)),
+           "with results_folder(self.pretraining_root):\n"
+           "    pretrainer = cls(plans=dict(self.plans_manager.plans, continue_training=self.continue_training),\n"
+           "                     configuration=self.configuration_name, fold=self.fold, dataset_json=self.dataset_json,\n"
+           "                     device=self.device)\n",
+           "pretrainer = cls(plans=dict(self.plans_manager.plans, continue_training=self.continue_training),\n"
+           "                 configuration=self.configuration_name, fold=self.fold, dataset_json=self.dataset_json,\n"
+           "                 device=self.device)\n",
+           ("tests/test_handoff.py::test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer",
+            "tests/test_phases.py::test_phase_one_is_a_pretrainer_with_its_own_schedule_and_the_segmentation_schedules_act_in_phase_two")),
     Mutant("a NaN/inf loss in phase 2 skips its step, is counted, and K in a row stop the run", U,
            "GuardedUpdateMixin.train_step",
            "if not self.nonfinite.is_finite(loss, f\"segmentation epoch {self.current_epoch}\"):\n"
@@ -181,9 +187,8 @@ MUTANTS = [
            "unwrap(self.network).state_dict()",
            "{k: v * 0 if '.seg_layers.' in k else v for k, v in unwrap(self.network).state_dict().items()}",
            ("tests/test_end_to_end.py::test_predict_matches_input_geometry_and_label_range",)),
-    Mutant("pretrain_epochs = 0 skips pretraining", T, "SACLTrainer.__init__",
-           "self.pretraining_done = self.pretrain_epochs == 0\n",
-           "self.pretraining_done = False\n",
+    Mutant("pretrain_epochs = 0 skips pretraining", T, "SACLTrainer.run_training",
+           "not self.pretraining_done and self.pretrain_epochs > 0", "not self.pretraining_done",
            ("tests/test_handoff.py::test_pretrain_epochs_zero_skips_pretraining",)),
     Mutant("phase 2's step and checkpoint are nnU-Net's own", U, "GuardedUpdateMixin.train_step",
            "self.optimizer.zero_grad(set_to_none=True)\nwith self.amp_context():\n"
@@ -203,7 +208,7 @@ MUTANTS = [
     Mutant("the GradScaler branch of the update equals the eager step", U, "GuardedUpdateMixin.backward_and_step",
            "self.grad_scaler.unscale_(self.optimizer)\n", "pass\n",
            ("tests/test_cuda_branches.py::test_grad_scaler_update_equals_the_eager_step",)),
-    Mutant("phase 1 runs under the trainer's autocast", P, "PretrainingMixin.train_step",
+    Mutant("phase 1 runs under the trainer's autocast", P, "SACLPretrainer.train_step",
            "with self.amp_context():\n    z, organs, samples = self.embed(data, seg)\n"
            "    loss, statistics = self.contrastive_term(z, organs, samples, data, seg, batch.get('keys'))\n",
            "with torch.enable_grad():\n    z, organs, samples = self.embed(data, seg)\n"
@@ -224,17 +229,9 @@ MUTANTS = [
            ("tests/test_augment_follows_trainer.py::test_stock_variant_is_followed_or_refused",
             "tests/test_augment_follows_trainer.py::test_a_changed_probability_or_range_reaches_the_device")),
     Mutant("the trainer's transforms are built with the arguments nnU-Net's get_dataloaders passes",
-           "nnunet_sacl/nnunet/augment_settings.py", "training_transforms",
-           "return method.__get__(trainer, type(trainer))(\n"
-           "    trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes,\n"
-           "    dummy_2d, use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm,\n"
-           "    is_cascaded=trainer.is_cascaded, foreground_labels=lm.foreground_labels,\n"
-           "    regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)\n",
-           "return method.__get__(trainer, type(trainer))(\n"
-           "    trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), None,\n"
-           "    dummy_2d, use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm,\n"
-           "    is_cascaded=trainer.is_cascaded, foreground_labels=lm.foreground_labels,\n"
-           "    regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)\n",
+           "nnunet_sacl/nnunet/augment_settings.py", "transform_arguments",
+           "rotation, dummy_2d, _, mirror_axes = spatial\n",
+           "rotation, dummy_2d, _, _ = spatial\nmirror_axes = None\n",
            ("tests/test_augment_follows_trainer.py::test_transforms_are_read_with_the_arguments_nnunet_passes",)),
     Mutant("the launcher applies nnU-Net's cuDNN flags where training starts", L, "run_worker",
            "set_cudnn_for_training()\n", "",
@@ -326,18 +323,16 @@ MUTANTS = [
     Mutant("images are linked, not copied", "nnunet_sacl/dataset_conversion/merge.py", "_link_or_copy",
            "os.link(src, dst)", "shutil.copy2(src, dst)",
            ("tests/test_merge.py::test_merge_remaps_voxel_exact_records_annotations_and_keeps_sources",)),
-    Mutant("progress.png names its pseudo-Dice axis for its curve (nearest-neighbour F1 in phase 1)",
-           "nnunet_sacl/nnunet/contrastive.py", "ContrastiveMixin.on_epoch_end",
-           "with pseudo_dice_axis_named(self.pseudo_dice_label):\n    super().on_epoch_end()\n",
-           "super().on_epoch_end()\n",
-           ("tests/test_progress.py::test_each_trainer_names_the_axis_when_nnunet_draws",)),
+    Mutant("short runs draw nnU-Net's progress.png once, after their last epoch",
+           "nnunet_sacl/nnunet/short_runs.py", "ProgressAtTheEnd.plot_progress_png",
+           "self.trainer.current_epoch >= self.trainer.num_epochs - 1", "True",
+           ("tests/test_progress.py::test_short_runs_draw_after_their_last_epoch_only",)),
     Mutant("phase 1's validation scores nearest-neighbour organ classification (no embedding is its own neighbour)",
            "nnunet_sacl/method/neighbours.py", "nearest_neighbour_counts",
            "similarity.fill_diagonal_(float(\"-inf\"))\n", "",
            ("tests/test_neighbours.py::test_counts_equal_a_loop_over_pairs",)),
     Mutant("--c resumes phase 1 from fold_X/pretraining", T, "SACLTrainer.run_pretraining",
-           "resume_from = next((f for f in checkpoints.values() if isfile(f)), None) if self.continue_training "
-           "else None\n",
+           "resume_from = next((f for f in checkpoints if isfile(f)), None) if self.continue_training else None\n",
            "resume_from = None\n",
            ("tests/test_end_to_end.py::test_run_killed_in_each_phase_resumes_with_c",)),
     Mutant("a checkpoint of the earlier phase-1 format is refused with a way on", P, "refuse_earlier_layout",
@@ -381,10 +376,11 @@ MUTANTS = [
            "return (train, val) if processes == 0 else ordered_augmenters(self, train, val, processes, seed)\n",
            "return super().get_dataloaders()\n",
            ("tests/test_seeding.py::test_same_seed_same_weights_other_seed_other_weights",)),
-    Mutant("a segmentation schedule (frozen encoder, warm-up, LR groups) stands aside in SACL's phase 1",
-           "nnunet_sacl/nnunet/phases.py", "only_in.decorate.in_its_phase",
-           "phase_of(self) == phase", "phase_of(self) == phase or phase == SEGMENTATION",
-           ("tests/test_phases.py::test_phase_one_is_the_variants_own_class_and_its_segmentation_schedules_stand_aside",)),
+    Mutant("phase 1 trains with its own schedule (poly over the pretraining epochs), whatever the variant's phase 2 has",
+           P, "SACLPretrainer.configure_optimizers",
+           "PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)",
+           "PolyLRScheduler(optimizer, self.initial_lr, 1000)",
+           ("tests/test_phases.py::test_phase_one_is_a_pretrainer_with_its_own_schedule_and_the_segmentation_schedules_act_in_phase_two",)),
     Mutant("one case mean, over the organs in the reference, in the console, the report and the paired comparison",
            "nnunet_sacl/analysis/stats.py", "scored",
            "return float(row[metric]) if in_reference(row) else math.nan\n",
@@ -424,6 +420,15 @@ MUTANTS = [
            " build_nnunet_network(manager, manager.get_configuration(configuration), target_json, True)"
            ".state_dict().items()}",
            ("tests/test_prepare_finetune.py::test_b_prepared_from_the_file_alone_trains_from_it",)),
+    Mutant("a SACLTrainer hands every phase-1 setting to its pretrainer (set in __init__ or as class attributes)",
+           T, "SACLTrainer.hand_over",
+           "attributes += [(name, getattr(self, name)) for name in CONTRASTIVE_SETTINGS]\n",
+           "attributes += [(name, getattr(self, name)) for name in CONTRASTIVE_SETTINGS if name != 'temperature']\n",
+           ("tests/test_phases.py::test_every_setting_is_handed_to_the_pretrainer",)),
+    Mutant("phase 1 augments as the variant does (its transforms handed over)", P,
+           "SACLPretrainer.augmentation_transforms",
+           "if self.handed is not None:\n    return self.handed.transforms\n", "",
+           ("tests/test_phases.py::test_the_variants_augmentation_and_batch_size_hold_in_phase_one",)),
 ]
 
 

@@ -29,9 +29,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
 
 from nnunet_sacl.nnunet.augment_settings import NotReproducible, augment_settings_from_trainer, training_transforms
-from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin
-from nnunet_sacl.nnunet.phases import PRETRAINING
-from nnunet_sacl.nnunet.short_runs import SACLTrainer_torchaug_smoke
+from nnunet_sacl.nnunet.device_augmentation import OnDeviceAugmentationMixin, make_augmenter
+from tests.trainers.torchrun_test_trainers import SACLPretrainer_torchaug_smoke, SACLTrainer_torchaug_smoke
 from tests.helpers import make_pretrainer, make_trainer
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
@@ -207,7 +206,7 @@ class ChangedDA(nnUNetTrainer):
 
 
 class SACLChangedDA(SACLTrainer_torchaug_smoke, ChangedDA):
-    """Phase 1 on the device (SACLTrainer's own override in front), ChangedDA's augmentation behind it."""
+    """A SACLTrainer variant with ChangedDA's augmentation, its phase 1 on the device (handed to its pretrainer)."""
 
 
 CHANGED = dict(p_noise=0.5, noise_std_range=(0.0, 0.3), p_scaling=0.35, scale_range=(0.8, 1.25),
@@ -215,11 +214,11 @@ CHANGED = dict(p_noise=0.5, noise_std_range=(0.0, 0.3), p_scaling=0.35, scale_ra
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer_class, phase", [
-    (SACLChangedDA, PRETRAINING), (type("ChangedDA", (OnDeviceAugmentationMixin, ChangedDA), {}), None)],
+@pytest.mark.parametrize("trainer_class, phase_one", [
+    (SACLChangedDA, True), (type("ChangedDA", (OnDeviceAugmentationMixin, ChangedDA), {}), False)],
                          ids=["SACLTrainer phase 1", "OnDeviceAugmentationMixin"])
-def test_a_changed_probability_or_range_reaches_the_device(in_process_env, trainer_class, phase):
-    trainer = make_trainer(trainer_class, phase=phase)
+def test_a_changed_probability_or_range_reaches_the_device(in_process_env, trainer_class, phase_one):
+    trainer = (make_pretrainer if phase_one else make_trainer)(trainer_class)
     trainer.initialize()
     settings = trainer.augment_settings
     for key, value in CHANGED.items():
@@ -232,8 +231,8 @@ def test_a_changed_probability_or_range_reaches_the_device(in_process_env, train
 @pytest.mark.slow
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_transforms_are_read_with_the_arguments_nnunet_passes(request, in_process_env, configuration):
-    """What training_transforms calls behind SACLTrainer's phase-1 override equals, attribute for attribute, what
-    nnU-Net's own get_dataloaders hands to its training loader (stock trainer, same plans)."""
+    """What SACLTrainer's phase 1 on the device applies (its pretrainer's training_transforms) equals, attribute for
+    attribute, what nnU-Net's own get_dataloaders hands to its training loader (stock trainer, same plans)."""
     def describe(x):
         if isinstance(x, (list, tuple)):
             return [describe(i) for i in x]
@@ -322,34 +321,31 @@ def test_batchgenerators_v1_transforms_are_refused():
 
 
 def test_an_override_in_front_of_the_on_device_one_is_refused():
-    """It would run on the CPU workers and again on the device: refused for OnDeviceAugmentationMixin and for SACL's
-    phase 1 alike (whose on-device override is PretrainingMixin's, a base of SACLTrainer); listed after SACLTrainer,
-    the same transforms are what the device applies (test_a_changed_probability_or_range_reaches_the_device)."""
+    """It would run on the CPU workers and again on the device: refused for OnDeviceAugmentationMixin and for a
+    SACLPretrainer on the device alike (a SACLTrainer variant's own get_training_transforms is its augmentation, which
+    its pretrainer is handed: test_a_changed_probability_or_range_reaches_the_device)."""
     from nnunet_sacl.nnunet.variants import nnUNetTrainer_torchaug
 
     class InFront(nnUNetTrainer_torchaug):
         get_training_transforms = staticmethod(ChangedDA.get_training_transforms)
 
-    trainer = btcv_like_trainer(InFront, "3d_lowres")
-    with pytest.raises(NotReproducible, match=r"^InFront: InFront.get_training_transforms comes before the on-device "
-                                              r"override \(OnDeviceAugmentationMixin.get_training_transforms\)"):
-        augment_settings_from_trainer(trainer)
-
-    class SACLInFront(SACLTrainer_torchaug_smoke):
+    class PretrainerInFront(SACLPretrainer_torchaug_smoke):
         get_training_transforms = staticmethod(ChangedDA.get_training_transforms)
 
-    phase_one = btcv_like_trainer(SACLInFront, "3d_lowres")
-    phase_one.phase = PRETRAINING
-    with pytest.raises(NotReproducible, match=r"^SACLInFront: SACLInFront.get_training_transforms comes before the "
-                                              r"on-device override \(PretrainingMixin.get_training_transforms\)"):
-        augment_settings_from_trainer(phase_one)
+    for cls in (InFront, PretrainerInFront):
+        trainer = btcv_like_trainer(cls, "3d_lowres")
+        with pytest.raises(NotReproducible, match=rf"^{cls.__name__}: its get_training_transforms returns transforms "
+                                                  r"although its batches are augmented on the device"):
+            make_augmenter(trainer)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer_class, phase", [
-    (type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {}), PRETRAINING),
-    (type("nnUNetTrainerDA5", (OnDeviceAugmentationMixin, nnUNetTrainerDA5), {}), None)], ids=["SACLTrainer", "mixin"])
-def test_refused_at_initialize_before_training(in_process_env, trainer_class, phase):
-    trainer = make_trainer(trainer_class, phase=phase)
-    with pytest.raises(NotReproducible, match=rf"^{trainer_class.__name__}: .*SpatialTransform\(p_rot_per_axis=0.5\)"):
+@pytest.mark.parametrize("trainer_class, name", [
+    (type("SACLTrainerDA5", (SACLTrainer_torchaug_smoke, nnUNetTrainerDA5), {}),
+     r"SACLTrainerDA5 \(phase 1, SACLPretrainer_torchaug_smoke\)"),
+    (type("nnUNetTrainerDA5", (OnDeviceAugmentationMixin, nnUNetTrainerDA5), {}), "nnUNetTrainerDA5")],
+                         ids=["SACLTrainer", "mixin"])
+def test_refused_at_initialize_before_training(in_process_env, trainer_class, name):
+    trainer = (make_pretrainer if issubclass(trainer_class, SACLTrainer_torchaug_smoke) else make_trainer)(trainer_class)
+    with pytest.raises(NotReproducible, match=rf"^{name}: .*SpatialTransform\(p_rot_per_axis=0.5\)"):
         trainer.initialize()

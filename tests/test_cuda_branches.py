@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
+from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_smoke
+from tests.trainers.torchrun_test_trainers import SACLTrainer_joint_smoke
 from tests.helpers import first_batch, make_trainer
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier

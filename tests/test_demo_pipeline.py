@@ -15,6 +15,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
 
 from nnunet_sacl.nnunet import short_runs
 from tests.helpers import in_process, nnunet_bin, run
+from tests.trainers import torchrun_test_trainers
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -25,7 +26,7 @@ SIGNED = r"(nan|[+-]\d\.\d{3})"
 
 @pytest.mark.parametrize("arms", [("nnUNetTrainer_demo", "SACLTrainer_demo", "SACLTrainer_joint_demo"), ARMS])
 def test_demo_arms_train_equal_total_iterations_without_mirroring(arms):
-    baseline, sacl, *joint = (getattr(short_runs, a) for a in arms)
+    baseline, sacl, *joint = (getattr(short_runs, a, None) or getattr(torchrun_test_trainers, a) for a in arms)
     assert baseline.run_epochs * baseline.run_iterations == \
         (sacl.pretrain_epochs + sacl.run_epochs) * sacl.run_iterations
     assert sacl.pretrain_epochs > 0 and baseline.run_batch_size == sacl.run_batch_size
@@ -33,7 +34,7 @@ def test_demo_arms_train_equal_total_iterations_without_mirroring(arms):
         assert not hasattr(j, "pretrain_epochs")          # one phase
         assert (j.run_epochs, j.run_iterations, j.run_batch_size) == \
             (baseline.run_epochs, baseline.run_iterations, baseline.run_batch_size)
-    assert all(issubclass(a, nnUNetTrainerNoMirroring) for a in (baseline, sacl, *joint))
+    assert all(issubclass(a, nnUNetTrainerNoMirroring) for a in (baseline, sacl, sacl.pretrainer_class, *joint))
 
 
 def printed_table(stdout: str) -> dict:

@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_log, pretraining_losses,
+from tests.helpers import (D, fold_folder, has_epoch_line, kill_when, nnunet_bin, pretraining_folder, pretraining_log,
+                           pretraining_losses,
                            readme_model, run, train_env, training_log, with_test_trainers)
 
 pytestmark = pytest.mark.slow   # nnU-Net subprocesses or whole trainings: not in the fast tier
@@ -45,7 +46,7 @@ def test_train_runs_both_phases_with_finite_losses(trained_sacl):
         assert isfile(join(trained_sacl, name)), name
     from PIL import Image          # nnU-Net's own three panels, in each phase
     assert Image.open(join(trained_sacl, "progress.png")).size == (3000, 5400)
-    assert Image.open(join(trained_sacl, "pretraining", "progress.png")).size == (3000, 5400)
+    assert Image.open(join(pretraining_folder(trained_sacl), "progress.png")).size == (3000, 5400)
     final = torch.load(join(trained_sacl, "checkpoint_final.pth"), weights_only=False, map_location="cpu")
     assert final["sacl"] == {"phase": "segmentation", "pretrain_epochs": 3}
     # phase 2 trained the pretrained encoder, from nnU-Net's initial learning rate (a fresh poly schedule)
@@ -101,10 +102,10 @@ def test_run_killed_in_each_phase_resumes_with_c(nnunet_env, preprocessed):
     folder = fold_folder(nnunet_env, trainer, 4)
     cmd = [nnunet_bin("nnUNetv2_train"), D, "3d_fullres", "4", "-tr", trainer, "-device", "cpu"]
     latest = join(folder, "checkpoint_latest.pth")
-    phase_one_latest = join(folder, "pretraining", "checkpoint_latest.pth")
-    kill_when(cmd, env, lambda: isfile(phase_one_latest))
+    kill_when(cmd, env, lambda: isfile(join(pretraining_folder(folder, must_exist=False), "checkpoint_latest.pth")))
     assert "SACL pretraining done" not in training_log(folder), "the run finished phase 1 before it could be killed"
-    saved = torch.load(phase_one_latest, weights_only=False, map_location="cpu")
+    saved = torch.load(join(pretraining_folder(folder), "checkpoint_latest.pth"), weights_only=False,
+                       map_location="cpu")
     assert saved["sacl"]["phase"] == "pretraining" and 1 <= saved["current_epoch"] < 3
 
     kill_when(cmd + ["--c"], env, lambda: has_epoch_line(training_log(folder), 1))   # phase 2's epoch 1

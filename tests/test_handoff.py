@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke, nnUNetTrainer_smoke
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke
+from tests.trainers.torchrun_test_trainers import nnUNetTrainer_smoke
 from tests.helpers import first_batch, make_trainer, stop_loaders
 
 
@@ -47,7 +48,7 @@ def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_p
     trainer = make_trainer(_HandOff)
     assert (trainer.pretrain_epochs, trainer.num_iterations_per_epoch, trainer.pretraining_done) == (1, 2, False)
     try:
-        trainer.run_pretraining()   # phase 1: nnU-Net's loop in fold_X/pretraining, the encoder file, the hand-off
+        trainer.run_pretraining()   # phase 1: nnU-Net's loop under fold_X/pretraining, the encoder file, the hand-off
         folder = trainer.pretraining_folder
         assert {"checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "debug.json"} <= set(os.listdir(folder))
         phase_one_log = open(glob.glob(join(folder, "training_log_*.txt"))[0]).read()
@@ -67,7 +68,7 @@ def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_p
         moved = sorted(changed(encoder_file["network_weights"], handed_off, handed_off.keys()))
         assert not moved, f"the hand-off changed {len(moved)} network tensors, e.g. {moved[:3]}"
 
-        assert trainer.pretraining_done and trainer.current_epoch == 0 and trainer.head is None
+        assert trainer.pretraining_done and trainer.current_epoch == 0 and not hasattr(trainer, "head")
         in_optimizer = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
         network = [id(p) for p in trainer.network.parameters()]
         assert sorted(in_optimizer) == sorted(network), \
@@ -92,11 +93,10 @@ def test_hand_off_keeps_the_pretrained_encoder_and_starts_a_fresh_optimizer(in_p
 
 def test_pretrain_epochs_zero_skips_pretraining(in_process_env):
     trainer = make_trainer(_NoPretraining)
-    assert trainer.pretraining_done
     trainer.run_training()    # nnU-Net's loop: one epoch of one step, one validation step, checkpoint_final
     log = open(trainer.log_file).read()
     assert "SACL pretraining" not in log and "Training done." in log
-    assert not os.path.exists(trainer.pretraining_folder)
+    assert not os.path.exists(trainer.pretraining_root)
     assert not isfile(join(trainer.output_folder, trainer.encoder_file_name))
     in_optimizer = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
     assert sorted(in_optimizer) == sorted(id(p) for p in trainer.network.parameters())

@@ -48,8 +48,8 @@ def test_every_trainer_class_is_found_by_nnunet_train():
 def test_shipped_trainers_stand_apart_from_the_short_runs():
     short = [getattr(short_runs, n) for n in short_runs.__all__]
     shipped = [getattr(variants, n) for n in variants.__all__]
-    assert short and all(issubclass(c, short_runs._ShortRun) for c in short)
-    assert shipped and not any(issubclass(c, short_runs._ShortRun) for c in shipped)
+    assert short and all(issubclass(c, short_runs.ShortRun) for c in short)
+    assert shipped and not any(issubclass(c, short_runs.ShortRun) for c in shipped)
     assert {"SACLTrainer", "SACLPretrainer", "SACLTrainer_joint"} <= set(variants.__all__)
 
 
@@ -57,8 +57,8 @@ def test_test_modules_import_no_other_test_module():
     tests = Path(__file__).parent
     for path in sorted(tests.glob("*.py")):
         imports = re.findall(r"^\s*(?:from|import) tests\.(\w+)", path.read_text(), re.M)
-        # helpers: the shared helpers; mutants: docs/testing.md's mutant table, runnable (no test module)
-        assert set(imports) <= {"helpers", "mutants"}, \
+        # helpers: the shared helpers; mutants: docs/testing.md's mutant table, runnable; trainers: the tests' trainer classes (no test modules)
+        assert set(imports) <= {"helpers", "mutants", "trainers"}, \
             f"{path.name} imports {imports}: shared helpers go to tests/helpers.py"
 
 
@@ -84,14 +84,35 @@ def _imports(path: Path) -> list:
 
 
 def test_the_library_never_imports_the_command_line():
-    """nnunet_sacl/cli imports library modules, never the reverse (no import circle, no arrow back up): the only
-    modules outside cli/ that import it are the ``__main__`` entry points (``python -m nnunet_sacl.train``)."""
+    """nnunet_sacl/cli imports library modules, never the reverse (no import circle, no arrow back up): no module
+    outside cli/ imports it, an entry point neither (torchrun starts ``-m nnunet_sacl.cli train``)."""
     package = Path(nnunet_sacl.__file__).parent
     offenders = [f"{path.relative_to(package)}: {module} {name or ''}"
                  for path in sorted(package.rglob("*.py")) if package / "cli" not in path.parents
-                 and path.name != "__main__.py"
                  for module, name in _imports(path)
                  if module.startswith("nnunet_sacl.cli") or (module == "nnunet_sacl" and name == "cli")]
+    assert not offenders, offenders
+
+
+# the package's layers, lowest first: a module imports only from its own unit and the layers below it
+LAYERS = [{"method", "files", "defaults", "__init__"}, {"nnunet"}, {"dataset_conversion", "environment"},
+          {"analysis", "train"}, {"demo"}, {"cli"}]
+
+
+def test_no_import_runs_back_up_the_layers():
+    package = Path(nnunet_sacl.__file__).parent
+    layer = {unit: n for n, units in enumerate(LAYERS) for unit in units}
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        unit = parts[0] if len(parts) > 1 else path.stem
+        assert unit in layer, f"{path}: add its unit to LAYERS"
+        for module, name in _imports(path):
+            if not module.startswith("nnunet_sacl"):
+                continue
+            target = module.split(".")[1] if "." in module else (name if name in layer else "__init__")
+            if target != unit and layer.get(target, -1) >= layer[unit]:
+                offenders.append(f"{path.relative_to(package)} -> {module}{'.' + name if name else ''}")
     assert not offenders, offenders
 
 

@@ -7,7 +7,7 @@ import torch
 from nnunet_sacl.method.schedules import (GroupWarmupPolyLRScheduler, convention_warmup_epochs, group_lrs,
                                           warmup_poly_lr)
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.short_runs import _ShortRun
+from nnunet_sacl.nnunet.short_runs import ShortRun
 from nnunet_sacl.nnunet.variants import (SACLTrainer_ftconvention, SACLTrainer_splitlr, nnUNetTrainer_ftconvention,
                                          nnUNetTrainer_splitlr)
 from tests.helpers import first_batch, make_trainer
@@ -37,19 +37,19 @@ def test_group_curves_and_scheduler():
         GroupWarmupPolyLRScheduler(optimizer, groups[:1], 10)
 
 
-class _StockConvention(_ShortRun, nnUNetTrainer_ftconvention):
+class _StockConvention(ShortRun, nnUNetTrainer_ftconvention):
     run_epochs = EPOCHS
 
 
-class _SACLConvention(_ShortRun, SACLTrainer_ftconvention):
+class _SACLConvention(ShortRun, SACLTrainer_ftconvention):
     pretrain_epochs, run_epochs = 0, EPOCHS
 
 
-class _StockSplit(_ShortRun, nnUNetTrainer_splitlr):
+class _StockSplit(ShortRun, nnUNetTrainer_splitlr):
     run_epochs = EPOCHS
 
 
-class _SACLSplitFrozen(_ShortRun, SACLTrainer_splitlr):
+class _SACLSplitFrozen(ShortRun, SACLTrainer_splitlr):
     """Split LRs composed with the frozen encoder of FineTuneScheduleMixin (first 2 epochs)."""
     pretrain_epochs, run_epochs, finetune_frozen_encoder_epochs = 0, EPOCHS, 2
 

@@ -189,7 +189,8 @@ def test_segmentation_training_on_partial_labels_is_refused_pretraining_is_not(i
     naming SACLPretrainer and the fine-tuning path; SACLPretrainer trains on it; complete labels are fine."""
     import torch
     from nnunet_sacl.nnunet.partial_labels import PARTIAL_KEY
-    from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke
+    from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_smoke
+    from tests.trainers.torchrun_test_trainers import SACLTrainer_joint_smoke
     from tests.helpers import DATASET_NAME
     folder = Path(in_process_env["nnUNet_preprocessed"]) / DATASET_NAME
     plans = dict(json.loads((folder / "nnUNetPlans.json").read_text()), continue_training=False)

@@ -23,7 +23,7 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(nnunet_env, preprocessed, tm
     env = torchrun_env(nnunet_env, tmp_path / "results", SACL_TEST_RECORDS=str(records))
     # a rank that stepped alone would leave the other waiting in DDP's all-reduce: the collective timeout makes
     # that a failure within a minute instead of a hang
-    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train",
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.cli", "train",
                           *train_args(trainer, 0), "--collective-timeout", "60"), env)
     out = finish(proc)
     assert proc.returncode == 0, out[-6000:]

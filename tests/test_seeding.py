@@ -8,7 +8,8 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 
 from nnunet_sacl.nnunet.network import unwrap
 from nnunet_sacl.nnunet.seeding import SEED_VARIABLE, derived_seed, run_seed
-from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke, nnUNetTrainer_smoke
+from nnunet_sacl.nnunet.short_runs import SACLTrainer_smoke
+from tests.trainers.torchrun_test_trainers import nnUNetTrainer_smoke
 from nnunet_sacl.nnunet.variants import nnUNetTrainer_seeded
 from tests.helpers import make_trainer
 

@@ -24,7 +24,7 @@ from tests.helpers import D, with_test_trainers
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
-CONFIG, BASELINE = "3d_fullres", "nnUNetTrainer_tiny"      # tests/torchrun_trainers: 2 epochs of 1 iteration
+CONFIG, BASELINE = "3d_fullres", "nnUNetTrainer_tiny"      # tests/trainers: 2 epochs of 1 iteration
 ARM = f"{BASELINE}@init"
 WEIGHTS_PLANS = "nnUNetPlans_weights_init"
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.helpers import finish, nnunet_bin, run, RUN_TIMEOUT, start, torchrun, torchrun_env, train_args
-from tests.helpers import fold_folder, pretraining_log, pretraining_losses, training_log
+from tests.helpers import fold_folder, pretraining_folder, pretraining_log, pretraining_losses, training_log
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
 
@@ -74,7 +74,7 @@ def standalone_run(nnunet_env, preprocessed, tmp_path_factory):
         "import os\nif os.environ.get('RANK') == '1':\n    os.environ['nnUNet_results'] = os.environ['RANK1_RESULTS']\n")
     env = torchrun_env(nnunet_env, tmp_path_factory.mktemp("results"), RANK1_RESULTS=str(rank1),
                        PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train",
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.cli", "train",
                           *train_args("SACLTrainer_smoke", 0)), env)
     out = finish(proc)
     assert proc.returncode == 0, out[-6000:]
@@ -105,7 +105,7 @@ def test_first_step_equals_one_process_on_the_concatenated_batch(nnunet_env, pre
     # the 2-rank run (fold 0) and the one-process run (fold 1) side by side
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--no-python", nnunet_bin("nnunet-sacl"), "train",
                           *train_args(trainer, 0)), env)
-    single = start([sys.executable, "-m", "nnunet_sacl.train", *train_args(trainer, 1)], env)
+    single = start([sys.executable, "-m", "nnunet_sacl.cli", "train", *train_args(trainer, 1)], env)
     out, single_out = finish(proc), finish(single)
     assert proc.returncode == 0, out[-6000:]
     assert single.returncode == 0, single_out[-6000:]
@@ -137,7 +137,7 @@ def test_two_node_rendezvous_on_one_machine_trains_the_stock_baseline(nnunet_env
         procs.append(start(torchrun("--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
                                     "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "twonode",
                                     "--rdzv_conf", f"is_host={int(node == 0)}", "--local_addr", "127.0.0.1",
-                                    "-m", "nnunet_sacl.train", *train_args(trainer, 0)), env))
+                                    "-m", "nnunet_sacl.cli", "train", *train_args(trainer, 0)), env))
     outs = [finish(p) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-4000:] for o in outs)
     rank0 = [n for n in (0, 1) if "nnunet-sacl train: 2 rank(s)" in outs[n]]
@@ -149,13 +149,18 @@ def test_two_node_rendezvous_on_one_machine_trains_the_stock_baseline(nnunet_env
     assert files_under(results[1 - rank0[0]]) == []   # the rank that is not 0 wrote nothing
 
 
+def phase_one_checkpoint_of(folder):
+    """Whether phase 1 of the run in ``folder`` has written its first checkpoint."""
+    return lambda: isfile(join(pretraining_folder(folder, must_exist=False), "checkpoint_latest.pth"))
+
+
 @pytest.mark.slow
 def test_sigkill_with_max_restarts_resumes_and_repeats_at_most_one_epoch(nnunet_env, preprocessed, tmp_path):
     env = torchrun_env(nnunet_env, tmp_path, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     folder = fold_folder(env, "SACLTrainer_tiny", 0)
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--max-restarts", "1", "--monitor-interval",
-                          "0.5", "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0)), env)
-    kill_rank_when(proc, 1, lambda: isfile(join(folder, "pretraining", "checkpoint_latest.pth")))
+                          "0.5", "-m", "nnunet_sacl.cli", "train", *train_args("SACLTrainer_tiny", 0)), env)
+    kill_rank_when(proc, 1, phase_one_checkpoint_of(folder))
     out = finish(proc)
     assert proc.returncode == 0, out[-6000:]
     log = training_log(folder)
@@ -173,9 +178,9 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
     env = torchrun_env(nnunet_env, tmp_path)
     folder = fold_folder(env, "SACLTrainer_tiny", 0)
     proc = start(torchrun("--standalone", "--nproc_per_node", "2", "--monitor-interval", "0.5",
-                          "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--collective-timeout", "60"),
+                          "-m", "nnunet_sacl.cli", "train", *train_args("SACLTrainer_tiny", 0), "--collective-timeout", "60"),
                  env)
-    workers = kill_rank_when(proc, 1, lambda: isfile(join(folder, "pretraining", "checkpoint_latest.pth")))
+    workers = kill_rank_when(proc, 1, phase_one_checkpoint_of(folder))
     killed_at = time.time()
     out = finish(proc, timeout=120)
     assert proc.returncode != 0
@@ -184,10 +189,10 @@ def test_sigkill_without_restarts_ends_every_process_and_names_the_rank_then_c_o
             time.sleep(0.2)
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", out) and "SIGKILL" in out, out[-4000:]
-    saved = torch.load(join(folder, "pretraining", "checkpoint_latest.pth"), weights_only=False, map_location="cpu")
+    saved = torch.load(join(pretraining_folder(folder), "checkpoint_latest.pth"), weights_only=False, map_location="cpu")
     assert saved["sacl"]["phase"] == "pretraining" and saved["current_epoch"] >= 1
 
-    run([sys.executable, "-m", "nnunet_sacl.train", *train_args("SACLTrainer_tiny", 0), "--c"], env,
+    run([sys.executable, "-m", "nnunet_sacl.cli", "train", *train_args("SACLTrainer_tiny", 0), "--c"], env,
         timeout=RUN_TIMEOUT)
     log = pretraining_log(folder)
     after = log[log.index("Resumed from"):]
@@ -241,7 +246,7 @@ def test_training_starts_with_nnunet_trains_set_up(nnunet_env, preprocessed, tmp
     stock_proc = start([nnunet_bin("nnUNetv2_train"), *train_args(PROBE, 0)], stock)
     workers = 2
     env = probe_env(nnunet_env, tmp_path / "launcher", cuda_reported, OMP_NUM_THREADS=str(cores))
-    proc = start(torchrun("--standalone", "--nproc_per_node", str(workers), "-m", "nnunet_sacl.train",
+    proc = start(torchrun("--standalone", "--nproc_per_node", str(workers), "-m", "nnunet_sacl.cli", "train",
                           *train_args(PROBE, 0)), env)
     stock_out, out = finish(stock_proc), finish(proc)
     assert stock_proc.returncode == 0, stock_out[-6000:]
@@ -281,7 +286,7 @@ def test_a_rank_gone_is_reported_with_its_traceback(nnunet_env, preprocessed, tm
     """Rank 1 exits; rank 0's next collective gets gloo's own error (a plain RuntimeError): the worker says it lost
     contact and keeps the traceback, on stderr and in the trainer's log."""
     env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="peer_gone")
-    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
+    proc = start(torchrun("--standalone", "--nproc_per_node", "2", "-m", "nnunet_sacl.cli", "train", *train_args(PROBE, 0)),
                  env)
     out = finish(proc)
     assert proc.returncode != 0
@@ -295,7 +300,7 @@ def test_a_rank_gone_is_reported_with_its_traceback(nnunet_env, preprocessed, tm
 @pytest.mark.slow
 def test_an_error_that_says_timed_out_is_not_a_lost_rank(nnunet_env, preprocessed, tmp_path):
     env = probe_env(nnunet_env, tmp_path, PROBE_FAULT="timeout_text")
-    proc = start(torchrun("--standalone", "--nproc_per_node", "1", "-m", "nnunet_sacl.train", *train_args(PROBE, 0)),
+    proc = start(torchrun("--standalone", "--nproc_per_node", "1", "-m", "nnunet_sacl.cli", "train", *train_args(PROBE, 0)),
                  env)
     out = finish(proc)
     assert proc.returncode != 0 and "RuntimeError: DataLoader timed out after 60 seconds" in out, out[-6000:]
@@ -327,14 +332,14 @@ def test_only_communication_errors_are_lost_ranks():
      "torchrun --max-restarts 1 needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"),
 ], ids=["no-master-addr", "no-world-size", "batch-below-world", "cpu-with-nccl", "restarts-with-shared-store"])
 def test_bad_settings_refused_before_training(in_process_env, monkeypatch, capsys, extra_env, args, message):
-    """``python -m nnunet_sacl.train`` as a torchrun worker would start it, in this process: every refusal comes
+    """``python -m nnunet_sacl.cli train`` as a torchrun worker would start it, in this process: every refusal comes
     before a process group or a trainer exists."""
-    from nnunet_sacl.cli.train import standalone
+    from nnunet_sacl.cli import main
     for key in TORCHRUN_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     for key, value in extra_env.items():
         monkeypatch.setenv(key, value)
-    assert standalone([*train_args("SACLTrainer_smoke", 0), *args]) == 1
+    assert main(["train", *train_args("SACLTrainer_smoke", 0), *args]) == 1
     err = capsys.readouterr().err
     assert "nnunet-sacl train: error: " in err and message in err, err[-3000:]
 

@@ -117,15 +117,18 @@ def _nnunet_epochs(folder: Path):
 def run_cost(folder) -> dict:
     """Cost of the run in ``folder`` (an nnU-Net ``fold_X``): epochs and summed epoch times of SACL pretraining and
     of segmentation training, iterations per epoch (the same in both phases), total iterations, and wall time.
-    SACLTrainer's pretraining is the nnU-Net training in ``fold_X/pretraining``; a SACLPretrainer run's epochs are
-    all pretraining."""
+    SACLTrainer's pretraining is the nnU-Net training whose results root is ``fold_X/pretraining`` (its fold folder
+    ``fold_X/pretraining/DATASET/PRETRAINER__PLANS__CONFIGURATION/fold_X``; an earlier version's phase 1 in
+    ``fold_X/pretraining`` itself); a SACLPretrainer run's epochs are all pretraining."""
     folder = Path(folder)
     segmentation, wall, pretraining = _nnunet_epochs(folder)
     pretrain = {}
     if pretraining:
         pretrain, segmentation = segmentation, {}
-    if (folder / "pretraining").is_dir():
-        pretrain, phase_one_wall, _ = _nnunet_epochs(folder / "pretraining")
+    phase_one = [*sorted((folder / "pretraining").glob(f"*/*__*/{folder.name}")), folder / "pretraining"]
+    phase_one = next((f for f in phase_one if f.is_dir() and _logs(f)), None)
+    if phase_one is not None:
+        pretrain, phase_one_wall, _ = _nnunet_epochs(phase_one)
         wall += phase_one_wall
     per_epoch = _iterations_per_epoch(folder)
     return {"pretrain_epochs": len(pretrain), "pretrain_seconds": sum(pretrain.values()),

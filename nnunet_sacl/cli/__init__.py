@@ -5,8 +5,8 @@ help text and examples, and ``run(args)``, which imports the library inside the 
 functions. At module level this package imports argparse, the standard library and the defaults it shows, from the
 library modules that define them (none of which loads numpy, SimpleITK, torch or nnU-Net at import; see
 ``nnunet_sacl.defaults``), so ``nnunet-sacl --help`` and ``nnunet-sacl env`` start without those. The library never
-imports this package; ``python -m nnunet_sacl.cli`` and ``python -m nnunet_sacl.train`` are the ``__main__`` modules
-that do.
+imports this package; ``python -m nnunet_sacl.cli`` (``nnunet-sacl``; ``python -m nnunet_sacl.cli train`` is what
+torchrun starts) is its ``__main__``.
 
 Errors: a command refuses an input by raising ``CommandError`` (``refusing(...)`` turns the library's own error
 classes into one); ``main`` prints it as one line, ``nnunet-sacl COMMAND: error: MESSAGE``, on stderr and returns 1.

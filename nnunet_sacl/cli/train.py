@@ -1,5 +1,5 @@
-"""``nnunet-sacl train`` and ``python -m nnunet_sacl.train`` (``nnunet_sacl/train/__main__.py``): ``nnUNetv2_train``'s
-arguments, one process or a torchrun worker (the launcher: ``nnunet_sacl.train``)."""
+"""``nnunet-sacl train`` (``python -m nnunet_sacl.cli train`` under torchrun): ``nnUNetv2_train``'s arguments, one
+process or a torchrun worker (the launcher: ``nnunet_sacl.train``)."""
 import argparse
 
 from nnunet_sacl import train as launcher
@@ -7,7 +7,7 @@ from nnunet_sacl.cli import RAW, Command, refusing, run_command
 from nnunet_sacl.train import DEFAULT_COLLECTIVE_TIMEOUT_S
 
 EXAMPLE = ("torchrun --standalone --nproc_per_node 8 \\\n"
-           "    -m nnunet_sacl.train 17 3d_fullres 0 -tr SACLTrainer\n"
+           "    -m nnunet_sacl.cli train 17 3d_fullres 0 -tr SACLTrainer\n"
            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes 2 \\\n"
            "    --node_rank $SLURM_NODEID --nproc_per_node 8 --rdzv_backend c10d \\\n"
            "    --rdzv_endpoint $HEAD_NODE:29500 --max-restarts 3 \\\n"
@@ -44,12 +44,3 @@ def run(args) -> int:
 
 COMMANDS = [Command("train", "nnUNetv2_train's arguments, one process or a torchrun worker (multi-node)", EXAMPLE,
                     add_arguments, run)]
-
-
-def standalone(argv=None) -> int:
-    """``python -m nnunet_sacl.train ARGS``: the same as ``nnunet-sacl train ARGS`` (refusals read
-    ``nnunet-sacl train: error: ...``)."""
-    parser = argparse.ArgumentParser(prog="python -m nnunet_sacl.train", description=launcher.__doc__.splitlines()[0],
-                                     epilog=EXAMPLE, formatter_class=RAW)
-    add_arguments(parser)
-    return run_command(COMMANDS[0], parser.parse_args(argv))

@@ -1,15 +1,15 @@
 """AugmentSettings read from an nnU-Net trainer's own augmentation, for the on-device path (method/augment.py).
 
 nnU-Net builds its training augmentation in ``get_training_transforms(...)`` (batchgeneratorsv2 transforms applied
-to one sample at a time by CPU workers). ``augment_settings_from_trainer`` calls that method as nnU-Net's
-``get_dataloaders`` does, walks the transform tree it returns and takes every probability and range from it, so a
+to one sample at a time by CPU workers). ``augment_settings_from_trainer`` calls it (or, for a trainer whose CPU
+workers only crop, its ``augmentation_transforms``) as nnU-Net's ``get_dataloaders`` calls it, walks the transform tree it returns and takes every probability and range from it, so a
 variant that changes the augmentation (nnUNetTrainerNoDA, nnUNetTrainerNoMirroring, a user's override) is followed.
 Whatever the device cannot reproduce (an unknown transform, elastic deformation, a parameter drawn by a callable,
 another per-channel scheme, ...) is refused with the trainer's name and the transform's setting.
 
-The on-device trainers override get_training_transforms to return None (their CPU workers only crop); such an
-override is marked with ``hands_augmentation_to_device`` and the transforms are read from the implementation behind
-it in the MRO.
+The on-device trainers (``OnDeviceAugmentationMixin``, SACLPretrainer on the device) return None from
+get_training_transforms (their CPU workers only crop) and give the transforms the device applies from
+``augmentation_transforms``.
 """
 import numbers
 
@@ -29,45 +29,62 @@ from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 
 from nnunet_sacl.method.augment import AugmentSettings
 
-_ON_DEVICE = "hands_augmentation_to_device"
 # the order in which augment_batch applies them (nnU-Net's)
 _ORDER = ("spatial", "noise", "blur", "brightness", "contrast", "lowres", "gamma_inverted", "gamma")
 _REMEDY = ("Train with nnU-Net's CPU augmentation instead (SACL trainers: pretrain_augmentation = 'nnunet'; other "
            "trainers: without OnDeviceAugmentationMixin).")
 
 
-def hands_augmentation_to_device(method):
-    """Marks a get_training_transforms override that returns None (CPU workers only crop) because the batch is
-    augmented on the device; the settings are read from the implementation behind it."""
-    setattr(method, _ON_DEVICE, True)
-    return method
-
-
 class NotReproducible(RuntimeError):
     """The trainer's augmentation has something the on-device path cannot do."""
 
 
-def training_transforms(trainer, spatial=None):
-    """The transforms nnU-Net's CPU workers would apply: the first get_training_transforms in the trainer's MRO that
-    is not an on-device override, called with the arguments ``nnUNetTrainer.get_dataloaders`` passes. ``spatial``:
-    what ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()`` returned, if already called."""
+def trainer_label(trainer) -> str:
+    """The trainer as a refusal names it: a SACLTrainer's phase 1 by the variant the user trains."""
+    handed = getattr(trainer, "handed", None)
     name = type(trainer).__name__
-    found = [(cls, vars(cls)["get_training_transforms"]) for cls in type(trainer).__mro__
-             if "get_training_transforms" in vars(cls)]
-    overrides = [cls.__name__ for cls, method in found if getattr(method, _ON_DEVICE, False)]
-    if overrides and not getattr(found[0][1], _ON_DEVICE, False):
-        raise NotReproducible(
-            f"{name}: {found[0][0].__name__}.get_training_transforms comes before the on-device override "
-            f"({overrides[0]}.get_training_transforms) in the MRO, so nnU-Net's CPU workers would apply its transforms "
-            f"and the device would apply them again. Define it in a base class listed after {overrides[-1]}.")
-    method = next(m for _, m in found if not getattr(m, _ON_DEVICE, False))
-    rotation, dummy_2d, _, mirror_axes = spatial or trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    return f"{handed.trainer_name} (phase 1, {name})" if handed is not None else name
+
+
+def transform_arguments(trainer, spatial) -> tuple:
+    """(args, kwargs) with which ``nnUNetTrainer.get_dataloaders`` calls ``get_training_transforms``; ``spatial``:
+    what ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()`` returned."""
+    rotation, dummy_2d, _, mirror_axes = spatial
     lm = trainer.label_manager
-    return method.__get__(trainer, type(trainer))(
-        trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes,
-        dummy_2d, use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm, is_cascaded=trainer.is_cascaded,
-        foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
-        ignore_label=lm.ignore_label)
+    return ((trainer.configuration_manager.patch_size, rotation, trainer._get_deep_supervision_scales(), mirror_axes,
+             dummy_2d),
+            dict(use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm, is_cascaded=trainer.is_cascaded,
+                 foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
+                 ignore_label=lm.ignore_label))
+
+
+def augmentation_of(trainer) -> tuple:
+    """(spatial settings, transforms) of the trainer's training augmentation, wherever it runs: the transforms its
+    ``augmentation_transforms`` gives (the on-device trainers, whose CPU workers only crop, and SACLPretrainer), else
+    those its ``get_training_transforms`` gives nnU-Net's CPU workers, called as nnU-Net's get_dataloaders calls it."""
+    spatial = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    args, kwargs = transform_arguments(trainer, spatial)
+    transforms = getattr(trainer, "augmentation_transforms", trainer.get_training_transforms)
+    return spatial, transforms(*args, **kwargs)
+
+
+def training_transforms(trainer):
+    """The transforms of the trainer's training augmentation (``augmentation_of``)."""
+    return augmentation_of(trainer)[1]
+
+
+def refuse_augmentation_on_the_cpu(trainer) -> None:
+    """An on-device trainer's CPU workers must only crop: refused when its get_training_transforms, called as nnU-Net
+    calls it, returns transforms (a get_training_transforms defined in front of the on-device one), since nnU-Net's
+    workers would apply them and the device again."""
+    spatial = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    args, kwargs = transform_arguments(trainer, spatial)
+    if trainer.get_training_transforms(*args, **kwargs) is not None:
+        raise NotReproducible(
+            f"{trainer_label(trainer)}: its get_training_transforms returns transforms although its batches are "
+            f"augmented on the device, so nnU-Net's CPU workers would apply them and the device again: a "
+            f"get_training_transforms comes before the on-device one (OnDeviceAugmentationMixin, SACLPretrainer). "
+            f"Define it in a base class listed after that one.")
 
 
 def augment_settings_from_trainer(trainer, physical_rotation: bool = True) -> AugmentSettings:
@@ -76,12 +93,12 @@ def augment_settings_from_trainer(trainer, physical_rotation: bool = True) -> Au
     ``configure_rotation_dummyDA_mirroring_and_inital_patch_size()``, patch size and spacing from its configuration
     manager. ``physical_rotation=False`` rotates in voxel units as nnU-Net does (spacing None). Raises
     NotReproducible, naming the trainer and the setting, for augmentation the device cannot reproduce."""
-    spatial = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    spatial, transforms = augmentation_of(trainer)
     _, dummy_2d, initial_patch_size, _ = spatial
     patch_size = tuple(int(p) for p in trainer.configuration_manager.patch_size)
     initial_patch_size = tuple(int(p) for p in initial_patch_size)
-    reader = _Reader(type(trainer).__name__, patch_size, bool(dummy_2d), trainer._get_deep_supervision_scales())
-    reader.read(training_transforms(trainer, spatial))
+    reader = _Reader(trainer_label(trainer), patch_size, bool(dummy_2d), trainer._get_deep_supervision_scales())
+    reader.read(transforms)
     if "spatial" not in reader.slots and initial_patch_size != patch_size:
         raise NotReproducible(f"{reader.name}: its training transforms have no SpatialTransform, so nnU-Net would "
                               f"train on the loader's {initial_patch_size} crops; the device crops them to the patch "

@@ -1,5 +1,6 @@
-"""The contrastive parts of every SACL trainer, as one mixin: settings, label checks, projection head, loss,
-mask-pooled organ embeddings and the epoch's statistics. The method itself is in ``nnunet_sacl.method``."""
+"""The contrastive parts of the SACL trainers: their settings and label checks (``ContrastiveSettings``, which
+SACLTrainer has too), and the projection head, loss, mask-pooled organ embeddings and the epoch's statistics of the
+trainers that train a contrastive term (``ContrastiveMixin``). The method itself is in ``nnunet_sacl.method``."""
 import os
 from os.path import join
 from typing import Optional
@@ -15,14 +16,16 @@ from nnunet_sacl.method.losses import IntensityWeightedSupConLoss, SupConLoss
 from nnunet_sacl.method.phases import find_phases_file, organ_phase_labels, read_phases
 from nnunet_sacl.method.pooling import mask_pool, organ_masked_inputs, organ_mean_intensity
 from nnunet_sacl.nnunet.network import encoder_of
-from nnunet_sacl.nnunet.progress import PSEUDO_DICE_LABEL, pseudo_dice_axis_named
 
 
-class ContrastiveMixin:
-    """Put before ``nnUNetTrainer`` (after any variant's mixins, so that their settings win). The settings are class
-    attributes; ``build_contrastive_parts()`` (called from ``initialize`` by the trainers that train a contrastive
-    term) makes the head and the loss. Trainers that only carry the settings on (SACLTrainer's segmentation phase)
-    never build them."""
+# the settings of ContrastiveSettings, by name (what a SACLTrainer hands its pretrainer; the encoder file's record)
+CONTRASTIVE_SETTINGS = ("temperature", "head_hidden_channels", "head_out_channels", "pool_stages", "min_organ_voxels",
+                        "embedding", "use_phase_labels", "intensity_weighted_negatives", "intensity_range")
+
+
+class ContrastiveSettings:
+    """SACL's settings, as class attributes (one-line variants) that ``__init__`` may change as well, and the label
+    checks of every trainer that has them (at construction, before anything trains)."""
 
     temperature: float = 0.07
     head_hidden_channels: int = 512
@@ -33,13 +36,11 @@ class ContrastiveMixin:
     use_phase_labels: bool = False             # organ x contrast phase labels from sacl_phases.json (method.phases)
     intensity_weighted_negatives: bool = False  # DCC: negatives weighted by organ contrast correlation (losses.py)
     intensity_range: Optional[tuple] = None    # per channel, normalized units; None: from the plans (CT only)
-    pseudo_dice_label = PSEUDO_DICE_LABEL      # the right axis of progress.png
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self._refuse_unsupported_labels()
-        self.head = self.contrastive_loss = self.contrastive_encoder = self.case_phase = None
 
     def _refuse_unsupported_labels(self):
         lm = self.label_manager
@@ -53,6 +54,17 @@ class ContrastiveMixin:
                 f"{self.__class__.__name__}: the dataset has {len(lm.foreground_labels)} foreground label(s) "
                 f"({lm.foreground_labels}); contrastive pretraining needs at least two organs to have negatives. "
                 f"Use nnUNetTrainer for this dataset.")
+
+
+class ContrastiveMixin(ContrastiveSettings):
+    """The contrastive parts of the trainers that train a contrastive term (SACLPretrainer, the joint trainer): put
+    before ``nnUNetTrainer`` (after any variant's mixins, so that their settings win). ``build_contrastive_parts()``
+    (called from ``initialize``) makes the head and the loss."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.head = self.contrastive_loss = self.contrastive_encoder = self.case_phase = None
 
     # ----------------------------------------------------------------------------------------------- set-up
     def build_contrastive_parts(self):
@@ -150,12 +162,6 @@ class ContrastiveMixin:
         return organ_phase_labels(organ_labels, phase, sample_index, self.num_phases)
 
     # ------------------------------------------------------------------------------------------- one epoch
-    def on_epoch_end(self):
-        # nnU-Net draws progress.png at the end of its on_epoch_end (rank 0); its pseudo-Dice axis is named for
-        # what the curve is while it draws
-        with pseudo_dice_axis_named(self.pseudo_dice_label):
-            super().on_epoch_end()
-
     @staticmethod
     def epoch_statistics(outputs: list, **rank_means: float) -> dict:
         """The epoch's mean organ embeddings per batch (of one rank) and its batches without a positive pair, from

@@ -2,14 +2,15 @@
 import torch
 
 from nnunet_sacl.method.augment import augment_batch, downsample_for_deep_supervision
-from nnunet_sacl.nnunet.augment_settings import augment_settings_from_trainer, hands_augmentation_to_device
-from nnunet_sacl.nnunet.phases import SEGMENTATION, only_in
+from nnunet_sacl.nnunet.augment_settings import augment_settings_from_trainer, refuse_augmentation_on_the_cpu
 from nnunet_sacl.nnunet.update import batch_on_device
 
 
 def make_augmenter(trainer):
     """(settings read from the trainer's own nnU-Net augmentation, a generator on its device seeded per rank).
-    Raises NotReproducible for augmentation the device cannot reproduce, before any training."""
+    Raises NotReproducible for augmentation the device cannot reproduce, or that the CPU workers would apply too,
+    before any training."""
+    refuse_augmentation_on_the_cpu(trainer)
     generator = torch.Generator(device=trainer.device)
     generator.manual_seed(torch.initial_seed() % 2 ** 63 + trainer.local_rank)
     return augment_settings_from_trainer(trainer), generator
@@ -23,16 +24,17 @@ class OnDeviceAugmentationMixin:
     front of nnUNetTrainerNoMirroring it does not mirror); what it cannot reproduce is refused at initialize()."""
     pretrain_augmentation = "torch"   # SACL trainers: phase 1 on the device as well
 
-    @only_in(SEGMENTATION)     # SACL's phase 1 augments on the device by itself (PretrainingMixin)
     def initialize(self):
         super().initialize()
         self.augment_settings, self.augment_generator = make_augmenter(self)
 
-    @hands_augmentation_to_device
     def get_training_transforms(self, *args, **kwargs):
-        return None
+        return None                   # the CPU workers only crop
 
-    @only_in(SEGMENTATION)
+    def augmentation_transforms(self, *args, **kwargs):
+        """What the device applies: the transforms of the get_training_transforms behind this mixin."""
+        return super().get_training_transforms(*args, **kwargs)
+
     def train_step(self, batch: dict) -> dict:
         data, seg = batch_on_device(batch, self.device)
         data, seg = augment_batch(data, seg, self.augment_settings, self.augment_generator)

@@ -12,10 +12,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 ENCODER_FILE_FORMAT = 2     # 1: network_weights, trainer_name and a few settings (nnunet-sacl 0.1); 2: self-describing
 
-# the class attributes of a phase-1 trainer that shape its encoder, recorded under sacl['pretraining']
-PRETRAINING_SETTINGS = ("pretrain_initial_lr", "pretrain_weight_decay", "pretrain_augmentation", "temperature",
-                        "head_hidden_channels", "head_out_channels", "pool_stages", "min_organ_voxels", "embedding",
-                        "use_phase_labels", "intensity_weighted_negatives", "intensity_range")
+# the settings of a phase-1 trainer that shape its encoder, recorded under sacl['pretraining'] (the learning rate and
+# weight decay under the names SACLTrainer gives them), besides the contrastive settings (CONTRASTIVE_SETTINGS)
+PRETRAINING_SETTINGS = {"pretrain_initial_lr": "initial_lr", "pretrain_weight_decay": "weight_decay",
+                        "pretrain_augmentation": "pretrain_augmentation"}
 
 
 def plain(value):
@@ -66,12 +66,15 @@ def encoder_file_contents(trainer) -> dict:
     weights = {k: v.detach().cpu() for k, v in unwrap(trainer.network).state_dict().items()}
     losses = trainer.logger.get_value('train_losses', step=None)
     config = trainer.configuration_manager
-    settings = {name: getattr(trainer, name) for name in PRETRAINING_SETTINGS if hasattr(trainer, name)}
+    from nnunet_sacl.nnunet.contrastive import CONTRASTIVE_SETTINGS
+    settings = {name: getattr(trainer, attribute) for name, attribute in PRETRAINING_SETTINGS.items()}
+    settings.update({name: getattr(trainer, name) for name in CONTRASTIVE_SETTINGS})
     settings.update(epochs=trainer.current_epoch, iterations_per_epoch=trainer.num_iterations_per_epoch,
-                    batch_size=config.batch_size, patch_size=config.patch_size)
+                    batch_size=trainer.batch_size, patch_size=config.patch_size)
+    handed = getattr(trainer, "handed", None)
     return {
         'network_weights': weights,
-        'trainer_name': trainer.__class__.__name__,
+        'trainer_name': handed.trainer_name if handed is not None else trainer.__class__.__name__,
         'init_args': plain({'plans': trainer.plans_manager.plans, 'configuration': trainer.configuration_name,
                             'fold': trainer.fold, 'dataset_json': trainer.dataset_json}),
         'sacl': plain({'format': ENCODER_FILE_FORMAT,

@@ -2,7 +2,6 @@
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_sacl.nnunet.network import encoder_of
-from nnunet_sacl.nnunet.phases import SEGMENTATION, only_in
 from nnunet_sacl.method.schedules import GroupWarmupPolyLRScheduler, encoder_is_frozen
 
 
@@ -20,13 +19,11 @@ class FineTuneScheduleMixin:
     the next step). Every rank switches at the same epoch, and the new wrapper broadcasts rank 0's parameters and
     buffers, so the ranks hold equal weights after every switch.
 
-    Both act in segmentation training only: in SACL's phase 1 (a SACLTrainer variant's pretraining) they stand
-    aside.
+    Both act on the trainer they are mixed into: in a SACLTrainer variant, phase 2 (phase 1 is its SACLPretrainer's).
     """
     finetune_warmup_epochs: int = 0
     finetune_frozen_encoder_epochs: int = 0
 
-    @only_in(SEGMENTATION)
     def configure_optimizers(self):
         optimizer, scheduler = super().configure_optimizers()
         if self.finetune_warmup_epochs:    # the same warm-up and poly decay for every parameter group
@@ -35,7 +32,6 @@ class FineTuneScheduleMixin:
                 self.num_epochs)
         return optimizer, scheduler
 
-    @only_in(SEGMENTATION)
     def on_train_epoch_start(self):
         frozen = encoder_is_frozen(self.current_epoch, self.finetune_frozen_encoder_epochs)
         encoder = list(encoder_of(self.network).parameters())

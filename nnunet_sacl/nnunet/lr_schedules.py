@@ -10,13 +10,13 @@ nnU-Net started from ``-pretrained_weights``). The curves are pure functions in 
   decay from epoch 0, the encoder at 0.1 x that, warmed up over the first 5% of the epochs.
 
 Both compose with ``FineTuneScheduleMixin``'s frozen encoder (the optimizer keeps every parameter; a frozen one
-gets no gradient), and both act in segmentation training only (in SACL's phase 1 they stand aside).
+gets no gradient), and both act on the trainer they are mixed into (in a SACLTrainer variant: phase 2; phase 1 is its
+SACLPretrainer's).
 """
 import torch
 
 from nnunet_sacl.method.schedules import GroupWarmupPolyLRScheduler, convention_warmup_epochs
 from nnunet_sacl.nnunet.network import encoder_of
-from nnunet_sacl.nnunet.phases import SEGMENTATION, only_in
 
 
 class PretrainedConventionMixin:
@@ -30,7 +30,6 @@ class PretrainedConventionMixin:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.convention_lr
 
-    @only_in(SEGMENTATION)
     def configure_optimizers(self):
         optimizer, _ = super().configure_optimizers()
         warmup = convention_warmup_epochs(self.num_epochs, self.convention_warmup_fraction)
@@ -55,7 +54,6 @@ class EncoderDecoderLRMixin:
                 if self.decoder_warmup_fraction else 0)
         return [encoder, rest]
 
-    @only_in(SEGMENTATION)
     def configure_optimizers(self):
         optimizer, _ = super().configure_optimizers()
         encoder_ids = {id(p) for p in encoder_of(self.network).parameters()}
@@ -73,7 +71,6 @@ class EncoderDecoderLRMixin:
         return optimizer, GroupWarmupPolyLRScheduler(optimizer, [encoder] + [rest] * len(other_groups),
                                                      self.num_epochs)
 
-    @only_in(SEGMENTATION)
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         names = [g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)]

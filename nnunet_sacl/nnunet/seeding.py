@@ -117,7 +117,7 @@ class SeededMixin:
     nnU-Net's own unseeded training, unchanged. See the module's docstring for what is seeded where."""
 
     seed: Optional[int] = None
-    seed_phase = 0      # SACL's phase 1 draws its own streams (PretrainingMixin sets 1)
+    seed_phase = 0      # SACL's phase 1 draws its own streams (SACLPretrainer sets 1)
 
     def initialize(self):
         seed = run_seed(self)

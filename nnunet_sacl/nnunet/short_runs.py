@@ -1,9 +1,11 @@
-"""Short CPU run lengths of the shipped trainers: the smoke trainers of the tests and the demo's trainers (seeded, so
-that the same command gives the same weights). Each is an ordinary nnU-Net trainer found by ``-tr`` through
-``trainers/``; they stand apart from the trainers users train with (``variants``). A study's own arms live with the
-study (docs/studies/NAME/arms/), found by adding that folder to nnUNet_extTrainer: none of them is defined here."""
+"""Short CPU run lengths that README and the demo name: the smoke run of README's dataset block and the demo's
+trainers (seeded, so that the same command gives the same weights). Each is an ordinary nnU-Net trainer found by
+``-tr`` through ``trainers/``; they stand apart from the trainers users train with (``variants``). The tests' own
+lengths live with the tests (tests/trainers/), a study's arms with the study (docs/studies/NAME/arms/), each
+found by adding that folder to nnUNet_extTrainer."""
 import torch
 
+from nnunetv2.training.logging.nnunet_logger import MetaLogger
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
     nnUNetTrainerNoMirroring
@@ -12,10 +14,23 @@ from nnunet_sacl.nnunet.joint import SACLTrainer_joint
 from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
 from nnunet_sacl.nnunet.seeding import SeededMixin
 from nnunet_sacl.nnunet.trainer import SACLTrainer
-from nnunet_sacl.nnunet.variants import SACLTrainer_PaperStyle, nnUNetTrainer_ftconvention, trainer_names
+from nnunet_sacl.nnunet.variants import trainer_names
 
 
-class _ShortRun(SeededMixin):
+class ProgressAtTheEnd(MetaLogger):
+    """nnU-Net's logger, drawing progress.png after the trainer's last epoch only (drawing it takes about 0.9 s on a
+    CPU, a fifth of a smoke epoch): the same logger and the same drawing, less often."""
+
+    def __init__(self, trainer):
+        super().__init__(trainer.output_folder, trainer.logger.resume)
+        self.trainer = trainer
+
+    def plot_progress_png(self, output_folder: str):
+        if self.trainer.current_epoch >= self.trainer.num_epochs - 1:
+            super().plot_progress_png(output_folder)
+
+
+class ShortRun(SeededMixin):
     """Mixin that shortens nnU-Net's own run length (nnU-Net sets it in __init__, not as class attributes). Short runs
     are seeded (seed 0, ``SeededMixin``; $SACL_SEED chooses another): the same command gives the same weights."""
     run_epochs, run_iterations, run_val_iterations = 2, 4, 2
@@ -28,15 +43,7 @@ class _ShortRun(SeededMixin):
         self.num_iterations_per_epoch = self.run_iterations
         self.num_val_iterations_per_epoch = self.run_val_iterations
         self.save_every = 1
-        # nnU-Net draws progress.png after every epoch, about 0.9 s on a CPU (a fifth of a smoke epoch): short runs
-        # draw it after their last epoch (of each phase) only, with the same logger and the same drawing
-        draw = self.logger.plot_progress_png
-
-        def draw_after_the_last_epoch(output_folder):
-            if self.current_epoch >= self.num_epochs - 1:
-                draw(output_folder)
-
-        self.logger.plot_progress_png = draw_after_the_last_epoch
+        self.logger = ProgressAtTheEnd(self)      # before anything is logged
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         # Short CPU runs predict without nnU-Net's mirrored test-time augmentation (final validation and
@@ -47,26 +54,19 @@ class _ShortRun(SeededMixin):
         return settings
 
 
-class SACLTrainer_smoke(_ShortRun, SACLTrainer):
-    """CPU smoke test: 3 pretraining + 2 segmentation epochs of 4 iterations (2 validation iterations)."""
+class SACLPretrainer_smoke(ShortRun, SACLPretrainer):
+    """SACL phase 1 alone for CPU smoke runs: 3 pretraining epochs of 4 iterations; SACLTrainer_smoke's phase 1."""
+    run_epochs = 3
+
+
+class SACLTrainer_smoke(ShortRun, SACLTrainer):
+    """CPU smoke run (README's dataset block, the tests): 3 pretraining + 2 segmentation epochs of 4 iterations (2
+    validation iterations), phase 1 by SACLPretrainer_smoke."""
     pretrain_epochs = 3
+    pretrainer_class = SACLPretrainer_smoke
 
 
-class SACLTrainer_torchaug_smoke(SACLTrainer_smoke):
-    """CPU smoke test of phase 1 with nnunet_sacl.method.augment (the on-device path that CUDA runs use by default)."""
-    pretrain_augmentation = "torch"
-
-
-class SACLPretrainer_smoke(_ShortRun, SACLPretrainer):
-    """CPU smoke test of phase 1 alone: 3 pretraining epochs of 4 iterations."""
-    pretrain_epochs = 3
-
-
-class nnUNetTrainer_smoke(_ShortRun, nnUNetTrainer):
-    """Stock nnU-Net with SACLTrainer_smoke's segmentation length: the baseline (and -pretrained_weights target)."""
-
-
-class _DemoRun(_ShortRun, nnUNetTrainerNoMirroring):
+class _DemoRun(ShortRun, nnUNetTrainerNoMirroring):
     """The demo's run length on a CPU: 16 epochs of 75 iterations, batch 5 instead of the 40 nnU-Net plans for the
     demo data in 2d (more updates for the same CPU time; few, long epochs: each ends with nnU-Net's pseudo-Dice
     validation and a checkpoint), and no mirroring: nnU-Net's own nnUNetTrainerNoMirroring, which drops the mirror
@@ -87,10 +87,17 @@ class _DemoRun(_ShortRun, nnUNetTrainerNoMirroring):
                                    f"plans' {self.configuration_manager.batch_size} (a short CPU run length)")
 
 
+class SACLPretrainer_demo(_DemoRun, SACLPretrainer):
+    """SACL phase 1 alone at the demo's length on a CPU: 4 pretraining epochs of 75 iterations, batch 5, no
+    mirroring (a few minutes on 2 cores); SACLTrainer_demo's phase 1."""
+    run_epochs = 4
+
+
 class SACLTrainer_demo(_DemoRun, SACLTrainer):
     """The README demo on CPU: 4 pretraining + 12 segmentation epochs of 75 iterations, batch 5, no mirroring."""
     pretrain_epochs = 4
     run_epochs = 12
+    pretrainer_class = SACLPretrainer_demo
 
 
 class nnUNetTrainer_demo(_DemoRun, nnUNetTrainer):
@@ -101,35 +108,6 @@ class nnUNetTrainer_demo(_DemoRun, nnUNetTrainer):
 class SACLTrainer_joint_demo(_DemoRun, SACLTrainer_joint):
     """SACLTrainer_joint at the demo's length: 16 epochs of 75 iterations, batch 5, no mirroring, contrastive term
     in every step (the third arm of the demo study, docs/studies/demo-3fold)."""
-
-
-class SACLTrainer_demo_smoke(SACLTrainer_demo):
-    """CPU test of the demo: 3 pretraining + 2 segmentation epochs of 4 iterations, batch 4."""
-    pretrain_epochs, run_epochs, run_iterations, run_batch_size = 3, 2, 4, 4
-
-
-class nnUNetTrainer_demo_smoke(nnUNetTrainer_demo):
-    """CPU test of the demo's baseline: 5 epochs of 4 iterations, batch 4 (SACLTrainer_demo_smoke's total)."""
-    run_epochs, run_iterations, run_batch_size = 5, 4, 4
-
-
-class SACLTrainer_joint_smoke(_ShortRun, SACLTrainer_joint):
-    """CPU smoke test of the joint trainer: 2 epochs of 4 iterations (2 validation iterations)."""
-
-
-class SACLTrainer_PaperStyle_smoke(_ShortRun, SACLTrainer_PaperStyle):
-    """CPU smoke test of the paper-style embedding."""
-    pretrain_epochs = 3
-
-
-class nnUNetTrainer_ftconvention_smoke(_ShortRun, nnUNetTrainer_ftconvention):
-    """CPU test: nnUNetTrainer_ftconvention at the smoke length (2 epochs of 4 iterations)."""
-
-
-class SACLPretrainer_demo(_DemoRun, SACLPretrainer):
-    """SACL phase 1 alone at the demo's length on a CPU: 4 pretraining epochs of 75 iterations, batch 5, no
-    mirroring (a few minutes on 2 cores; the demo's SACLTrainer_demo pretrains as long)."""
-    pretrain_epochs = 4
 
 
 __all__ = trainer_names(globals(), __name__)

@@ -1,4 +1,4 @@
-"""``nnunet-sacl train`` / ``python -m nnunet_sacl.train``: ``nnUNetv2_train``'s arguments, for torchrun.
+"""``nnunet-sacl train`` / ``python -m nnunet_sacl.cli train``: ``nnUNetv2_train``'s arguments, for torchrun.
 
 Under torchrun (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ... in the environment) every worker initialises
 ``torch.distributed`` from the environment (nccl on CUDA, gloo on the CPU), uses ``cuda:LOCAL_RANK`` and runs the
@@ -6,8 +6,8 @@ trainer with ``TorchrunMixin`` (nnunet_sacl.nnunet.torchrun), on as many nodes a
 torchrun restarts the group (``--max-restarts``), every worker resumes from the run's latest checkpoint by itself.
 Without torchrun's variables it is one process, exactly ``nnUNetv2_train``.
 
-This package is the launcher (a library: ``launch(args)``); ``python -m nnunet_sacl.train`` runs its ``__main__``
-module, which parses the options with ``nnunet_sacl.cli.train``, as ``nnunet-sacl train`` does.
+This package is the launcher (a library: ``launch(args)``); the command line (``nnunet_sacl.cli.train``: ``nnunet-sacl
+train``, ``python -m nnunet_sacl.cli train``) parses the options and calls it.
 """
 import difflib
 import gc
@@ -202,13 +202,13 @@ def _load_trainer(args, base: str, plans: dict, device, continue_training: bool)
 
 def check_partial_labels(args, trainer_class: type) -> None:
     """Refuses segmentation training, by any trainer, on a merged dataset with partial labels (its preprocessed
-    dataset.json says ``sacl_partial_labels``); pretraining trainers (phase ``PRETRAINING``: SACLPretrainer) may
-    train on it."""
+    dataset.json says ``sacl_partial_labels``); pretraining trainers (SACLPretrainer and its variants) may train on
+    it."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from nnunet_sacl.nnunet.partial_labels import refuse_partial_labels
-    from nnunet_sacl.nnunet.phases import PRETRAINING, phase_of
-    if phase_of(trainer_class) == PRETRAINING:
+    from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
+    if issubclass(trainer_class, SACLPretrainer):
         return
     try:
         base, _, plans = _read_plans(args)
@@ -221,7 +221,8 @@ def check_partial_labels(args, trainer_class: type) -> None:
 
 
 def _has_checkpoint(trainer) -> bool:
-    """A checkpoint in the fold folder, or in SACLTrainer's phase-1 folder (fold_X/pretraining)."""
+    """A checkpoint in the fold folder, or in SACLTrainer's phase-1 folder (its pretrainer's, under
+    fold_X/pretraining)."""
     folders = [trainer.output_folder] + [f for f in [getattr(trainer, "pretraining_folder", None)] if f]
     return any(isfile(join(f, f"checkpoint_{n}.pth")) for f in folders for n in ("final", "latest", "best"))
 

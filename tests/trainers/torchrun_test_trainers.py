@@ -1,5 +1,6 @@
-"""The tests' own trainers (torchrun, ranks, a run killed and resumed), found through nnUNet_extTrainer: the tests add
-this folder to it (helpers.with_test_trainers)."""
+"""The tests' own trainers (short lengths, torchrun, ranks, a run killed and resumed), found through
+nnUNet_extTrainer: the tests' nnU-Net environment names this folder beside the package's (helpers.make_nnunet_env);
+in process the tests import them from here."""
 import json
 import os
 import time
@@ -10,16 +11,52 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_sacl.nnunet.joint import SACLTrainer_joint
 from nnunet_sacl.nnunet.network import encoder_of, unwrap
-from nnunet_sacl.nnunet.short_runs import (SACLPretrainer_smoke, SACLTrainer_joint_smoke, SACLTrainer_smoke,
-                                          SACLTrainer_torchaug_smoke, nnUNetTrainer_smoke)
+from nnunet_sacl.nnunet.trainer import SACLTrainer
+from nnunet_sacl.nnunet.short_runs import SACLPretrainer_smoke, SACLTrainer_demo, SACLTrainer_smoke, ShortRun, \
+    nnUNetTrainer_demo
+
+
+# ---------------------------------------------------------------- short lengths of the tests
+
+class SACLPretrainer_torchaug_smoke(SACLPretrainer_smoke):
+    """SACLPretrainer_smoke augmenting on the device: SACLTrainer_torchaug_smoke's phase 1."""
+    pretrain_augmentation = "torch"
+
+
+class SACLTrainer_torchaug_smoke(SACLTrainer_smoke):
+    """CPU smoke test of phase 1 with nnunet_sacl.method.augment (the on-device path that CUDA runs use by default)."""
+    pretrain_augmentation = "torch"
+    pretrainer_class = SACLPretrainer_torchaug_smoke
+
+
+class nnUNetTrainer_smoke(ShortRun, nnUNetTrainer):
+    """Stock nnU-Net with SACLTrainer_smoke's segmentation length: the baseline (and -pretrained_weights target)."""
+
+
+class SACLTrainer_joint_smoke(ShortRun, SACLTrainer_joint):
+    """CPU smoke test of the joint trainer: 2 epochs of 4 iterations (2 validation iterations)."""
+
+
+class SACLTrainer_demo_smoke(SACLTrainer_demo):
+    """CPU test of the demo: 3 pretraining + 2 segmentation epochs of 4 iterations, batch 4."""
+    pretrain_epochs, run_epochs, run_iterations, run_batch_size = 3, 2, 4, 4
+
+
+class nnUNetTrainer_demo_smoke(nnUNetTrainer_demo):
+    """CPU test of the demo's baseline: 5 epochs of 4 iterations, batch 4 (SACLTrainer_demo_smoke's total)."""
+    run_epochs, run_iterations, run_batch_size = 5, 4, 4
+
+
+# ---------------------------------------------------------------- torchrun, ranks, killed runs
 
 
 class SACLPretrainer_fixedbatch(SACLPretrainer_smoke):
     """One pretraining step on a fixed, seeded global batch: rank r of W gets its slice of it (nnU-Net's split),
     one process gets all of it. Rank r seeds its initial weights with r: a 2-rank run ends equal to a 1-process run
     only when rank 0's network and projection head reach every rank."""
-    pretrain_epochs = 1
+    run_epochs = 1
     run_iterations = 1
 
     def initialize(self):
@@ -96,6 +133,17 @@ class SACLTrainer_tiny(_NoFinalValidation, SACLTrainer_smoke):
     """SACLTrainer_smoke, shorter: 3 pretraining epochs of 2 iterations, 1 segmentation epoch of 2 iterations, no
     final validation (SACLTrainer_smoke's run in test_torchrun.py covers it under torchrun)."""
     run_epochs, run_iterations, run_val_iterations = 1, 2, 1
+
+
+class SACLTrainer_initstyle(_NoFinalValidation, SACLTrainer):
+    """A variant written nnU-Net's way, its settings set in __init__: 2 pretraining epochs of 3 iterations at lr
+    5e-3, then 1 segmentation epoch at lr 2e-3, 1 validation iteration per epoch."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pretrain_epochs, self.pretrain_initial_lr = 2, 5e-3
+        self.num_epochs, self.initial_lr = 1, 2e-3
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 1
 
 
 class nnUNetTrainer_smoke_noval(_NoFinalValidation, nnUNetTrainer_smoke):

@@ -1,6 +1,6 @@
 """Bytes exchanged per SACL pretraining step at the BTCV-like plan (plans/), measured with 2 gloo ranks on the CPU.
 
-    .venv/bin/python tests/torchrun_trainers/collective_bytes.py
+    .venv/bin/python tests/trainers/collective_bytes.py
 
 One step of SACLPretrainer_fixedbatch (a fixed random batch in the plan's patch size, organ labels 0..13) under
 ``torchrun --standalone --nproc_per_node 2 -m nnunet_sacl.train``; the plan needs no images for that, so a
@@ -34,7 +34,7 @@ def main() -> None:
                    nnUNet_results=join(tmp, "results"), nnUNet_n_proc_DA="0", nnUNet_compile="f",
                    nnUNet_extTrainer=os.pathsep.join([str(trainers_folder()), HERE]))
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "nnunet_sacl.train", "17", "3d_fullres", "0", "-tr", "SACLPretrainer_fixedbatch",
+                        "-m", "nnunet_sacl.cli", "train", "17", "3d_fullres", "0", "-tr", "SACLPretrainer_fixedbatch",
                         "-device", "cpu"], env=env, check=True, timeout=1800, stdout=subprocess.DEVNULL)
         log = "".join(open(f).read() for f in glob(join(tmp, "results", "*", "*", "fold_0", "training_log_*.txt")))
         print(re.search(r"collective payload of one pretraining step.*", log).group(0))
