@@ -424,6 +424,11 @@ MUTANTS = [
            " build_nnunet_network(manager, manager.get_configuration(configuration), target_json, True)"
            ".state_dict().items()}",
            ("tests/test_prepare_finetune.py::test_b_prepared_from_the_file_alone_trains_from_it",)),
+    Mutant("a channel the file lacks gets the target's own intensity properties", "nnunet_sacl/nnunet/prepare_finetune.py",
+           "plans_for_target",
+           "statistics[str(c)] if c < source_channels else (own_statistics or {}).get(str(c))",
+           "statistics[str(source_channel(c, source_channels))]",
+           ("tests/test_prepare_finetune.py::test_c_two_channels_get_the_channel_averaged_stem",)),
 ]
 
 

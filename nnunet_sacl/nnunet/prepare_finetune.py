@@ -329,11 +329,22 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
     def refuse_other_plans():
         if isfile(plans_file):
             with open(plans_file) as f:
-                if json.load(f) != new_plans:
-                    raise TransferRefused(f"{plans_file} exists and holds other plans than those of "
-                                          f"{weights_file}: choose another name with -p")
-    if isfile(fingerprint_file):
-        refuse_other_plans()
+                there = json.load(f)
+            ours = new_plans
+            if not isfile(fingerprint_file):     # the new channels' statistics are not known yet: all but them
+                def known(p):
+                    p = dict(p)
+                    stats = p.get("foreground_intensity_properties_per_channel")
+                    if isinstance(stats, dict):
+                        p["foreground_intensity_properties_per_channel"] = {
+                            k: v for k, v in stats.items() if str(k).isdigit() and int(k) < len(
+                                plans.get("foreground_intensity_properties_per_channel") or {"0": None})}
+                    return p
+                there, ours = known(there), known(ours)
+            if there != ours:
+                raise TransferRefused(f"{plans_file} exists and holds other plans than those of "
+                                      f"{weights_file}: choose another name with -p")
+    refuse_other_plans()
 
     # ---- writing, each step reused when done
     steps = []
