@@ -236,10 +236,16 @@ def printed_line(stdout: str, command="nnUNetv2_train") -> str:
     return next(line.strip() for line in stdout.splitlines() if line.strip().startswith(f"{command} "))
 
 
+def pretrained_weights(line: str) -> str:
+    words = shlex.split(line)
+    return words[words.index("-pretrained_weights") + 1]
+
+
 def printed_train_line(stdout: str) -> list:
     words = shlex.split(printed_line(stdout))
     words[words.index("-tr") + 1] = "nnUNetTrainer_smoke"
-    return [nnunet_bin("nnUNetv2_train"), *words[1:], "-device", "cpu"]
+    assert words[-2:] == ["-device", "cpu"]         # printed so without a CUDA device, as here
+    return [nnunet_bin("nnUNetv2_train"), *words[1:]]
 
 
 def fine_tune(env, stdout: str, name: str) -> dict:
@@ -253,13 +259,13 @@ def fine_tune(env, stdout: str, name: str) -> dict:
 @pytest.fixture(scope="module")
 def prepared_b(env, received, raw_b) -> dict:
     result = prepare(env, received["encoder"], "-d", str(B_ID), "-c", "3d_fullres")
-    return {"stdout": result.stdout, "weights": shlex.split(printed_line(result.stdout))[-1]}
+    return {"stdout": result.stdout, "weights": pretrained_weights(printed_line(result.stdout))}
 
 
 @pytest.fixture(scope="module")
 def prepared_c(env, received, raw_c) -> dict:
     result = prepare(env, received["encoder"], "-d", str(C_ID), "-c", "3d_fullres")
-    return {"stdout": result.stdout, "weights": shlex.split(printed_line(result.stdout))[-1]}
+    return {"stdout": result.stdout, "weights": pretrained_weights(printed_line(result.stdout))}
 
 
 def encoder_keys(weights: dict) -> list:
@@ -310,7 +316,8 @@ def test_b_prepared_from_the_file_alone_trains_from_it(env, received, prepared_b
     assert re.search(r"-pretrained_weights \S+ -device cpu\n", out) and "-tr nnUNetTrainer_5epochs" in out
     assert "YES: the weights fit" in out and "recorded: trainer: SACLPretrainer_smoke" in out
     assert "resampled to the file's spacing 3x1x1 mm (the target's median: 2.5x0.8x0.8 mm)" in out
-    assert re.search(r"channel 0 \(CT\): CTNormalization as the file's channel 0 \(CT\), with its CT statistics", out)
+    assert re.search(r"channel 0 \(CT\): CTNormalization as the file's channel 0 \(CT\), with the CT statistics of the "
+                     r"file's channel 0", out)
     assert "Input channels" not in out
     folder = Path(env["nnUNet_preprocessed"]) / B_NAME
     plans = json.loads((folder / f"{PLANS}.json").read_text())
