@@ -429,6 +429,11 @@ MUTANTS = [
            "SACLPretrainer.augmentation_transforms",
            "if self.handed is not None:\n    return self.handed.transforms\n", "",
            ("tests/test_phases.py::test_the_variants_augmentation_and_batch_size_hold_in_phase_one",)),
+    Mutant("a channel the file lacks gets the target's own intensity properties", "nnunet_sacl/nnunet/prepare_finetune.py",
+           "plans_for_target",
+           "statistics[str(c)] if c < source_channels else (own_statistics or {}).get(str(c))",
+           "statistics[str(source_channel(c, source_channels))]",
+           ("tests/test_prepare_finetune.py::test_c_two_channels_get_the_channel_averaged_stem",)),
 ]
 
 

@@ -98,6 +98,15 @@ def test_a_trainer_name_typo_is_refused_before_training_with_the_closest_name(tm
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_demo_trainer_typo_is_refused_with_the_closest_name(tmp_path, capsys):
+    from nnunet_sacl.cli import main
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "-tr", "nnUNetTrainer_demo", "SACLTrainer_dmeo"]) == 1
+    assert capsys.readouterr().err == \
+        "nnunet-sacl demo: error: no trainer named 'SACLTrainer_dmeo' (did you mean SACLTrainer_demo?)\n"
+    assert not work.exists()
+
+
 def test_the_defaults_the_command_line_shows_are_the_librarys():
     """The cli modules import the defaults and choices they show from the library (nothing copied to keep in
     sync): what the command line parses by default is the library's."""

@@ -236,10 +236,16 @@ def printed_line(stdout: str, command="nnUNetv2_train") -> str:
     return next(line.strip() for line in stdout.splitlines() if line.strip().startswith(f"{command} "))
 
 
+def pretrained_weights(line: str) -> str:
+    words = shlex.split(line)
+    return words[words.index("-pretrained_weights") + 1]
+
+
 def printed_train_line(stdout: str) -> list:
     words = shlex.split(printed_line(stdout))
     words[words.index("-tr") + 1] = "nnUNetTrainer_smoke"
-    return [nnunet_bin("nnUNetv2_train"), *words[1:], "-device", "cpu"]
+    assert words[-2:] == ["-device", "cpu"]         # printed so without a CUDA device, as here
+    return [nnunet_bin("nnUNetv2_train"), *words[1:]]
 
 
 def fine_tune(env, stdout: str, name: str) -> dict:
@@ -253,13 +259,13 @@ def fine_tune(env, stdout: str, name: str) -> dict:
 @pytest.fixture(scope="module")
 def prepared_b(env, received, raw_b) -> dict:
     result = prepare(env, received["encoder"], "-d", str(B_ID), "-c", "3d_fullres")
-    return {"stdout": result.stdout, "weights": shlex.split(printed_line(result.stdout))[-1]}
+    return {"stdout": result.stdout, "weights": pretrained_weights(printed_line(result.stdout))}
 
 
 @pytest.fixture(scope="module")
 def prepared_c(env, received, raw_c) -> dict:
     result = prepare(env, received["encoder"], "-d", str(C_ID), "-c", "3d_fullres")
-    return {"stdout": result.stdout, "weights": shlex.split(printed_line(result.stdout))[-1]}
+    return {"stdout": result.stdout, "weights": pretrained_weights(printed_line(result.stdout))}
 
 
 def encoder_keys(weights: dict) -> list:
@@ -306,10 +312,12 @@ def test_b_prepared_from_the_file_alone_trains_from_it(env, received, prepared_b
     print(out)
     assert f"nnUNetv2_train {B_ID} 3d_fullres 0 -tr nnUNetTrainer -p {PLANS} -pretrained_weights " in out
     assert f"nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {B_ID} -c 3d_fullres -f 0 -tr nnUNetTrainer " \
-           f"-p {PLANS}" in out
+           f"-p {PLANS} -device cpu" in out                 # no CUDA device here: lines that run here
+    assert re.search(r"-pretrained_weights \S+ -device cpu\n", out) and "-tr nnUNetTrainer_5epochs" in out
     assert "YES: the weights fit" in out and "recorded: trainer: SACLPretrainer_smoke" in out
     assert "resampled to the file's spacing 3x1x1 mm (the target's median: 2.5x0.8x0.8 mm)" in out
-    assert re.search(r"channel 0 \(CT\): CTNormalization as the file's channel 0 \(CT\), with its CT statistics", out)
+    assert re.search(r"channel 0 \(CT\): CTNormalization as the file's channel 0 \(CT\), with the CT statistics of the "
+                     r"file's channel 0", out)
     assert "Input channels" not in out
     folder = Path(env["nnUNet_preprocessed"]) / B_NAME
     plans = json.loads((folder / f"{PLANS}.json").read_text())
@@ -335,8 +343,8 @@ def test_c_two_channels_get_the_channel_averaged_stem(env, received, prepared_c)
     out = prepared_c["stdout"]
     print(out)
     assert re.search(r"Input channels: the file's network takes 1, Dataset983_FinetuneC has 2: the stem's weights "
-                     r"\(encoder.stages.0.0.convs.0.conv.weight, .*\) are repeated over the 2 channels and divided by "
-                     r"2 in the new weights file; every other weight is the file's own, and "
+                     r"\(encoder.stages.0.0.convs.0.conv.weight, .*\) are summed over the file's 1 channels, repeated over the 2 channels "
+                     r"and divided by 2 in the new weights file; every other weight is the file's own, and "
                      r"checkpoint_sacl_encoder.pth itself is unchanged", out), out
     assert "channel 1 (CT): CTNormalization as the file's channel 0 (CT)" in out and "YES: the weights fit" in out
     a = torch.load(received["encoder"], weights_only=True)["network_weights"]
@@ -348,8 +356,13 @@ def test_c_two_channels_get_the_channel_averaged_stem(env, received, prepared_c)
         assert torch.equal(loaded[key], expected[key] if key in stem else a[key]), key
     plans = json.loads((Path(env["nnUNet_preprocessed"]) / C_NAME / f"{PLANS}.json").read_text())
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"] * 2
-    assert plans["foreground_intensity_properties_per_channel"]["1"] == \
-        plans["foreground_intensity_properties_per_channel"]["0"]
+    # the new channel: the target's own intensity properties (its fingerprint), never the file's channel 0
+    fingerprint = json.loads((Path(env["nnUNet_preprocessed"]) / C_NAME / "dataset_fingerprint.json").read_text())
+    own = fingerprint["foreground_intensity_properties_per_channel"]["1"]
+    assert plans["foreground_intensity_properties_per_channel"]["1"] == own
+    assert own != plans["foreground_intensity_properties_per_channel"]["0"]     # the copy is brighter
+    assert "channel 1 (CT): CTNormalization as the file's channel 0 (CT), with the CT statistics of the target's " \
+           "own (its fingerprint; the file has no channel 1)" in out
     trained = fine_tune(env, out, C_NAME)
     assert f"Loading pretrained weights from file  {prepared_c['weights']}" in trained["stdout"]
     for key in [k for k in encoder_keys(a) if k.endswith("conv.weight")]:

@@ -236,7 +236,8 @@ def test_other_number_of_input_channels_is_named(in_process, encoder_file, tmp_p
     report = check_weights(hand_made_file(tmp_path, weights), A_ID, "3d_fullres")
     assert not report.fits
     assert report.causes == ["other number of input channels: the file's first conv takes 2, the target's 1 "
-                             "(dataset.json channel_names, or a cascade stage)"]
+                             "(dataset.json channel_names, or a cascade stage); nnunet-sacl prepare-finetune FILE -d "
+                             "TARGET -c CONFIGURATION writes weights with the stem adapted to the target's channels"]
     assert all(m.file_shape[1] == 2 and m.target_shape[1] == 1 for m in report.mismatches)
 
 

@@ -1,5 +1,7 @@
 """``nnunet-sacl demo``: baseline vs SACL on a small dataset, each step nnU-Net's own command
 (``nnunet_sacl.demo``)."""
+import os
+
 from nnunet_sacl.cli import Command, default_device, refusing
 from nnunet_sacl.defaults import SDIST_NAME
 from nnunet_sacl.demo import DEFAULT_CONFIGURATION, DEFAULT_TRAINERS
@@ -25,9 +27,19 @@ def run(args) -> int:
     from nnunet_sacl.analysis.study import StudyError
     from nnunet_sacl.dataset_conversion.demo_data import DemoDataUnavailable
     from nnunet_sacl.demo import run_demo
+    from nnunet_sacl.environment import with_ext_trainer
+    from nnunet_sacl.train import check_trainer
     # the real CT's source could not be found, downloaded or verified; a bad trainer, fold or configuration; a
     # training or prediction that failed (nnU-Net's own output above says why)
     with refusing(DemoDataUnavailable, StudyError, RuntimeError):
+        saved = dict(os.environ)
+        os.environ.update(with_ext_trainer(os.environ))     # the trainers as the demo's nnU-Net will see them
+        try:
+            for trainer in args.tr:          # a typo: refused before anything is written, with the closest name
+                check_trainer(trainer)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         run_demo(args.workdir, default_device(args.device), args.d, args.tr, args.c, args.f,
                  synthetic=args.synthetic, sdist=args.sdist)
     return 0

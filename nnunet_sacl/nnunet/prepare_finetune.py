@@ -95,10 +95,11 @@ def source_channel(channel: int, source_channels: int) -> int:
 
 
 def plans_for_target(plans: dict, target_name: str, plans_name: str, target_channels: int,
-                     reader_writer: str) -> dict:
+                     reader_writer: str, own_statistics: Optional[dict] = None) -> dict:
     """The file's plans as plans of the target: what ``nnUNetv2_move_plans_between_datasets`` changes (dataset name,
     plans name, data identifiers, image reader), and per-channel normalisation and CT statistics for the target's
-    channels (``source_channel``) when it has another number of channels."""
+    channels (``source_channel``) when it has another number of channels. A channel the file lacks gets the
+    target's own intensity properties (``own_statistics``, its fingerprint's), never another channel's."""
     plans = json.loads(json.dumps(plans))
     source_plans_name = plans.get("plans_name", "")
     source_channels = len(plans.get("foreground_intensity_properties_per_channel") or {"0": None})
@@ -115,7 +116,8 @@ def plans_for_target(plans: dict, target_name: str, plans_name: str, target_chan
     statistics = plans.get("foreground_intensity_properties_per_channel")
     if statistics:
         plans["foreground_intensity_properties_per_channel"] = {
-            str(c): statistics[str(source_channel(c, source_channels))] for c in range(target_channels)}
+            str(c): statistics[str(c)] if c < source_channels else (own_statistics or {}).get(str(c))
+            for c in range(target_channels)}
     return plans
 
 
@@ -186,13 +188,15 @@ class Preparation:
     channels: str = ""
     changes: list = field(default_factory=list)
     report: object = None
+    device: str = "cuda"                  # where the printed lines run: cpu when torch finds no CUDA device
 
     def commands(self) -> list:
         p, c = shlex.quote(self.plans_name), self.configuration
+        device = "" if self.device == "cuda" else f" -device {self.device}"
         return [f"nnUNetv2_train {self.target_id} {c} {self.fold} -tr nnUNetTrainer -p {p} -pretrained_weights "
-                f"{shlex.quote(self.new_weights)}",
+                f"{shlex.quote(self.new_weights)}{device}",
                 f"nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {self.target_id} -c {c} -f {self.fold} "
-                f"-tr nnUNetTrainer -p {p}"]
+                f"-tr nnUNetTrainer -p {p}{device}"]
 
     def __str__(self) -> str:
         lines = [f"Weights: {self.weights_file}", *(f"  recorded: {line}" for line in self.recorded),
@@ -205,12 +209,20 @@ class Preparation:
         lines += ["Check (as nnunet-sacl check-weights):", *(f"  {line}" for line in str(self.report).splitlines())]
         train, predict = self.commands()
         lines += ["Fine-tune (any nnU-Net or SACL trainer with -tr; keep -p in every command), then predict:",
-                  f"  {train}", f"  {predict}"]
+                  f"  {train}", f"  {predict}",
+                  "  (nnUNetTrainer runs nnU-Net's 1,000 epochs; for a first look use a short trainer of nnU-Net's "
+                  "own in both lines, e.g. -tr nnUNetTrainer_5epochs)"]
         return "\n".join(lines)
 
 
 def _spacing_text(spacing) -> str:
     return "x".join(f"{s:g}" for s in spacing) + " mm"
+
+
+def statistics_differ(a: dict, b: dict) -> bool:
+    """Intensity properties far apart: means more than half an sd apart, or sds more than 1.5x apart."""
+    sd = max(a["std"], b["std"], 1e-8)
+    return abs(a["mean"] - b["mean"]) > 0.5 * sd or max(a["std"], b["std"]) > 1.5 * max(min(a["std"], b["std"]), 1e-8)
 
 
 def transfer_changes(source_config: dict, plans: dict, fingerprint: dict, target_json: dict,
@@ -237,13 +249,17 @@ def transfer_changes(source_config: dict, plans: dict, fingerprint: dict, target
         scheme = schemes[s] if schemes else "?"
         reused = f"the file's channel {s}" + (f" ({source_names.get(str(s))})" if source_names.get(str(s)) else "")
         line = f"channel {c} ({name}): {scheme} as {reused}"
-        if scheme == "CTNormalization" and str(s) in statistics:
-            st, mine = statistics[str(s)], own_statistics.get(str(c)) or {}
-            line += (f", with its CT statistics: clipped to {st['percentile_00_5']:g}..{st['percentile_99_5']:g}, "
-                     f"mean {st['mean']:g}, sd {st['std']:g}")
-            if mine:
+        if scheme == "CTNormalization" and str(c) in statistics:
+            st, mine = statistics[str(c)], own_statistics.get(str(c)) or {}
+            whose = "the file's channel %d" % c if s == c else "the target's own (its fingerprint; the file has no " \
+                "channel %d)" % c
+            line += (f", with the CT statistics of {whose}: clipped to {st['percentile_00_5']:g}.."
+                     f"{st['percentile_99_5']:g}, mean {st['mean']:g}, sd {st['std']:g}")
+            if mine and s == c:
                 line += (f" (the target's own: {mine['percentile_00_5']:g}..{mine['percentile_99_5']:g}, mean "
                          f"{mine['mean']:g}, sd {mine['std']:g})")
+                if statistics_differ(st, mine):
+                    line += "; WARNING: the target's statistics differ much from the file's for this channel"
         else:
             line += " (per image; no statistics carried over)"
         if source_names.get(str(s)) and source_names.get(str(s)) != name:
@@ -287,7 +303,15 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
                               f"{source_config.patch_size}): pretrain a 2d configuration for it")
     plans_name = plans_name or default_plans_name(plans)
     target_channels = len(channel_names(target_json))
-    new_plans = plans_for_target(plans, target, plans_name, target_channels, rw.__name__)
+    folder = join(str(nnUNet_preprocessed), target)
+    fingerprint_file = join(folder, "dataset_fingerprint.json")
+
+    def own_statistics():
+        if not isfile(fingerprint_file):
+            return None
+        with open(fingerprint_file) as f:
+            return json.load(f).get("foreground_intensity_properties_per_channel")
+    new_plans = plans_for_target(plans, target, plans_name, target_channels, rw.__name__, own_statistics())
     manager = PlansManager(new_plans)
     with torch.device("meta"):
         network = build_nnunet_network(manager, manager.get_configuration(configuration), target_json, True)
@@ -300,13 +324,27 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
             f"the weights of {weights_file} do not fit the network its own plans build for {configuration} "
             f"({len(bad)} keys, e.g. {first.key}: file {first.file_shape}, network {first.target_shape}); it was "
             f"trained as {init_args.get('configuration', '?')}: prepare that configuration")
-    folder = join(str(nnUNet_preprocessed), target)
     plans_file = join(folder, f"{plans_name}.json")
-    if isfile(plans_file):
-        with open(plans_file) as f:
-            if json.load(f) != new_plans:
-                raise TransferRefused(f"{plans_file} exists and holds other plans than those of {weights_file}: "
-                                      f"choose another name with -p")
+
+    def refuse_other_plans():
+        if isfile(plans_file):
+            with open(plans_file) as f:
+                there = json.load(f)
+            ours = new_plans
+            if not isfile(fingerprint_file):     # the new channels' statistics are not known yet: all but them
+                def known(p):
+                    p = dict(p)
+                    stats = p.get("foreground_intensity_properties_per_channel")
+                    if isinstance(stats, dict):
+                        p["foreground_intensity_properties_per_channel"] = {
+                            k: v for k, v in stats.items() if str(k).isdigit() and int(k) < len(
+                                plans.get("foreground_intensity_properties_per_channel") or {"0": None})}
+                    return p
+                there, ours = known(there), known(ours)
+            if there != ours:
+                raise TransferRefused(f"{plans_file} exists and holds other plans than those of "
+                                      f"{weights_file}: choose another name with -p")
+    refuse_other_plans()
 
     # ---- writing, each step reused when done
     steps = []
@@ -314,7 +352,6 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
     if not isfile(join(folder, "dataset.json")):
         shutil.copy(join(raw, "dataset.json"), join(folder, "dataset.json"))    # what nnU-Net's planning copies
         steps.append(f"dataset.json copied from {raw}")
-    fingerprint_file = join(folder, "dataset_fingerprint.json")
     if not isfile(fingerprint_file):
         from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
         extract_fingerprint_dataset(int(target[7:10]), num_processes=num_processes, clean=False, verbose=False,
@@ -322,6 +359,10 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
         steps.append("dataset_fingerprint.json: the target's fingerprint (nnU-Net's extractor)")
     else:
         steps.append("dataset_fingerprint.json: there already")
+    # a channel the file lacks is normalised with the target's own statistics, known from here on
+    new_plans = plans_for_target(plans, target, plans_name, target_channels, rw.__name__, own_statistics())
+    manager = PlansManager(new_plans)
+    refuse_other_plans()
     new_plans_written = not isfile(plans_file)
     if new_plans_written:
         with open(plans_file, "w") as f:
@@ -359,17 +400,20 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
     channels = ""
     if stem_keys:
         channels = (f"the file's network takes {source_channels}, {target} has {target_channels}: the stem's weights "
-                    f"({', '.join(k for k in stem_keys if checked_by_nnunet(k))}) are repeated over the "
-                    f"{target_channels} channels and divided by {target_channels} in the new weights file; every "
-                    f"other weight is the file's own, and {basename(weights_file)} itself is unchanged")
+                    f"({', '.join(k for k in stem_keys if checked_by_nnunet(k))}) are summed over the file's "
+                    f"{source_channels} channels" + ("" if target_channels == 1 else
+                    f", repeated over the {target_channels} channels and divided by {target_channels}") +
+                    f" in the new weights file; every other weight is the file's own, and "
+                    f"{basename(weights_file)} itself is unchanged")
     with open(fingerprint_file) as f:
         fingerprint = json.load(f)
     changes = transfer_changes({"spacing": source_config.spacing, "patch_size": source_config.patch_size,
-                                "normalization_schemes": source_config.normalization_schemes}, plans, fingerprint,
+                                "normalization_schemes": source_config.normalization_schemes}, new_plans, fingerprint,
                                target_json, init_args.get("dataset_json"))
     report = check_weights(new_weights, target, configuration, plans_name)
     if not report.fits:
         raise RuntimeError(f"the prepared weights do not fit (a bug):\n{report}")
     return Preparation(weights_file, target, str(int(target[7:10])), configuration, plans_name,
                        f"{plans.get('dataset_name', '?')}, plans {plans.get('plans_name', '?')}", new_weights,
-                       str(fold), steps, recorded(checkpoint), channels, changes, report)
+                       str(fold), steps, recorded(checkpoint), channels, changes, report,
+                       "cuda" if torch.cuda.is_available() else "cpu")

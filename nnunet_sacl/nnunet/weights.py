@@ -252,7 +252,8 @@ def likely_causes(file: Architecture, target: Architecture, file_shapes: dict) -
                       f"{target.dims}d (rank {target.dims + 2}); pretrain with the configuration you fine-tune")
     if file.input_channels != target.input_channels:
         causes.append(f"other number of input channels: the file's first conv takes {file.input_channels}, the "
-                      f"target's {target.input_channels} (dataset.json channel_names, or a cascade stage)")
+                      f"target's {target.input_channels} (dataset.json channel_names, or a cascade stage); nnunet-sacl prepare-finetune FILE -d TARGET -c "
+                      f"CONFIGURATION writes weights with the stem adapted to the target's channels")
     if file.class_name == target.class_name and file.dims == target.dims:
         differences = plan_differences(file, target)
         if differences:
