@@ -172,3 +172,124 @@ def compare_with_baseline(rows: list, trainers: list, organs: list, metric: str 
             table.append({"trainer": trainer, "baseline": baseline, "organ": organ, "n_pairs": s["n"],
                           **{k: s[k] for k in COMPARISON_COLUMNS[4:]}})
     return table
+
+
+# ---------------------------------------------------------------- over runs (fold x seed): the seed as what varies
+# A study with several seeds compares runs, not one pair of models: a case's value under an arm is a draw of the
+# arm's training (seed) as well as of the case. The rule and its reason are in docs/evaluation.md ("Verdicts over
+# seeds"); tests/test_study_seeds.py tries it on simulated null studies and on a true gain.
+
+VERDICTS = ("gain", "level", "loss")
+RUN_COLUMNS = ("n_seeds", "fold_gains", "seed_sd_baseline", "seed_sd_arm", "verdict")
+
+
+def run_array(rows: list, trainer: str, folds: list, seeds: list, cases: list, organs: list, metric: str) -> np.ndarray:
+    """(folds, seeds, cases) array of the trainer's case value (the organ's, or the case mean over ``organs`` in
+    the case's reference), NaN where that run did not evaluate the case."""
+    f_at, s_at, c_at = ({v: i for i, v in enumerate(x)} for x in (folds, seeds, cases))
+    collected = {}
+    for r in rows:
+        if r["trainer"] == trainer and r["organ"] in organs:
+            key = (f_at[int(r["fold"])], s_at[_seed_of(r)], c_at[r["case"]])
+            collected.setdefault(key, []).append(scored(r, metric))
+    out = np.full((len(folds), len(seeds), len(cases)), np.nan)
+    for key, values in collected.items():
+        values = np.array(values)
+        if np.isfinite(values).any():
+            out[key] = np.nanmean(values)
+    return out
+
+
+def _seed_of(row: dict):
+    seed = row.get("seed")
+    return None if seed in (None, "", "None") else int(seed)
+
+
+def seed_spread(values: np.ndarray) -> float:
+    """How far one run's mean moves with the seed: per fold, the sample sd over seeds of each run's mean over its
+    evaluated cases, pooled over folds (root mean variance). NaN with one seed."""
+    run_means = np.nanmean(values, axis=2)                        # (folds, seeds)
+    if run_means.shape[1] < 2:
+        return math.nan
+    return float(np.sqrt(np.nanmean(np.nanvar(run_means, axis=1, ddof=1))))
+
+
+def hierarchical_resamples(diff: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Means of ``diff`` ((folds, seeds, cases), arm - baseline of the same fold, seed and case; NaN where not
+    evaluated) under a two-level bootstrap: seeds drawn with replacement within each fold (a run is the arm's and
+    the baseline's model of one fold and seed), then cases drawn with replacement (each keeps the runs that
+    evaluated it). The statistic is the mean over cases of each case's mean over its resampled runs."""
+    diff = diff[:, :, np.isfinite(diff).any(axis=(0, 1))]           # cases no run evaluated are not pairs
+    folds, seeds, cases = diff.shape
+    rng = np.random.default_rng(seed)
+    if seeds > 1:   # one seed: no draw, so that the interval is the case bootstrap's (``bootstrap_ci``) exactly
+        pick_s = rng.integers(0, seeds, (resamples, folds, seeds))
+        runs = diff[np.arange(folds)[None, :, None], pick_s]         # (resamples, folds, seeds, cases)
+    else:
+        runs = np.broadcast_to(diff, (1,) + diff.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_case = np.nanmean(runs.reshape(runs.shape[0], folds * seeds, cases), axis=1)
+    pick_c = rng.integers(0, cases, (resamples, cases))
+    if per_case.shape[0] == 1:
+        return per_case[0][pick_c].mean(axis=1)
+    return np.nanmean(np.take_along_axis(per_case, pick_c, axis=1), axis=1)
+
+
+def verdict(mean_diff: float, ci_low: float, ci_high: float, spread: float) -> str:
+    """'gain' when the CI lies above zero and the mean difference is larger than what another seed of the
+    baseline moves one run's mean (``spread``); 'loss' the same below; else 'level'. Without a measured spread
+    (one seed) only the CI decides, and the report says that it covers one seed."""
+    if not np.isfinite(ci_low) or not np.isfinite(mean_diff):
+        return "level"
+    clear = 0.0 if not np.isfinite(spread) else spread
+    if ci_low > 0 and mean_diff > clear:
+        return "gain"
+    if ci_high < 0 and mean_diff < -clear:
+        return "loss"
+    return "level"
+
+
+def compare_runs(arm: np.ndarray, baseline: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> dict:
+    """The comparison over runs of two (folds, seeds, cases) arrays with the same folds, seeds and cases: mean
+    difference (over cases, each averaged over its runs), the gain per fold (averaged over seeds), the hierarchical
+    bootstrap's 95% CI, both seed spreads and the verdict."""
+    diff = arm - baseline
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_case = np.nanmean(diff.reshape(-1, diff.shape[2]), axis=0)
+        fold_gains = [float(g) for g in np.nanmean(diff, axis=(1, 2))]
+    per_case = per_case[np.isfinite(per_case)]
+    mean_diff = float(per_case.mean()) if per_case.size else math.nan
+    if testable(per_case.size):
+        low, high = (float(x) for x in np.percentile(hierarchical_resamples(diff, resamples, seed), [2.5, 97.5]))
+    else:
+        low, high = math.nan, math.nan
+    spread_b, spread_a = seed_spread(baseline), seed_spread(arm)
+    return {"mean_diff": mean_diff, "ci_low": low, "ci_high": high, "n_seeds": diff.shape[1],
+            "fold_gains": fold_gains, "seed_sd_baseline": spread_b, "seed_sd_arm": spread_a,
+            "verdict": verdict(mean_diff, low, high, spread_b)}
+
+
+def compare_runs_with_baseline(rows: list, trainers: list, organs: list, metric: str = "dice") -> list:
+    """``compare_with_baseline``'s table with the comparison over runs beside it: the CI is the hierarchical
+    bootstrap's (seeds within folds, then cases; with one seed exactly the case bootstrap), plus ``RUN_COLUMNS``
+    (seeds, gain per fold averaged over seeds, both seed spreads, verdict). Wilcoxon p and wins/ties/losses stay
+    over the cases (each averaged over its folds and seeds): they say how consistent a difference is over cases,
+    not whether it survives another seed."""
+    folds = sorted({int(r["fold"]) for r in rows})
+    seeds = sorted({_seed_of(r) for r in rows}, key=lambda s: -1 if s is None else s)
+    cases = sorted({r["case"] for r in rows})
+    table = compare_with_baseline(rows, trainers, organs, metric)
+    for row in table:
+        organ_set = list(organs) if row["organ"] == MEAN else [row["organ"]]
+        arm, base = (run_array(rows, t, folds, seeds, cases, organ_set, metric) for t in (row["trainer"], row["baseline"]))
+        r = compare_runs(arm, base)
+        if not testable(row["n_pairs"]):
+            r["ci_low"] = r["ci_high"] = math.nan
+            r["verdict"] = "level"
+        row.update(ci_low=r["ci_low"], ci_high=r["ci_high"], n_seeds=r["n_seeds"],
+                   fold_gains=" ".join(f"{g:+.4f}" for g in r["fold_gains"]),
+                   seed_sd_baseline=r["seed_sd_baseline"], seed_sd_arm=r["seed_sd_arm"], verdict=r["verdict"])
+    return table

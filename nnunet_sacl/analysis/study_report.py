@@ -8,7 +8,7 @@ import numpy as np
 
 from nnunet_sacl.analysis.report import FEWEST_FOR_A_BOX, box_plot, drawing, fmt, fmt_ci, fmt_test, write_csv
 from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEAN, MIN_PAIRS, case_mean,
-                                        compare_with_baseline, organ_mean, paired_values)
+                                        compare_runs_with_baseline, organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
 PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd", "reference_voxels")
@@ -166,8 +166,8 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     out, organs, trainers = Path(study.out_dir), list(study.labels), study.trainers
     out.mkdir(parents=True, exist_ok=True)
     write_csv([{k: r[k] for k in PER_CASE_COLUMNS} for r in rows], out / "per_case.csv")
-    dice_table = compare_with_baseline(rows, trainers, organs, "dice")
-    nsd_table = compare_with_baseline(rows, trainers, organs, "nsd")
+    dice_table = compare_runs_with_baseline(rows, trainers, organs, "dice")
+    nsd_table = compare_runs_with_baseline(rows, trainers, organs, "nsd")
     write_csv(dice_table, out / "comparison.csv")
     write_csv(nsd_table, out / "comparison_nsd.csv")
     write_csv([{"trainer": c["trainer"], "fold": c["fold"], **{k: c[k] for k in COST_COLUMNS}} for c in costs],
