@@ -434,6 +434,9 @@ MUTANTS = [
            "statistics[str(c)] if c < source_channels else (own_statistics or {}).get(str(c))",
            "statistics[str(source_channel(c, source_channels))]",
            ("tests/test_prepare_finetune.py::test_c_two_channels_get_the_channel_averaged_stem",)),
+    Mutant("a gain counts only when it stands clear of another seed of the baseline",
+           "nnunet_sacl/analysis/stats.py", "verdict", "clear = spread\n", "clear = 0.0\n",
+           ("tests/test_study_seeds.py::test_a_gain_within_one_seeds_spread_is_not_called_a_gain",)),
 ]
 
 

@@ -84,3 +84,11 @@ def test_a_real_gain_in_rows_is_a_gain_and_a_real_loss_a_loss():
     rows = rows_of("base", base) + rows_of("better", gain) + rows_of("worse", base - (gain - base))
     table = compare_runs_with_baseline(rows, ["base", "better", "worse"], ["liver"], "dice")
     assert [r["verdict"] for r in table if r["organ"] == "mean"] == ["gain", "loss"]
+
+
+def test_one_seed_calls_no_gain_however_clear_its_ci():
+    """A study of one seed (every study without seeds) measures no seed spread: no difference stands clear of it, so
+    the verdict is level, even where the CI over the cases of that one pair of models excludes zero."""
+    base = np.random.default_rng(5).normal(0.5, 0.1, (3, 1, 12))
+    r = compare_runs(base + 0.05, base, resamples=1000)
+    assert r["ci_low"] > 0 and r["n_seeds"] == 1 and r["verdict"] == "level"

@@ -239,10 +239,11 @@ def hierarchical_resamples(diff: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLE
 def verdict(mean_diff: float, ci_low: float, ci_high: float, spread: float) -> str:
     """'gain' when the CI lies above zero and the mean difference is larger than what another seed of the
     baseline moves one run's mean (``spread``); 'loss' the same below; else 'level'. Without a measured spread
-    (one seed) only the CI decides, and the report says that it covers one seed."""
-    if not np.isfinite(ci_low) or not np.isfinite(mean_diff):
+    (one seed of the baseline) nothing stands clear of it: 'level', whatever the CI over that one pair's cases says
+    (two seeds of stock nnU-Net differed with p = 0.005 there)."""
+    if not np.isfinite(ci_low) or not np.isfinite(mean_diff) or not np.isfinite(spread):
         return "level"
-    clear = 0.0 if not np.isfinite(spread) else spread
+    clear = spread
     if ci_low > 0 and mean_diff > clear:
         return "gain"
     if ci_high < 0 and mean_diff < -clear:
