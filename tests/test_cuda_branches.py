@@ -40,13 +40,13 @@ def trainer_pair(base, amp: bool, scaler: bool):
     if scaler:
         other.grad_scaler = torch.amp.GradScaler("cpu")
     unwrap(other.network).load_state_dict(unwrap(eager.network).state_dict())
-    if eager.head is not None:
+    if getattr(eager, "head", None) is not None:    # a segmentation trainer has no projection head
         other.head.load_state_dict(eager.head.state_dict())
     return eager, other
 
 
 def params(trainer) -> torch.Tensor:
-    head = list(trainer.head.parameters()) if trainer.head is not None else []
+    head = list(trainer.head.parameters()) if getattr(trainer, "head", None) is not None else []
     return torch.cat([p.detach().reshape(-1) for p in list(trainer.network.parameters()) + head]).clone()
 
 

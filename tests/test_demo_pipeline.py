@@ -14,7 +14,7 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoM
     nnUNetTrainerNoMirroring
 
 from nnunet_sacl.nnunet import short_runs
-from tests.helpers import in_process, nnunet_bin, run
+from tests.helpers import TEST_TRAINERS, in_process, nnunet_bin, run
 from tests.trainers import torchrun_test_trainers
 
 # tests that train through nnU-Net's commands or torchrun are marked slow one by one; the rest run in the fast tier
@@ -49,7 +49,8 @@ def printed_table(stdout: str) -> dict:
 
 @pytest.mark.slow
 def test_demo_compares_baseline_and_sacl_on_real_ct(nnunet_env, sdist, tmp_path):
-    env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_extTrainer"}  # the demo sets it itself
+    # the demo adds the package's trainers itself; the tests' (the _demo_smoke arms) are in the user's folder
+    env = dict(nnunet_env, nnUNet_extTrainer=str(TEST_TRAINERS))
     env["nnUNet_n_proc_DA"] = "0"
     cmd = [nnunet_bin("nnunet-sacl"), "demo", "--workdir", str(tmp_path), "-d", "995", "--device", "cpu",
            "-tr", *ARMS, "--sdist", str(sdist)]

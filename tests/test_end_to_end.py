@@ -41,9 +41,11 @@ def test_train_runs_both_phases_with_finite_losses(trained_sacl):
     seg_losses = [float(v) for v in re.findall(r"train_loss (\S+)", log)]
     assert len(seg_losses) == 2 and all(math.isfinite(v) for v in seg_losses)
     assert log.index("SACL pretraining done") < log.index("Epoch 0")
-    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress.png", "pretraining/progress.png",
-                 "pretraining/checkpoint_final.pth", "pretraining/checkpoint_best.pth"):
+    for name in ("checkpoint_final.pth", "checkpoint_sacl_encoder.pth", "progress.png"):
         assert isfile(join(trained_sacl, name)), name
+    for name in ("progress.png", "checkpoint_final.pth", "checkpoint_best.pth"):      # phase 1's, where nnU-Net puts them
+        assert isfile(join(pretraining_folder(trained_sacl), name)), name
+    assert pretraining_folder(trained_sacl).endswith("SACLPretrainer_smoke__nnUNetPlans__3d_fullres/fold_0")
     from PIL import Image          # nnU-Net's own three panels, in each phase
     assert Image.open(join(trained_sacl, "progress.png")).size == (3000, 5400)
     assert Image.open(join(pretraining_folder(trained_sacl), "progress.png")).size == (3000, 5400)
@@ -104,8 +106,8 @@ def test_run_killed_in_each_phase_resumes_with_c(nnunet_env, preprocessed):
     latest = join(folder, "checkpoint_latest.pth")
     kill_when(cmd, env, lambda: isfile(join(pretraining_folder(folder, must_exist=False), "checkpoint_latest.pth")))
     assert "SACL pretraining done" not in training_log(folder), "the run finished phase 1 before it could be killed"
-    saved = torch.load(join(pretraining_folder(folder), "checkpoint_latest.pth"), weights_only=False,
-                       map_location="cpu")
+    phase_one_latest = join(pretraining_folder(folder), "checkpoint_latest.pth")
+    saved = torch.load(phase_one_latest, weights_only=False, map_location="cpu")
     assert saved["sacl"]["phase"] == "pretraining" and 1 <= saved["current_epoch"] < 3
 
     kill_when(cmd + ["--c"], env, lambda: has_epoch_line(training_log(folder), 1))   # phase 2's epoch 1

@@ -9,6 +9,7 @@ import torch
 
 from nnunetv2.run.run_training import maybe_load_checkpoint
 
+from nnunet_sacl.nnunet.joint import SACLTrainer_joint
 from nnunet_sacl.nnunet.network import build_nnunet_network, encoder_of, unwrap
 from tests.helpers import nnunet_bin, run
 from tests.helpers import D, fold_folder, has_epoch_line, kill_when, train_env, training_log
@@ -132,7 +133,8 @@ def test_compiled_network_gives_the_eager_step(in_process_env, monkeypatch):
     import functools
     eager = joint_trainer(weight=0.5)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    monkeypatch.setattr(type(eager), "_do_i_compile", lambda self: True)
+    # on the package's class: nnU-Net's lookup by name imports the tests' trainer module anew for each trainer
+    monkeypatch.setattr(SACLTrainer_joint, "_do_i_compile", lambda self: True)
     compiled = joint_trainer(weight=0.5)
     assert isinstance(compiled.network, torch._dynamo.eval_frame.OptimizedModule)
     unwrap(compiled.network).load_state_dict(unwrap(eager.network).state_dict())
