@@ -103,3 +103,80 @@ def test_segmentation_on_pseudo_labels_is_refused_unless_asked_for(monkeypatch, 
     refuse_partial_labels({}, "D", "nnUNetTrainer")
     monkeypatch.setenv(ALLOW_PSEUDO_ENV, "1")
     refuse_partial_labels(ds, "D", "nnUNetTrainer")          # self-training, asked for
+
+
+@pytest.fixture(scope="session")
+def pseudo_labelled(readme_run, tmp_path_factory):
+    """README's trained SACLTrainer_smoke (fold 0 of dataset 991) pseudo-labels the test images of 991 into a new
+    raw dataset (in its own nnUNet_raw), once with and once without a softmax threshold."""
+    from tests.helpers import in_process, readme_model
+    readme_model(readme_run)
+    env = dict(readme_run["env"], nnUNet_raw=str(tmp_path_factory.mktemp("pseudo_raw")))
+    images = Path(readme_run["env"]["nnUNet_raw"]) / "Dataset991_SACLSynthetic" / "imagesTs"
+    args = ["pseudo-label", "-i", str(images), "-d", "991", "-c", "3d_fullres", "-tr", "SACLTrainer_smoke",
+            "-f", "0", "-device", "cpu"]
+    first = in_process(args + ["--to", "501"], env)
+    plain = Path(env["nnUNet_raw"]) / "Dataset501_PseudoLabelled"
+    stamps = {p: p.stat().st_mtime_ns for p in plain.rglob("*")}
+    second = in_process(args + ["--to", "501"], env)
+    after = {p: p.stat().st_mtime_ns for p in plain.rglob("*")}
+    thresholded = in_process(args + ["--to", "502", "--threshold", "0.9"], env)
+    return {"env": env, "images": images, "first": first, "second": second, "thresholded": thresholded,
+            "plain": Path(env["nnUNet_raw"]) / "Dataset501_PseudoLabelled",
+            "unsure": Path(env["nnUNet_raw"]) / "Dataset502_PseudoLabelled",
+            "predicted": Path(readme_run["folder"]) / "pred", "stamps": stamps, "after": after}
+
+
+@pytest.mark.slow   # README's trained model, nnU-Net's predictor
+def test_pseudo_labels_equal_nnunet_predict_and_are_recorded(pseudo_labelled):
+    out, pred = pseudo_labelled["plain"], pseudo_labelled["predicted"]
+    cases = sorted(p.name for p in pred.glob("*.nii.gz"))
+    assert cases and sorted(p.name for p in (out / "labelsTr").iterdir()) == cases
+    for case in cases:      # voxel-equal to README's nnUNetv2_predict of the same model and fold
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / case)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / case)))
+        assert np.array_equal(a, b), case
+        assert (out / "imagesTr" / case.replace(".nii.gz", "_0000.nii.gz")).read_bytes() == \
+            (pseudo_labelled["images"] / case.replace(".nii.gz", "_0000.nii.gz")).read_bytes()
+    ds = json.loads((out / "dataset.json").read_text())
+    record = ds["sacl_pseudo_labels"]
+    assert record["trainer"] == "SACLTrainer_smoke" and record["folds"] == [0] and record["threshold"] is None
+    assert record["model"].endswith("SACLTrainer_smoke__nnUNetPlans__3d_fullres")
+    assert record["version"] and record["date"][:4].isdigit() and ds["numTraining"] == len(cases)
+    assert "ignore" not in ds["labels"]
+
+
+@pytest.mark.slow
+def test_a_second_call_does_no_work(pseudo_labelled):
+    out = pseudo_labelled["plain"]
+    n = len(list((out / "labelsTr").iterdir()))
+    assert pseudo_labelled["second"].startswith(f"{n} of {n} cases labelled already; 0 to predict")
+    assert "0 to predict" in pseudo_labelled["second"] and "predicted" not in pseudo_labelled["second"]
+    assert not (out / ".pseudo-label-work").exists()
+    assert pseudo_labelled["after"] == pseudo_labelled["stamps"]       # nothing written, nothing removed
+
+
+@pytest.mark.slow
+def test_unsure_voxels_get_the_ignore_label(pseudo_labelled):
+    plain, unsure = pseudo_labelled["plain"], pseudo_labelled["unsure"]
+    ds = json.loads((unsure / "dataset.json").read_text())
+    ignore = ds["labels"]["ignore"]
+    assert ignore == max(v for k, v in ds["labels"].items() if k != "ignore") + 1
+    changed = 0
+    for f in sorted((plain / "labelsTr").iterdir()):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(unsure / "labelsTr" / f.name)))
+        assert np.array_equal(b[b != ignore], a[b != ignore])     # sure voxels keep the prediction
+        changed += int((b == ignore).sum())
+    assert changed > 0      # a 5-epoch smoke model is unsure somewhere at 0.9
+
+
+def test_pseudo_label_refuses_a_missing_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    (tmp_path / "raw" / "Dataset044_X").mkdir(parents=True)
+    assert main(["pseudo-label", "-i", str(tmp_path), "-d", "44", "-c", "3d_fullres", "-f", "0",
+                 "--to", "45"]) == 1
+    assert "no trained model in" in capsys.readouterr().err
+    assert not (tmp_path / "raw" / "Dataset045_PseudoLabelled").exists()

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
-from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, FLARE22_LABELS, geometry, geometry_mismatch,
-                                                       staged_folder)
+from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, FLARE22_LABELS, geometry,
+                                                       geometry_mismatch, staged_folder)
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
