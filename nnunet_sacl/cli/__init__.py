@@ -35,8 +35,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 RAW = HelpFormatter
 # the modules of this package that define the commands, in the order of ``nnunet-sacl --help``
-COMMAND_MODULES = ("env", "synthetic_data", "convert", "merge_datasets", "demo", "demo_data", "export_submission",
-                   "evaluate", "embeddings", "check_weights", "prepare_finetune", "train", "study")
+COMMAND_MODULES = ("env", "synthetic_data", "convert", "merge_datasets", "pseudo_label", "demo", "demo_data",
+                   "export_submission", "evaluate", "embeddings", "check_weights", "prepare_finetune", "train", "study")
 
 
 @dataclass(frozen=True)

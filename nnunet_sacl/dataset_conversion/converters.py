@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as dataclass_replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -254,3 +254,101 @@ def convert_btcv(src, dataset_id: int, raw_folder=None, name: str = "BTCV") -> P
 def convert_flare21(src, dataset_id: int, raw_folder=None, name: str = "FLARE21") -> Path:
     """FLARE21 download -> ``DatasetXXX_NAME`` (cases ``FLARE21_train_000``; test ``FLARE21_validation_001``)."""
     return convert_challenge(src, dataset_id, FLARE21, raw_folder, name)
+
+
+# ---------------------------------------------------------------------------------------------------- FLARE22
+
+FLARE22_LABELS = {"background": 0, "liver": 1, "right kidney": 2, "spleen": 3, "pancreas": 4, "aorta": 5,
+                  "inferior vena cava": 6, "right adrenal gland": 7, "left adrenal gland": 8, "gallbladder": 9,
+                  "esophagus": 10, "stomach": 11, "duodenum": 12, "left kidney": 13}
+# the labelled set's folder as public sources spell it (``FLARE22_LabeledCase50``, also ``FLARE_LabeledCase50``)
+FLARE22_LABELLED = r"FLARE(22)?_LabeledCase\d+"
+FLARE22_UNLABELLED = r"FLARE(22)?_UnlabeledCase[\d\-]+"   # FLARE22_UnlabeledCase1-1000, ...1001-2000
+FLARE22_VALIDATION = ("Validation", "Tuning")
+FLARE22_UNLABELLED_FOLDER = "imagesUnlabelled"
+FLARE22 = ChallengeLayout(
+    title="FLARE22", train_images="images", train_labels="labels", test_images="Validation",
+    image_pattern=r"(FLARE22_Tr_\d{4})_0000\.nii\.gz", label_name=lambda stem: f"{stem}.nii.gz",
+    test_pattern=r"([A-Za-z0-9_\-]+)_0000\.nii\.gz", labels=FLARE22_LABELS,
+    reference="https://flare22.grand-challenge.org/",
+    description="MICCAI 2022 FLARE: 13 abdominal organs; 50 labelled, 2,000 unlabelled CT scans",
+    example_tree="Training/FLARE22_LabeledCase50/images/FLARE22_Tr_0001_0000.nii.gz, "
+                 "Training/FLARE22_LabeledCase50/labels/FLARE22_Tr_0001.nii.gz, "
+                 "Training/FLARE22_UnlabeledCase1-1000/Case_00001_0000.nii.gz, "
+                 "Validation/<case>_0000.nii.gz (pass the folder holding Training and Validation)")
+UNLABELLED_PATTERN = r"([A-Za-z0-9_\-]+)_0000\.nii\.gz"
+
+
+def _flare22_folders(src: Path) -> Tuple[Path, List[Path], Path]:
+    """(labelled folder, unlabelled folders, validation folder), each as public sources name it."""
+    training = src / "Training"
+    if not training.is_dir():
+        raise ChallengeLayoutError(f"FLARE22: folder {training} is missing; expected {FLARE22.example_tree}")
+    subs = sorted(p for p in training.iterdir() if p.is_dir() and not p.name.startswith("."))
+    labelled = [p for p in subs if re.fullmatch(FLARE22_LABELLED, p.name)]
+    unlabelled = [p for p in subs if re.fullmatch(FLARE22_UNLABELLED, p.name)]
+    other = [p for p in subs if p not in labelled and p not in unlabelled]
+    if other:
+        raise ChallengeLayoutError(f"FLARE22: unexpected folder {other[0]}; expected {FLARE22.example_tree}")
+    if len(labelled) != 1:
+        raise ChallengeLayoutError(f"FLARE22: {training} holds {len(labelled)} labelled folders "
+                                   f"(FLARE22_LabeledCase50); expected one: {FLARE22.example_tree}")
+    validation = [src / n for n in FLARE22_VALIDATION if (src / n).is_dir()]
+    if len(validation) != 1:
+        raise ChallengeLayoutError(f"FLARE22: {src} holds {len(validation)} of the validation folders "
+                                   f"{' / '.join(FLARE22_VALIDATION)}; expected one: {FLARE22.example_tree}")
+    return labelled[0], unlabelled, validation[0]
+
+
+def convert_flare22(src, dataset_id: int, raw_folder=None, name: str = "FLARE22") -> Path:
+    """FLARE22 download -> ``DatasetXXX_NAME``: the labelled scans in imagesTr/labelsTr (cases ``FLARE22_Tr_0001``,
+    13 organs as FLARE22 numbers them), the validation scans in imagesTs and the unlabelled scans in
+    ``imagesUnlabelled`` (a folder ``nnunet-sacl pseudo-label -i`` and ``nnUNetv2_predict -i`` read), every file
+    under its FLARE22 name. Everything is checked before anything is written."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    src = Path(src).expanduser()
+    if not src.is_dir():
+        raise ChallengeLayoutError(f"FLARE22: {src} is not a folder; expected {FLARE22.example_tree}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
+        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
+    if not 1 <= int(dataset_id) <= 999:
+        raise ValueError(f"dataset id {dataset_id}: nnU-Net ids are 1..999")
+    raw = resolve_raw_folder(raw_folder)
+    target = raw / f"Dataset{int(dataset_id):03d}_{name}"
+    taken = sorted(p.name for p in raw.glob(f"Dataset{int(dataset_id):03d}_*")) if raw.is_dir() else []
+    if taken:
+        raise FileExistsError(f"dataset id {dataset_id} is taken in {raw} by {taken[0]}; nnU-Net needs one "
+                              f"folder per id: remove it or choose another id")
+
+    labelled, unlabelled_folders, validation = _flare22_folders(src)
+    pairs = _training_pairs(labelled, FLARE22)
+    tests = _test_images(validation.parent, dataclass_replace(FLARE22, test_images=validation.name))
+    unlabelled: Dict[str, Path] = {}
+    for folder in unlabelled_folders:
+        for stem, file in _match_all(_files(folder, FLARE22, src), UNLABELLED_PATTERN, folder, FLARE22).items():
+            if stem in unlabelled:
+                raise ChallengeLayoutError(f"FLARE22: unlabelled case {stem} is in both {unlabelled[stem].parent} "
+                                           f"and {folder}")
+            unlabelled[stem] = folder / file
+    for stem, image, label in pairs:
+        _check_pair(stem, image, label, FLARE22)
+    for image in [i for _, i in tests] + list(unlabelled.values()):
+        geometry(image)  # readable header, or an error naming the file
+
+    with staged_folder(target) as out:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", FLARE22_UNLABELLED_FOLDER):
+            (out / sub).mkdir()
+        for stem, image, label in pairs:
+            shutil.copyfile(image, out / "imagesTr" / image.name)
+            shutil.copyfile(label, out / "labelsTr" / label.name)
+        for stem, image in tests:
+            shutil.copyfile(image, out / "imagesTs" / image.name)
+        for stem, image in sorted(unlabelled.items()):
+            shutil.copyfile(image, out / FLARE22_UNLABELLED_FOLDER / image.name)
+        generate_dataset_json(str(out), {0: "CT"}, dict(FLARE22_LABELS), len(pairs), ".nii.gz",
+                              dataset_name=target.name, reference=FLARE22.reference,
+                              description=FLARE22.description, license="see the challenge website",
+                              converted_by=f"nnunet-sacl convert-flare22 from {src}",
+                              numTest=len(tests), numUnlabelled=len(unlabelled))
+    return target

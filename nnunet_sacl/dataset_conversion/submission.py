@@ -7,6 +7,7 @@ image's header geometry under the challenge's own name:
 
 - BTCV: ``label0061.nii.gz`` (the challenge's ``labelXXXX`` naming for ``imgXXXX``), labels 0..13.
 - FLARE21: ``validation_001.nii.gz`` (the image name without ``_0000``), labels 0..4.
+- FLARE22: the validation image's name without ``_0000`` (convert-flare22 keeps FLARE22's names), labels 0..13.
 
 Sources and the caveats on them are in docs/btcv.md and docs/flare21.md. A missing case, a prediction for an
 unknown case, a grid mismatch or a foreign label value stops the export, naming the case; the output folder is
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
-from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, geometry, geometry_mismatch,
-                                                       staged_folder)
+from nnunet_sacl.dataset_conversion.converters import (BTCV_LABELS, FLARE21_LABELS, FLARE22_LABELS, geometry,
+                                                       geometry_mismatch, staged_folder)
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -49,6 +50,10 @@ FORMATS = {
     "flare21": SubmissionFormat(case_pattern=r"_(validation_\d+)", file_name="{case}.nii.gz",
                                 labels=FLARE21_LABELS,
                                 example="FLARE21_validation_001.nii.gz -> validation_001.nii.gz"),
+    # convert-flare22 keeps FLARE22's own case names; the result file is the image name without _0000
+    "flare22": SubmissionFormat(case_pattern=r"^([A-Za-z0-9][A-Za-z0-9_\-]*)", file_name="{case}.nii.gz",
+                                labels=FLARE22_LABELS,
+                                example="FLARE22_Ts_0001.nii.gz -> FLARE22_Ts_0001.nii.gz"),
 }
 
 
