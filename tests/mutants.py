@@ -437,6 +437,14 @@ MUTANTS = [
     Mutant("a gain counts only when it stands clear of another seed of the baseline",
            "nnunet_sacl/analysis/stats.py", "verdict", "clear = spread\n", "clear = 0.0\n",
            ("tests/test_study_seeds.py::test_a_gain_within_one_seeds_spread_is_not_called_a_gain",)),
+    Mutant("segmentation training on pseudo-labels is refused unless asked for", "nnunet_sacl/nnunet/partial_labels.py",
+           "refuse_partial_labels", "dataset_json.get(PSEUDO_KEY) and not _pseudo_labels_allowed()", "False",
+           ("tests/test_flare22.py::test_segmentation_on_pseudo_labels_is_refused_unless_asked_for",)),
+    Mutant("pseudo-label resumes: a case already labelled is not predicted again",
+           "nnunet_sacl/dataset_conversion/pseudo_labels.py", "pseudo_label",
+           "[(c, p) for c, p in zip(cases, images) if not (target / 'labelsTr' / f'{c}.nii.gz').is_file()]",
+           "[(c, p) for c, p in zip(cases, images)]",
+           ("tests/test_flare22.py::test_a_second_call_does_no_work",)),
 ]
 
 
