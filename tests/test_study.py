@@ -110,7 +110,8 @@ def test_comparison_equals_scipy_on_the_csv_pairs(study):
     rows = read_csv(study["out"] / "per_case.csv")
     table = read_csv(study["out"] / "comparison.csv")
     assert list(table[0]) == ["trainer", "baseline", "organ", "n_pairs", "mean_diff", "ci_low", "ci_high",
-                              "p_wilcoxon", "wins", "ties", "losses"]
+                              "p_wilcoxon", "wins", "ties", "losses", "n_seeds", "fold_gains", "seed_sd_baseline",
+                              "seed_sd_arm", "verdict"]
     names = organs(study["env"])
     assert [r["organ"] for r in table] == names + ["mean"]
     report = (study["out"] / "report.md").read_text()

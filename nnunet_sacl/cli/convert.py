@@ -11,7 +11,8 @@ EXAMPLES = {
     "convert-flare21": "nnunet-sacl convert-flare21 ~/Downloads/FLARE21 -d 21\n"
                        "# -> $nnUNet_raw/Dataset021_FLARE21",
     "convert-flare22": "nnunet-sacl convert-flare22 ~/Downloads/FLARE22 -d 22\n"
-                       "# -> $nnUNet_raw/Dataset022_FLARE22 (imagesTr, labelsTr, imagesTs, imagesUnlabelled)",
+                       "# -> $nnUNet_raw/Dataset022_FLARE22: imagesTr, labelsTr,\n"
+                       "#    imagesTs, imagesUnlabelled",
 }
 
 
