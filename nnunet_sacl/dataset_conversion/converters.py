@@ -1,4 +1,4 @@
-"""BTCV and FLARE21, as downloaded, into nnU-Net raw datasets (``nnUNet_raw/DatasetXXX_NAME``).
+"""BTCV, FLARE21 and FLARE22, as downloaded, into nnU-Net raw datasets (``nnUNet_raw/DatasetXXX_NAME``).
 
 Layouts as released by the challenges (sources in docs/btcv.md and docs/flare21.md):
 
@@ -202,16 +202,9 @@ def _label_list(layout: ChallengeLayout) -> str:
     return ", ".join(f"{v} {k}" for k, v in layout.labels.items() if v)
 
 
-# ------------------------------------------------------------------------------------------------ conversion
-
-def convert_challenge(src, dataset_id: int, layout: ChallengeLayout, raw_folder=None, name: Optional[str] = None,
-                      ) -> Path:
-    """Checks the whole download, then writes ``DatasetXXX_NAME`` with cases ``NAME_<challenge case>``."""
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-
-    src, name = Path(src).expanduser(), name or layout.title
-    if not src.is_dir():
-        raise ChallengeLayoutError(f"{layout.title}: {src} is not a folder; expected {layout.example_tree}")
+def new_dataset_folder(dataset_id: int, name: str, raw_folder=None) -> Path:
+    """``nnUNet_raw/DatasetXXX_NAME`` for a dataset about to be written: refused for a name nnU-Net cannot take, an id
+    outside 1..999, or an id another dataset holds."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
         raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
     if not 1 <= int(dataset_id) <= 999:
@@ -222,6 +215,20 @@ def convert_challenge(src, dataset_id: int, layout: ChallengeLayout, raw_folder=
     if taken:
         raise FileExistsError(f"dataset id {dataset_id} is taken in {raw} by {taken[0]}; nnU-Net needs one "
                               f"folder per id: remove it or choose another id")
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+
+def convert_challenge(src, dataset_id: int, layout: ChallengeLayout, raw_folder=None, name: Optional[str] = None,
+                      ) -> Path:
+    """Checks the whole download, then writes ``DatasetXXX_NAME`` with cases ``NAME_<challenge case>``."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    src, name = Path(src).expanduser(), name or layout.title
+    if not src.is_dir():
+        raise ChallengeLayoutError(f"{layout.title}: {src} is not a folder; expected {layout.example_tree}")
+    target = new_dataset_folder(dataset_id, name, raw_folder)
 
     pairs = _training_pairs(src, layout)
     tests = _test_images(src, layout)
@@ -310,16 +317,7 @@ def convert_flare22(src, dataset_id: int, raw_folder=None, name: str = "FLARE22"
     src = Path(src).expanduser()
     if not src.is_dir():
         raise ChallengeLayoutError(f"FLARE22: {src} is not a folder; expected {FLARE22.example_tree}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
-        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
-    if not 1 <= int(dataset_id) <= 999:
-        raise ValueError(f"dataset id {dataset_id}: nnU-Net ids are 1..999")
-    raw = resolve_raw_folder(raw_folder)
-    target = raw / f"Dataset{int(dataset_id):03d}_{name}"
-    taken = sorted(p.name for p in raw.glob(f"Dataset{int(dataset_id):03d}_*")) if raw.is_dir() else []
-    if taken:
-        raise FileExistsError(f"dataset id {dataset_id} is taken in {raw} by {taken[0]}; nnU-Net needs one "
-                              f"folder per id: remove it or choose another id")
+    target = new_dataset_folder(dataset_id, name, raw_folder)
 
     labelled, unlabelled_folders, validation = _flare22_folders(src)
     pairs = _training_pairs(labelled, FLARE22)
