@@ -126,7 +126,8 @@ def test_bad_seeds_are_named(empty_results, capsys, seeds, message):
 
 
 def test_a_trainer_that_ignores_the_seed_is_refused(empty_results, capsys):
-    assert main(study_args("--seeds", "1", "2", trainers=("nnUNetTrainer", A))) == 1
+    # --print-commands: were it not refused, nothing would train either
+    assert main(study_args("--seeds", "1", "2", "--print-commands", trainers=("nnUNetTrainer", A))) == 1
     err = capsys.readouterr().err
     assert "--seeds: trainer 'nnUNetTrainer' does not read $SACL_SEED" in err and "nnUNetTrainer_seeded" in err
     assert main(study_args("--seeds", "1", trainers=("nnUNetTrainer_seeded", A), folds=("0",)) + ["--dry-run",
