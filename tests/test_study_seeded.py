@@ -27,7 +27,8 @@ def seed_folder(results, trainer, seed, fold=0):
 
 
 def weights(folder):
-    return torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=True)["network_weights"]
+    """The run's weights from nnU-Net's own final checkpoint (made here; numpy values in its logging)."""
+    return torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
 
 
 def files_of(root):
