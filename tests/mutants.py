@@ -445,6 +445,15 @@ MUTANTS = [
            "[(c, p) for c, p in zip(cases, images) if not (target / 'labelsTr' / f'{c}.nii.gz').is_file()]",
            "[(c, p) for c, p in zip(cases, images)]",
            ("tests/test_flare22.py::test_a_second_call_does_no_work",)),
+    Mutant("study --seeds: each seed's run is trained with that seed", "nnunet_sacl/analysis/study.py",
+           "Run.environment", "{} if self.seed is None else {SEED_VARIABLE: str(self.seed)}", "{}",
+           ("tests/test_study_seeded.py::test_each_seed_is_its_own_run_and_the_same_seed_the_same_run",)),
+    Mutant("study --seeds refuses a trainer that ignores the seed", "nnunet_sacl/analysis/study.py",
+           "_check_trainers", "seeded and not issubclass(cls, SeededMixin)", "False",
+           ("tests/test_study_seeded.py::test_a_trainer_that_ignores_the_seed_is_refused",)),
+    Mutant("study --dry-run counts a SACLTrainer's pretraining iterations", "nnunet_sacl/analysis/study_plan.py",
+           "run_cost", "pretrain * int(trainer.num_iterations_per_epoch)", "0",
+           ("tests/test_study_seeded.py::test_dry_run_lists_runs_iterations_hours_and_array_and_writes_nothing",)),
 ]
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM
-from nnunet_sacl.analysis.study_regimes import (Arm, RegimeError, check_weights_files, parse_arms, parse_train_cases,
-                                                parse_weights, subset_dataset, write_weights_plans)
+from nnunet_sacl.analysis.study_regimes import (Arm, RegimeError, check_weights_files, parse_arms, parse_seeds,
+                                                parse_train_cases, parse_weights, seed_plans_identifier,
+                                                subset_dataset, write_seed_plans, write_weights_plans)
 
 DEFAULT_FOLDS = 5          # nnU-Net's split when the dataset has no splits_final.json
 
@@ -28,6 +29,12 @@ class Run:
     trainer_class: str = None
     plans: str = None      # the arm's plans identifier
     weights: str = None    # -pretrained_weights file of this fold, if any
+    seed: int = None       # --seeds: the run's $SACL_SEED (None: the trainer's own seed, as without --seeds)
+
+    def environment(self) -> dict:
+        """What the run's nnUNetv2_train needs in its environment besides the caller's: the seed."""
+        from nnunet_sacl.nnunet.seeding import SEED_VARIABLE
+        return {} if self.seed is None else {SEED_VARIABLE: str(self.seed)}
 
     def state(self) -> str:
         """'finished' (final checkpoint and validation summary), 'stopped' (a checkpoint to resume) or 'new'."""
@@ -56,6 +63,7 @@ class Study:
     nsd_method: str = "voxel"
     arms: list = field(default_factory=list)   # Arm per name in trainers (default: plain trainers)
     train_cases: object = None                 # K of this regime (int or 'all'); None: no --train-cases
+    seeds: list = None                         # --seeds; None: one run per arm and fold, the trainer's own seed
 
     def arm(self, name: str) -> Arm:
         return next((a for a in self.arms if a.name == name), Arm(name, name))
@@ -66,9 +74,10 @@ class Study:
         runs = []
         for t in self.trainers:
             arm = self.arm(t)
-            plans = arm.plans(self.plans)
-            runs += [Run(t, f, Path(get_output_folder(self.dataset, arm.trainer, plans, self.configuration, f)),
-                         arm.trainer, plans, arm.weights_file(f)) for f in self.folds]
+            for seed in self.seeds or [None]:
+                plans = seed_plans_identifier(arm.plans(self.plans), seed)
+                runs += [Run(t, f, Path(get_output_folder(self.dataset, arm.trainer, plans, self.configuration, f)),
+                             arm.trainer, plans, arm.weights_file(f), seed) for f in self.folds]
         return runs
 
     def train_command(self, run: Run, executable: str = "nnUNetv2_train") -> list:
@@ -84,6 +93,11 @@ class Study:
                 "-f", str(run.fold), "-tr", run.trainer_class or run.trainer, "-p", run.plans or self.plans,
                 "-device", self.device, "-npp", prediction_processes("nnUNet_npp", cases),
                 "-nps", prediction_processes("nnUNet_nps", cases)]
+
+
+def shell_line(run: Run, cmd: list) -> str:
+    """The command as one shell line, with the run's environment in front (``SACL_SEED=2 nnUNetv2_train ...``)."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in run.environment().items()] + [shlex.join(cmd)])
 
 
 def prediction_processes(variable: str, cases: int) -> str:
@@ -113,20 +127,28 @@ def _dataset_name(dataset: str) -> str:
         raise StudyError(f"dataset {dataset!r}: {e}") from None
 
 
-def _check_trainers(trainers: list, classes: list = None) -> None:
+def _check_trainers(trainers: list, classes: list = None, seeded: bool = False) -> None:
+    """Two or more different arms, every trainer found by nnU-Net; with --seeds, every trainer one that reads the
+    seed (``SeededMixin``): another trainer would train unseeded runs under a seed's name."""
     from contextlib import redirect_stdout
     from io import StringIO
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_sacl.nnunet.seeding import SEED_VARIABLE, SeededMixin
     if len(trainers) < 2 or len(set(trainers)) != len(trainers):
         raise StudyError(f"-tr {' '.join(trainers)}: give at least two different trainers (the first is the baseline)")
     for name in dict.fromkeys(classes or trainers):
         try:
             with redirect_stdout(StringIO()):   # nnU-Net narrates its search
-                recursive_find_trainer_class_by_name(name)
+                cls = recursive_find_trainer_class_by_name(name)
         except (RuntimeError, ImportError) as e:
             raise StudyError(f"trainer {name!r} not found by nnU-Net (nnUNet_extTrainer="
                              f"{os.environ.get('nnUNet_extTrainer', '<not set>')}): {str(e).splitlines()[0]}") from None
+        if seeded and not issubclass(cls, SeededMixin):
+            stock = " (stock nnU-Net, seeded: -tr nnUNetTrainer_seeded)" if name == "nnUNetTrainer" else ""
+            raise StudyError(f"--seeds: trainer {name!r} does not read ${SEED_VARIABLE}, so its runs would not be "
+                             f"the seeds they are named after; use a seeded trainer{stock} or put "
+                             f"nnunet_sacl.nnunet.seeding.SeededMixin in front of {name}'s bases")
 
 
 def _available_folds(preprocessed: Path) -> list:
@@ -160,10 +182,10 @@ def _test_cases(images: Path, labels: Path, file_ending: str) -> list:
 def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(range(DEFAULT_FOLDS)),
                plans: str = "nnUNetPlans", device: str = "cuda", out_dir="study", test_images=None, test_labels=None,
                tolerance: float = DEFAULT_TOLERANCE_MM, nsd_method: str = "voxel", weights: list = None, train_cases: list = None,
-               weights_files_needed: bool = True) -> Study:
+               weights_files_needed: bool = True, seeds: list = None) -> Study:
     """Every check of the study's settings against the nnU-Net folders, before anything is trained (StudyError
     names what is wrong). The arguments are ``nnunet-sacl study``'s options: ``weights`` its LABEL=FILE items,
-    ``train_cases`` its K values; ``weights_files_needed=False`` for commands a cluster runs later (the weights
+    ``train_cases`` its K values, ``seeds`` its --seeds; ``weights_files_needed=False`` for commands a cluster runs later (the weights
     files may not be written yet)."""
     from nnunet_sacl.analysis.evaluation import labels_from_dataset_json
     from nnunet_sacl.nnunet.plans import read_plans
@@ -181,9 +203,10 @@ def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(
             check_weights_files(arms, folds)
         if train_cases:
             parse_train_cases(train_cases)
+        seeds = parse_seeds(seeds)
     except RegimeError as e:
         raise StudyError(str(e)) from None
-    _check_trainers(trainers, [a.trainer for a in arms])
+    _check_trainers(trainers, [a.trainer for a in arms], seeded=seeds is not None)
     available = _available_folds(preprocessed)
     bad = [f for f in folds if f not in available]
     if bad or len(set(folds)) != len(folds):
@@ -201,7 +224,7 @@ def make_study(dataset, configuration: str, trainers: list, folds: list = tuple(
         raise StudyError(f"-device {device}: use cuda, cpu or mps (as nnUNetv2_train)")
     return Study(dataset, configuration, plans, trainers, folds, device, Path(out_dir), preprocessed,
                  file_ending, labels_from_dataset_json(preprocessed / "dataset.json"), test_images, test_labels,
-                 tolerance, nsd_method, arms)
+                 tolerance, nsd_method, arms, seeds=seeds)
 
 
 def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
@@ -209,6 +232,7 @@ def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
     derived datasets and the weights arms' plans are written here, after every check."""
     if not train_cases:
         write_weights_plans(study.preprocessed, study.plans, study.arms)
+        write_seed_plans(study.preprocessed, study.plans, study.arms, study.seeds)
         return [study]
     studies = []
     try:
@@ -221,9 +245,33 @@ def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
                 regime = replace(study, dataset=folder.name, preprocessed=folder, out_dir=study.out_dir / f"K{k}",
                                  train_cases=k)
             write_weights_plans(regime.preprocessed, regime.plans, regime.arms)
+            write_seed_plans(regime.preprocessed, regime.plans, regime.arms, regime.seeds)
             studies.append(regime)
     except RegimeError as e:
         raise StudyError(str(e)) from None
+    return studies
+
+
+def planned_regimes(study: Study, train_cases, seed: int = 0) -> list:
+    """``regime_studies`` without writing anything (for --dry-run): a regime whose derived dataset does not exist
+    yet gets a placeholder dataset name, so that its runs are all new."""
+    from nnunet_sacl.analysis.study_regimes import _find_subset_dataset
+    if not train_cases:
+        return [study]
+    studies = []
+    try:
+        ks = parse_train_cases(train_cases)
+    except RegimeError as e:
+        raise StudyError(str(e)) from None
+    for k in ks:
+        if k == "all":
+            studies.append(replace(study, out_dir=study.out_dir / "Kall", train_cases=k))
+            continue
+        found = _find_subset_dataset(study.preprocessed.parent, {"source": study.dataset, "train_cases": k,
+                                                                "seed": seed})
+        name = found.name if found is not None else f"{study.dataset}_K{k}_not_derived_yet"
+        studies.append(replace(study, dataset=name, preprocessed=found or study.preprocessed,
+                               out_dir=study.out_dir / f"K{k}", train_cases=k))
     return studies
 
 
@@ -241,7 +289,7 @@ def pending_commands(study) -> list:
     studies (regimes) gives theirs one after the other."""
     if isinstance(study, list):
         return [c for s in study for c in pending_commands(s)]
-    return [shlex.join(study.train_command(r)) for r in study.runs if r.state() != "finished"]
+    return [shell_line(r, study.train_command(r)) for r in study.runs if r.state() != "finished"]
 
 
 def slurm_array_script(study: Study, commands: list) -> str:
@@ -266,18 +314,21 @@ def _regime(study: Study) -> str:
     return "" if study.train_cases is None else f" (train cases {study.train_cases})"
 
 
+def run_name(run: Run) -> str:
+    return f"{run.trainer} fold {run.fold}" + ("" if run.seed is None else f" seed {run.seed}")
+
+
 def train(study: Study, log=_say) -> None:
     for run in study.runs:
         state = run.state()
         if state == "finished":
-            log(f"{run.trainer} fold {run.fold}{_regime(study)}: finished, skipped ({run.folder}; delete it to train "
-                "again)")
+            log(f"{run_name(run)}{_regime(study)}: finished, skipped ({run.folder}; delete it to train again)")
             continue
         cmd = study.train_command(run, nnunet_command("nnUNetv2_train"))
-        log(f"{run.trainer} fold {run.fold}{_regime(study)}: {'resuming with --c' if state == 'stopped' else 'training'}: "
-            f"{shlex.join(cmd)}")
-        if subprocess.run(cmd).returncode != 0 or run.state() != "finished":
-            raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_train did not finish; see the training log "
+        log(f"{run_name(run)}{_regime(study)}: {'resuming with --c' if state == 'stopped' else 'training'}: "
+            f"{shell_line(run, cmd)}")
+        if subprocess.run(cmd, env={**os.environ, **run.environment()}).returncode != 0 or run.state() != "finished":
+            raise RuntimeError(f"{run_name(run)}: nnUNetv2_train did not finish; see the training log "
                                f"in {run.folder} (calling study again resumes it)")
 
 
@@ -288,12 +339,12 @@ def predict_test_set(study: Study, log=_say) -> None:
     for run in study.runs:
         out = prediction_folder(study, run)
         if predictions_current(run, [out / (c + study.file_ending) for c in cases]):
-            log(f"{run.trainer} fold {run.fold}: reusing the test set predictions in {out}")
+            log(f"{run_name(run)}: reusing the test set predictions in {out}")
             continue
         cmd = study.predict_command(run, out, len(cases), nnunet_command("nnUNetv2_predict"))
-        log(f"{run.trainer} fold {run.fold}: predicting the test set: {shlex.join(cmd)}")
+        log(f"{run_name(run)}: predicting the test set: {shlex.join(cmd)}")
         if subprocess.run(cmd).returncode != 0:
-            raise RuntimeError(f"{run.trainer} fold {run.fold}: nnUNetv2_predict failed ({shlex.join(cmd)})")
+            raise RuntimeError(f"{run_name(run)}: nnUNetv2_predict failed ({shlex.join(cmd)})")
 
 
 def predictions_current(run: Run, files: list) -> bool:
@@ -305,7 +356,8 @@ def predictions_current(run: Run, files: list) -> bool:
 def prediction_folder(study: Study, run: Run) -> Path:
     if study.test_images is None:
         return run.folder / "validation"
-    return study.out_dir / "predictions" / run.trainer / f"fold_{run.fold}"
+    seed = [] if run.seed is None else [f"seed_{run.seed}"]
+    return study.out_dir.joinpath("predictions", run.trainer, *seed, f"fold_{run.fold}")
 
 
 # ---------------------------------------------------------------- evaluation (the one call site)
@@ -325,13 +377,13 @@ def reference_folder(study: Study) -> Path:
 
 
 def evaluate(study: Study) -> list:
-    """Rows (trainer, fold, case, organ, dice, nsd, reference_voxels) for every run, case and organ."""
+    """Rows (trainer, fold, seed, case, organ, dice, nsd, reference_voxels) for every run, case and organ."""
     from nnunet_sacl.analysis.evaluation import evaluate_cases
     reference, rows = reference_folder(study), []
     for run in study.runs:
         for r in evaluate_cases(prediction_folder(study, run), reference, evaluated_cases(study, run), study.labels,
                                 study.tolerance, study.file_ending, study.nsd_method):
-            rows.append({"trainer": run.trainer, "fold": run.fold, "case": r["case"], "organ": r["organ"],
+            rows.append({"trainer": run.trainer, "fold": run.fold, "seed": run.seed, "case": r["case"], "organ": r["organ"],
                          "dice": r["dice"], "nsd": r["nsd"],
                          "reference_voxels": r["reference_voxels"]})
     return rows
@@ -349,7 +401,7 @@ def evaluate_and_report(study: Study, command: str = None) -> tuple:
     from nnunet_sacl.analysis.study_report import write_report
     from nnunet_sacl.analysis.training_cost import run_cost
     rows = evaluate(study)
-    costs = [{"trainer": r.trainer, "fold": r.fold, **run_cost(r.folder)} for r in study.runs]
+    costs = [{"trainer": r.trainer, "fold": r.fold, "seed": r.seed, **run_cost(r.folder)} for r in study.runs]
     return write_report(study, rows, costs, command), rows
 
 

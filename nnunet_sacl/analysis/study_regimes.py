@@ -14,6 +14,9 @@ and sbatch lines) reproduce them without this package:
   ``nnUNetv2_train -pretrained_weights FILE``. nnU-Net names the output folder ``TRAINER__PLANS__CONFIG``, so the arm
   gets its own plans identifier ``PLANS_weights_LABEL``: a copy of the plans with that ``plans_name`` and the same
   ``data_identifier`` (the same preprocessed data), so two arms of one trainer never share a folder.
+- **Seeds (``--seeds S ...``)**: every arm x fold runs once per seed, with ``$SACL_SEED`` = S; each seed's runs get
+  the plans identifier ``PLANS_seedS`` (after the arm's own: ``PLANS_weights_LABEL_seedS``), again a copy of the
+  plans with the same data, so that each seed's models have their own folders and ``nnUNetv2_predict -p`` finds them.
 """
 import json
 import re
@@ -93,6 +96,40 @@ def write_weights_plans(preprocessed: Path, base_plans: str, arms) -> None:
     for label in sorted({a.label for a in arms if a.label is not None}):
         identifier = weights_plans_identifier(base_plans, label)
         _write_if_changed(preprocessed / f"{identifier}.json", json.dumps(dict(plans, plans_name=identifier), indent=4))
+
+
+def parse_seeds(values):
+    """``--seeds`` values: whole numbers from 0 to 2**32 - 1, each once; None (no --seeds) stays None."""
+    if values is None:
+        return None
+    seeds = []
+    for v in values:
+        try:
+            seed = int(v)
+        except (TypeError, ValueError):
+            seed = -1
+        if not 0 <= seed < 2 ** 32 or str(v).strip() != str(seed):
+            raise RegimeError(f"--seeds {v}: give whole numbers from 0 to 2**32 - 1")
+        if seed in seeds:
+            raise RegimeError(f"--seeds {v}: given twice")
+        seeds.append(seed)
+    if not seeds:
+        raise RegimeError("--seeds: give at least one seed")
+    return seeds
+
+
+def seed_plans_identifier(plans: str, seed) -> str:
+    return plans if seed is None else f"{plans}_seed{seed}"
+
+
+def write_seed_plans(preprocessed: Path, base_plans: str, arms, seeds) -> None:
+    """Each seed's plans file: the arm's plans (the base or its weights copy) under ``..._seedS`` (same data)."""
+    plans = json.loads((preprocessed / f"{base_plans}.json").read_text())
+    for arm_plans in sorted({a.plans(base_plans) for a in arms} | {base_plans}):
+        for seed in seeds or []:
+            identifier = seed_plans_identifier(arm_plans, seed)
+            _write_if_changed(preprocessed / f"{identifier}.json",
+                              json.dumps(dict(plans, plans_name=identifier), indent=4))
 
 
 # ---------------------------------------------------------------- fewer training cases

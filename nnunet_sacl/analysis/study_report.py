@@ -11,7 +11,7 @@ from nnunet_sacl.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEA
                                         compare_runs_with_baseline, organ_mean, paired_values)
 from nnunet_sacl.analysis.training_cost import COST_COLUMNS, pseudo_dice_curve, run_cost
 
-PER_CASE_COLUMNS = ("trainer", "fold", "case", "organ", "dice", "nsd", "reference_voxels")
+PER_CASE_COLUMNS = ("trainer", "fold", "seed", "case", "organ", "dice", "nsd", "reference_voxels")
 ABSENT = "absent"
 
 
@@ -29,14 +29,22 @@ def _mean_table(rows: list, trainers: list, organs: list) -> list:
     return lines
 
 
+def _spread(value) -> str:
+    return "one seed" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt(value)
+
+
 def _comparison_table(table: list, budgets: dict = None) -> list:
     budgets = budgets or {}
-    lines = ["| trainer | organ | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses | budget |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| trainer | organ | n | mean diff | 95% CI | p (Wilcoxon) | wins / ties / losses | seeds | "
+             "gain per fold | seed sd (baseline / arm) | verdict | budget |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['trainer']} | {r['organ']} | {r['n_pairs']} | {fmt(r['mean_diff'])} | "
                      f"{fmt_ci(r['ci_low'], r['ci_high'], r['n_pairs'])} | {fmt_test(r['p_wilcoxon'], r['n_pairs'])} | "
-                     f"{r['wins']} / {r['ties']} / {r['losses']} | {budgets.get(r['trainer'], {}).get('budget', '')} |")
+                     f"{r['wins']} / {r['ties']} / {r['losses']} | {r.get('n_seeds', 1)} | "
+                     f"{r.get('fold_gains', '')} | {_spread(r.get('seed_sd_baseline'))} / "
+                     f"{_spread(r.get('seed_sd_arm'))} | {r.get('verdict', '')} | "
+                     f"{budgets.get(r['trainer'], {}).get('budget', '')} |")
     return lines
 
 
@@ -170,8 +178,8 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     nsd_table = compare_runs_with_baseline(rows, trainers, organs, "nsd")
     write_csv(dice_table, out / "comparison.csv")
     write_csv(nsd_table, out / "comparison_nsd.csv")
-    write_csv([{"trainer": c["trainer"], "fold": c["fold"], **{k: c[k] for k in COST_COLUMNS}} for c in costs],
-              out / "cost.csv")
+    write_csv([{"trainer": c["trainer"], "fold": c["fold"], "seed": c.get("seed"), **{k: c[k] for k in COST_COLUMNS}}
+               for c in costs], out / "cost.csv")
     box_plot({t: [r for r in rows if r["trainer"] == t] for t in trainers}, organs, [("dice", "Dice per case")],
              out / "dice_boxplot.png")   # bars for one case, dots for a few (``report.drawing``)
     pairs_drawn = paired_plot(rows, trainers, organs, out / "case_mean_pairs.png")
@@ -186,6 +194,14 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
              f"device `{study.device}`",
              f"- evaluated on {source}; NSD tolerance {study.tolerance:g} mm",
              f"- baseline: `{trainers[0]}`; differences are trainer - baseline"]
+    seeds = getattr(study, "seeds", None)
+    if seeds:
+        lines.append(f"- seeds {' '.join(map(str, seeds))}: every arm x fold trained once per seed ($SACL_SEED); "
+                     "the verdicts compare runs (fold x seed), see \"How to read this\"")
+    else:
+        lines.append("- one run per arm and fold (no --seeds): the statistics cover one seed. Another seed of the same "
+                     "trainer can move a fold's Dice by a few points, so no difference is called a gain or a loss "
+                     "(verdict `level`); run the study with --seeds 1 2 3 for verdicts")
     if getattr(study, "train_cases", None) is not None:
         lines.append(f"- regime: {study.train_cases} training case(s) per fold (dataset `{study.dataset}`, "
                      "validation and test cases unchanged)")
@@ -199,11 +215,11 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
     lines += ["", "## Paired comparison with the baseline (Dice)", ""] + _comparison_table(dice_table, budget)
     lines += ["", "## Paired comparison with the baseline (NSD)", ""] + _comparison_table(nsd_table, budget)
     lines += ["", "## Budget of each comparison", "",
-              "Iterations summed over folds (epochs from nnU-Net's logging, iterations per epoch from debug.json). Equal segmentation iterations: "
+              "Iterations summed over runs (folds x seeds; epochs from nnU-Net's logging, iterations per epoch from debug.json). Equal segmentation iterations: "
               "pretraining (in the run, or in the run that wrote an arm's weights file) comes on top and is stated; "
               "equal total iterations: pretraining is taken from the segmentation budget.", ""]
     lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
-    lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over folds)", ""] + _cost_table(costs, trainers)
+    lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over runs)", ""] + _cost_table(costs, trainers)
     by_trainer = {t: [r for r in rows if r["trainer"] == t] for t in trainers}
     kind = drawing(by_trainer, organs, "dice")
     plots = {"boxes": "dice_boxplot.png (a box per organ and trainer)",
@@ -220,9 +236,15 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "reference, so its Dice is undefined. A pair is one case, each side averaged over the folds that "
               f"evaluated it; `{MEAN}` and the case mean above are each case's mean over the organs in its reference "
               "label (the same organs for every trainer), the mean `nnunet-sacl demo` prints. The 95% CI is the "
-              f"percentile interval of the mean difference over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the "
-              f"cases (seed {BOOTSTRAP_SEED}); p is the two-sided Wilcoxon signed-rank test (scipy, zero differences "
-              f"dropped). Under {MIN_PAIRS} pairs neither is computed (`n = K: no test`, `no CI`): the exact test "
+              f"percentile interval of the mean difference over {BOOTSTRAP_RESAMPLES:,} bootstrap resamples "
+              f"(seed {BOOTSTRAP_SEED}): of the seeds within each fold, then of the cases (with one seed, of the "
+              "cases only). Seed sd: how far another seed moves one run's mean (sd over seeds within a fold, pooled "
+              "over folds). Verdict: `gain` when the CI lies above 0 and the mean difference exceeds the baseline's "
+              "seed sd, `loss` the mirror image, else `level`; with one seed always `level`, as nothing can stand "
+              "clear of an unmeasured spread. p is the two-sided Wilcoxon signed-rank test over the cases, each "
+              "averaged over its runs (scipy, zero differences "
+              f"dropped): how consistent a difference is over cases, not whether it survives another seed. "
+              f"Under {MIN_PAIRS} pairs neither is computed (`n = K: no test`, `no CI`): the exact test "
               f"cannot reach p < 0.05 below {MIN_PAIRS} pairs, and a bootstrap of so few cases has no 95% coverage. "
               "Cost: pretraining and segmentation epochs with their summed epoch times, iterations = iterations per "
               "epoch x all epochs, wall time = first to last line of every training log (start-up and validation "

@@ -10,6 +10,7 @@ from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
 EXAMPLE = ("nnunet-sacl study -d 17 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
            "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
+           "nnunet-sacl study -d 17 -c 3d_fullres -tr nnUNetTrainer_seeded SACLTrainer --seeds 1 2 3 --dry-run\n"
            "nnunet-sacl study -d 17 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
            "    --slurm-array runs.sbatch")
 
@@ -40,11 +41,22 @@ def add_arguments(p) -> None:
                    help="regimes: each fold trains on K of its training cases (validation and test cases "
                         "unchanged; a seeded, nested subset, the same for every trainer) through a derived nnU-Net "
                         "dataset per K; 'all' = the dataset itself. Each regime reports in STUDY_DIR/K<k>")
+    p.add_argument("--seeds", nargs="+", metavar="SEED",
+                   help="train every arm x fold once per seed ($SACL_SEED; each seed's runs under the plans "
+                        "identifier PLANS_seedS) and compare runs: verdicts must stand clear of the baseline's "
+                        "seed-to-seed spread (docs/evaluation.md). Without it: one run per arm and fold, whose "
+                        "statistics cover one seed")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the --train-cases subsets (default 0)")
     p.add_argument("-o", default="study", metavar="STUDY_DIR", help="output folder (default ./study)")
     p.add_argument("--print-commands", action="store_true",
                    help="print one nnUNetv2_train line per unfinished run and stop (for a cluster)")
     p.add_argument("--slurm-array", metavar="FILE", help="write an sbatch array script of the unfinished runs and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs, their iterations, the estimated hours and the SLURM array size; train and "
+                        "write nothing")
+    p.add_argument("--seconds-per-iteration", type=float, metavar="S",
+                   help="with --dry-run: price an iteration at S seconds (e.g. a GPU's, docs/performance.md) "
+                        "instead of probing the baseline's train step on -device here")
 
 
 def command_line(args) -> str:
@@ -57,19 +69,29 @@ def command_line(args) -> str:
         cmd += ["--weights", *args.weights]
     if args.train_cases:
         cmd += ["--train-cases", *map(str, args.train_cases), "--subset-seed", str(args.subset_seed)]
+    if args.seeds:
+        cmd += ["--seeds", *map(str, args.seeds)]
     return shlex.join(cmd)
 
 
 def run(args) -> int:
-    from nnunet_sacl.analysis.study import (StudyError, make_study, pending_commands, regime_studies, run_regimes,
-                                            slurm_array_script)
+    from nnunet_sacl.analysis.study import (StudyError, make_study, pending_commands, planned_regimes,
+                                            regime_studies, run_regimes, slurm_array_script)
     args.device = default_device(args.device)
     stop_after_commands = bool(args.print_commands or args.slurm_array)
+    if args.seconds_per_iteration is not None and not args.dry_run:
+        raise CommandError("--seconds-per-iteration prices a --dry-run; add --dry-run")
+    if args.dry_run and stop_after_commands:
+        raise CommandError("--dry-run prints the plan only; run --print-commands / --slurm-array without it")
     # a failed training or prediction (RuntimeError) and unreadable inputs are one line too, exit code 1
     with refusing(StudyError, RuntimeError, ValueError, FileNotFoundError):
         study = make_study(args.d, args.c, args.tr, args.f, args.p, args.device, args.o, args.test_images,
                            args.test_labels, args.tolerance, args.nsd_method, args.weights, args.train_cases,
-                           weights_files_needed=not stop_after_commands)
+                           weights_files_needed=not (stop_after_commands or args.dry_run), seeds=args.seeds)
+        if args.dry_run:
+            from nnunet_sacl.analysis.study_plan import dry_run
+            print(dry_run(planned_regimes(study, args.train_cases, args.subset_seed), args.seconds_per_iteration))
+            return 0
         studies = regime_studies(study, args.train_cases, args.subset_seed)
         if stop_after_commands:
             commands = pending_commands(studies)

@@ -241,3 +241,7 @@ class nnUNetTrainer_probe(nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         pass
+
+
+class nnUNetTrainer_tiny_twin(nnUNetTrainer_tiny):
+    """nnUNetTrainer_tiny under another name: two arms of one trainer, which a seeded study must call level."""
