@@ -445,6 +445,14 @@ MUTANTS = [
            "[(c, p) for c, p in zip(cases, images) if not (target / 'labelsTr' / f'{c}.nii.gz').is_file()]",
            "[(c, p) for c, p in zip(cases, images)]",
            ("tests/test_flare22.py::test_a_second_call_does_no_work",)),
+    Mutant("a merge with a pseudo-labelled source keeps its record, so segmentation training on the merge is refused",
+           "nnunet_sacl/dataset_conversion/merge.py", "merge_datasets",
+           "if pseudo:\n    extra[PSEUDO_KEY] = pseudo\n", "",
+           ("tests/test_merge.py::test_a_pseudo_labelled_source_merges_with_its_ignore_label_and_record",)),
+    Mutant("a source's ignore label (pseudo-label's unsure voxels) stays ignored in the merge",
+           "nnunet_sacl/dataset_conversion/merge.py", "merge_datasets",
+           "if source_ignore is not None:\n    lut[source_ignore] = ignore\n", "",
+           ("tests/test_merge.py::test_a_pseudo_labelled_source_merges_with_its_ignore_label_and_record",)),
 ]
 
 
