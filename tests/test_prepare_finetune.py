@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import re
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
