@@ -292,6 +292,32 @@ def kill_when(cmd, env, ready, timeout=300) -> None:
     proc.wait()
 
 
+# ---------------------------------------------------------------- prepare-finetune's printed lines, encoder weights
+
+def printed_line(stdout: str, command="nnUNetv2_train") -> str:
+    return next(line.strip() for line in stdout.splitlines() if line.strip().startswith(f"{command} "))
+
+
+def pretrained_weights(line: str) -> str:
+    words = shlex.split(line)
+    return words[words.index("-pretrained_weights") + 1]
+
+
+def printed_train_line(stdout: str) -> list:
+    words = shlex.split(printed_line(stdout))
+    words[words.index("-tr") + 1] = "nnUNetTrainer_smoke"
+    assert words[-2:] == ["-device", "cpu"]         # printed so without a CUDA device, as here
+    return [nnunet_bin("nnUNetv2_train"), *words[1:]]
+
+
+def encoder_keys(weights: dict) -> list:
+    return [k for k in weights if k.startswith(("encoder.", "decoder.encoder."))]
+
+
+def correlation(a, b) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
 # ---------------------------------------------------------------- independent references for the method's formulas
 
 def reference_supcon(z, labels, t):

@@ -454,6 +454,14 @@ MUTANTS = [
     Mutant("study --dry-run counts a SACLTrainer's pretraining iterations", "nnunet_sacl/analysis/study_plan.py",
            "run_cost", "pretrain * int(trainer.num_iterations_per_epoch)", "0",
            ("tests/test_study_seeded.py::test_dry_run_lists_runs_iterations_hours_and_array_and_writes_nothing",)),
+    Mutant("a merge with a pseudo-labelled source keeps its record, so segmentation training on the merge is refused",
+           "nnunet_sacl/dataset_conversion/merge.py", "merge_datasets",
+           "if pseudo:\n    extra[PSEUDO_KEY] = pseudo\n", "",
+           ("tests/test_merge.py::test_a_pseudo_labelled_source_merges_with_its_ignore_label_and_record",)),
+    Mutant("a source's ignore label (pseudo-label's unsure voxels) stays ignored in the merge",
+           "nnunet_sacl/dataset_conversion/merge.py", "merge_datasets",
+           "if source_ignore is not None:\n    lut[source_ignore] = ignore\n", "",
+           ("tests/test_merge.py::test_a_pseudo_labelled_source_merges_with_its_ignore_label_and_record",)),
 ]
 
 

@@ -261,3 +261,41 @@ def test_phase_one_gives_no_embedding_for_an_organ_a_case_does_not_annotate(in_p
     shown = {(s, int(o)) for s in range(target.shape[0]) for o in torch.unique(target[s]).tolist() if o > 0}
     assert rows == shown and (sample, organ) not in rows and z.shape[0] == len(rows)
     assert torch.isfinite(torch.as_tensor(trainer.train_step(batch)["loss"]))
+
+
+def test_a_pseudo_labelled_source_merges_with_its_ignore_label_and_record(raw):
+    """pseudo-label's datasets (``sacl_pseudo_labels``; with --threshold an ``ignore`` label above the organs)
+    merge with labelled ones: the unsure voxels keep nnU-Net's ignore label (the merge's highest), the record says
+    which cases are pseudo-labelled, and segmentation training on the merge is refused as on the source."""
+    from nnunet_sacl.nnunet.partial_labels import PSEUDO_KEY, refuse_partial_labels
+    pseudo = make_source(raw, "Dataset104_Pseudo", {"spleen": 1, "liver": 2, "right kidney": 3, "left kidney": 4,
+                                                    "ignore": 5}, ("Case_00001", "Case_00002", "Case_00003"), seed=7)
+    record = {"model": "/results/Dataset101_BTCVlike/nnUNetTrainer__nnUNetPlans__3d_fullres", "threshold": 0.9}
+    ds = json.loads((pseudo / "dataset.json").read_text())
+    (pseudo / "dataset.json").write_text(json.dumps(dict(ds, **{PSEUDO_KEY: record})))
+    before = snapshot(raw)
+    out = merge_datasets(["Dataset101_BTCVlike", "Dataset104_Pseudo"], 110, name="Pool", raw_folder=raw)
+    merged = json.loads((out / "dataset.json").read_text())
+    organs = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 4}
+    assert merged["labels"] == {"background": 0, **organs, "ignore": 5}
+    assert merged[PSEUDO_KEY] == {"model": record["model"], "sources": {"Dataset104_Pseudo": record},
+                                  "pseudo_labelled_cases": 3, "labelled_cases": 2}
+    assert merged["numTraining"] == 5 and merged["sacl_partial_labels"] is False
+    source_to_merged = {0: 0, 1: 1, 2: 4, 3: 2, 4: 3, 5: 5}      # by name, written out; ignore stays ignore
+    for case in ("Case_00001", "Case_00002", "Case_00003"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo / "labelsTr" / f"{case}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"D104_{case}.nii.gz")))
+        assert (a == 5).any() and np.array_equal(b, np.vectorize(source_to_merged.get)(a))
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "Dataset101_BTCVlike" / "labelsTr" / "img0001.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "D101_img0001.nii.gz")))
+    assert np.array_equal(b, np.array([0, 1, 2, 3, 0, 0, 4])[a]) and not (b == 5).any()
+    with pytest.raises(RuntimeError, match="has pseudo-labels .*Dataset101_BTCVlike/nnUNetTrainer"):
+        refuse_partial_labels(merged, out.name, "nnUNetTrainer")
+    assert {k: v for k, v in snapshot(raw).items() if "Dataset110" not in k} == before     # sources only read
+    # without a threshold (no ignore label) the merge has none
+    plain = make_source(raw, "Dataset105_Pseudo", {"liver": 1}, ("Case_00009",), seed=8)
+    (plain / "dataset.json").write_text(json.dumps(dict(json.loads((plain / "dataset.json").read_text()),
+                                                        **{PSEUDO_KEY: record})))
+    out = merge_datasets(["Dataset101_BTCVlike", "Dataset105_Pseudo"], 111, name="Pool", raw_folder=raw)
+    merged = json.loads((out / "dataset.json").read_text())
+    assert "ignore" not in merged["labels"] and merged[PSEUDO_KEY]["pseudo_labelled_cases"] == 1

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import re
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,8 +17,8 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from tests.helpers import DATASET_NAME, NNUNET_PROCESSES as P, in_process, make_nnunet_env, nnunet_bin, nnunet_folders, \
-    run, train_env
+from tests.helpers import DATASET_NAME, NNUNET_PROCESSES as P, correlation, encoder_keys, in_process, \
+    make_nnunet_env, nnunet_bin, nnunet_folders, pretrained_weights, printed_line, printed_train_line, run, train_env
 
 A_ID, B_ID, C_ID, FLAT_ID, PLAIN_ID = 981, 982, 983, 984, 985
 A_NAME, B_NAME, C_NAME = f"Dataset{A_ID}_FinetuneA", f"Dataset{B_ID}_FinetuneB", f"Dataset{C_ID}_FinetuneC"
@@ -232,22 +231,6 @@ def prepare(env, *args):
     return run([nnunet_bin("nnunet-sacl"), "prepare-finetune", *args, "-np", P], env)
 
 
-def printed_line(stdout: str, command="nnUNetv2_train") -> str:
-    return next(line.strip() for line in stdout.splitlines() if line.strip().startswith(f"{command} "))
-
-
-def pretrained_weights(line: str) -> str:
-    words = shlex.split(line)
-    return words[words.index("-pretrained_weights") + 1]
-
-
-def printed_train_line(stdout: str) -> list:
-    words = shlex.split(printed_line(stdout))
-    words[words.index("-tr") + 1] = "nnUNetTrainer_smoke"
-    assert words[-2:] == ["-device", "cpu"]         # printed so without a CUDA device, as here
-    return [nnunet_bin("nnUNetv2_train"), *words[1:]]
-
-
 def fine_tune(env, stdout: str, name: str) -> dict:
     """The printed line run (nnUNetTrainer_smoke on the CPU): its output and final checkpoint."""
     trained = run(printed_train_line(stdout), train_env(env), timeout=TRAINING_TIMEOUT)
@@ -268,10 +251,6 @@ def prepared_c(env, received, raw_c) -> dict:
     return {"stdout": result.stdout, "weights": pretrained_weights(printed_line(result.stdout))}
 
 
-def encoder_keys(weights: dict) -> list:
-    return [k for k in weights if k.startswith(("encoder.", "decoder.encoder."))]
-
-
 def loaded_by_nnunet(env, dataset, weights_file):
     """The network nnUNetv2_train builds for the target with the printed plans, after nnU-Net's own
     load_pretrained_weights (what -pretrained_weights does before the first step)."""
@@ -283,10 +262,6 @@ def loaded_by_nnunet(env, dataset, weights_file):
         trainer.initialize()
         load_pretrained_weights(trainer.network, weights_file)
     return trainer.network.state_dict()
-
-
-def correlation(a, b) -> float:
-    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
 
 
 @pytest.mark.slow

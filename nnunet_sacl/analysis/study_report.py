@@ -107,6 +107,46 @@ def budgets(study, costs: list) -> dict:
     return out
 
 
+def pretraining_pool(file) -> str:
+    """The pretraining budget an encoder file records (``checkpoint_sacl_encoder.pth``, also as prepare-finetune
+    hands it on): how many scans the dataset it was pretrained on holds, of them how many labelled and how many
+    pseudo-labelled where that dataset is a merge with pseudo-labels (``sacl_pseudo_labels`` of merge-datasets,
+    in the dataset.json the file carries), its fold, and its pretraining iterations (epochs x iterations per
+    epoch); None for a file that records no pretraining."""
+    import torch
+    from nnunet_sacl.nnunet.partial_labels import PSEUDO_KEY
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception:       # unreadable, or not a plain weights file: the budget says nothing of it
+        return None
+    settings = (checkpoint.get("sacl") or {}).get("pretraining") or {}
+    init_args = checkpoint.get("init_args") or {}
+    if not settings.get("epochs") or not settings.get("iterations_per_epoch"):
+        return None
+    dataset_json = init_args.get("dataset_json") or {}
+    pseudo = dataset_json.get(PSEUDO_KEY) or {}
+    scans = f"{dataset_json.get('numTraining', '?')} scans"
+    if "pseudo_labelled_cases" in pseudo:
+        scans += f" ({pseudo.get('labelled_cases', 0)} labelled + {pseudo['pseudo_labelled_cases']} pseudo-labelled)"
+    elif pseudo:
+        scans += " (all pseudo-labelled)"
+    epochs, per_epoch = int(settings["epochs"]), int(settings["iterations_per_epoch"])
+    return (f"pretrained on {(init_args.get('plans') or {}).get('dataset_name', '?')}, {scans}, fold "
+            f"{init_args.get('fold', '?')}: {epochs} epochs x {per_epoch} iterations = {epochs * per_epoch} "
+            f"pretraining iterations at batch size {settings.get('batch_size', '?')}")
+
+
+def pretraining_pools(study) -> dict:
+    """Per weights-file arm whose files record their pretraining (``pretraining_pool``), what they record."""
+    pools = {}
+    for arm in getattr(study, "arms", []):
+        if arm.weights is not None:
+            found = {pretraining_pool(arm.weights_file(f)) for f in study.folds} - {None}
+            if found:
+                pools[arm.name] = "; ".join(sorted(found))
+    return pools
+
+
 def arm_pseudo_dice(study, trainer: str) -> dict:
     """Segmentation epoch -> the arm's pseudo Dice, mean over its folds' training logs."""
     curves = [pseudo_dice_curve(r.folder) for r in study.runs if r.trainer == trainer]
@@ -219,6 +259,7 @@ def write_report(study, rows: list, costs: list, command: str = None) -> Path:
               "pretraining (in the run, or in the run that wrote an arm's weights file) comes on top and is stated; "
               "equal total iterations: pretraining is taken from the segmentation budget.", ""]
     lines += [f"- `{t}` vs `{b['baseline']}`: {b['budget']}" for t, b in budget.items()]
+    lines += [f"- `{t}`'s weights file: {pool}" for t, pool in pretraining_pools(study).items()]
     lines += ["", "## Cost (from nnU-Net's logging and training logs, summed over runs)", ""] + _cost_table(costs, trainers)
     by_trainer = {t: [r for r in rows if r["trainer"] == t] for t in trainers}
     kind = drawing(by_trainer, organs, "dice")

@@ -8,8 +8,11 @@ ids (the vocabulary's order), rewrites every label map voxel for voxel with thos
 the images (hard links; copies where the file system cannot link). Each source annotates only its own organs, so
 which organs each case annotates is recorded next to dataset.json in ``sacl_annotated_organs.json``, and whether
 any case leaves an organ out in dataset.json itself (``sacl_partial_labels``, which nnU-Net copies into
-nnUNet_preprocessed, where the trainers refuse segmentation training on partial labels). The sources are only
-read.
+nnUNet_preprocessed, where the trainers refuse segmentation training on partial labels). A source with pseudo-labels
+(``nnunet-sacl pseudo-label``) passes its record on (``sacl_pseudo_labels``: the sources' records and the numbers of
+labelled and pseudo-labelled cases), so segmentation training on the merge is refused as on the source; a source's
+ignore label (pseudo-label's unsure voxels) becomes the merge's ignore label, one above its organs. The sources are
+only read.
 """
 import difflib
 import json
@@ -23,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_sacl.dataset_conversion.converters import resolve_raw_folder, staged_folder
-from nnunet_sacl.nnunet.partial_labels import PARTIAL_KEY
+from nnunet_sacl.nnunet.partial_labels import PARTIAL_KEY, PSEUDO_KEY
 
 VOCABULARY_FILE = Path(__file__).with_name("organ_vocabulary.json")
 RECORD_FILE = "sacl_annotated_organs.json"
@@ -111,12 +114,29 @@ def _source_labels(folder: Path, dataset_json: dict) -> Dict[str, int]:
         if not isinstance(value, int):
             raise MergeError(f"{folder.name}: label {name!r} is a region ({value}); region-based datasets cannot be "
                              f"merged by organ name")
-    if "ignore" in labels:
-        raise MergeError(f"{folder.name}: has an 'ignore' label; merge its cases without it (partial annotation is "
-                         f"what the merge records per case)")
     if labels.get("background") != 0:
         raise MergeError(f"{folder.name}: dataset.json has no 'background': 0 label")
-    return {n: v for n, v in labels.items() if n != "background"}
+    return {n: v for n, v in labels.items() if n not in ("background", "ignore")}
+
+
+def _source_ignore(dataset_json: dict) -> Optional[int]:
+    """The source's ignore label (voxels it leaves unlabelled, e.g. ``pseudo-label --threshold``'s unsure voxels),
+    which the merge keeps as its own ignore label."""
+    value = dataset_json.get("labels", {}).get("ignore")
+    return None if value is None else int(value)
+
+
+def pseudo_label_record(jsons: dict, counts: dict) -> Optional[dict]:
+    """The merge's ``sacl_pseudo_labels``, when a source has pseudo-labels: its sources' records and how many cases
+    are labelled and pseudo-labelled, so that segmentation training on the merge is refused as on the source, and
+    a pretraining run on it can say the size of its pool."""
+    pseudo = {f.name: jsons[f][PSEUDO_KEY] for f in jsons if jsons[f].get(PSEUDO_KEY)}
+    if not pseudo:
+        return None
+    models = [r.get("model", "a model") if isinstance(r, dict) else "a model" for r in pseudo.values()]
+    return {"model": "; ".join(dict.fromkeys(models)), "sources": pseudo,
+            "pseudo_labelled_cases": sum(counts[f] for f in jsons if f.name in pseudo),
+            "labelled_cases": sum(counts[f] for f in jsons if f.name not in pseudo)}
 
 
 def _cases(folder: Path, dataset_json: dict) -> dict:
@@ -189,6 +209,8 @@ def merge_datasets(sources: Iterable, dataset_id: int, name: str = "Merged", voc
 
     organs = sorted({c for m in mapping.values() for c in m.values()}, key=lambda c: (vocab.order(c), c))
     merged_ids = {organ: i for i, organ in enumerate(organs, start=1)}
+    # nnU-Net's ignore label is the highest; every source's ignore voxels keep it
+    ignore = len(organs) + 1 if any(_source_ignore(jsons[f]) is not None for f in folders) else None
     cases = {f: _cases(f, jsons[f]) for f in folders}
     ending = jsons[first]["file_ending"]
     target = raw / f"Dataset{int(dataset_id):03d}_{name}"
@@ -199,24 +221,31 @@ def merge_datasets(sources: Iterable, dataset_id: int, name: str = "Merged", voc
         (out / "labelsTr").mkdir()
         for f in folders:
             source_ids = _source_labels(f, jsons[f])
-            lut = np.zeros(max(source_ids.values()) + 1, dtype=np.uint16)
+            source_ignore = _source_ignore(jsons[f])
+            lut = np.zeros(max([*source_ids.values(), source_ignore or 0]) + 1, dtype=np.uint16)
             for label, value in source_ids.items():
                 lut[value] = merged_ids[mapping[f][label]]
+            if source_ignore is not None:
+                lut[source_ignore] = ignore
             annotated = [o for o in organs if o in mapping[f].values()]
             prefix = f"{f.name.split('_')[0].replace('Dataset', 'D')}_"
             for case, files in sorted(cases[f].items()):
                 merged_case = prefix + case
                 for channel, image in enumerate(files["images"]):
                     _link_or_copy(image, out / "imagesTr" / f"{merged_case}_{channel:04d}{ending}")
-                _remap_label(Path(files["label"]), lut, set(source_ids.values()),
+                _remap_label(Path(files["label"]), lut, set(source_ids.values()) | ({source_ignore} - {None}),
                              out / "labelsTr" / f"{merged_case}{ending}")
                 record["cases"][merged_case] = {"source": f.name, "case": case, "annotated": annotated}
             record["sources"].append({"dataset": f.name, "cases": len(cases[f]), "labels": mapping[f]})
         record["partial"] = any(set(c["annotated"]) != set(organs) for c in record["cases"].values())
         extra = {PARTIAL_KEY: record["partial"]}     # travels with dataset.json into nnUNet_preprocessed
+        pseudo = pseudo_label_record(jsons, {f: len(cases[f]) for f in folders})
+        if pseudo:
+            extra[PSEUDO_KEY] = pseudo
         from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
         extra.update({k: jsons[first][k] for k in ("overwrite_image_reader_writer",) if k in jsons[first]})
-        generate_dataset_json(str(out), jsons[first]["channel_names"], {"background": 0, **merged_ids},
+        labels = {"background": 0, **merged_ids, **({"ignore": ignore} if ignore else {})}
+        generate_dataset_json(str(out), jsons[first]["channel_names"], labels,
                               len(record["cases"]), ending, dataset_name=target.name,
                               description=f"nnunet-sacl merge-datasets of {', '.join(f.name for f in folders)}; "
                                           f"which organs each case annotates: {RECORD_FILE}",
