@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from tests.helpers import DATASET_NAME, make_nnunet_env, nnunet_folders
-from tests.test_prepare_finetune import nothing_written, prepare_cli, refused
+from tests.helpers import DATASET_NAME, make_nnunet_env, nnunet_folders, nothing_written, prepare_cli, refused
+
 
 TARGET_ID = 986
 
