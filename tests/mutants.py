@@ -445,6 +445,13 @@ MUTANTS = [
            "[(c, p) for c, p in zip(cases, images) if not (target / 'labelsTr' / f'{c}.nii.gz').is_file()]",
            "[(c, p) for c, p in zip(cases, images)]",
            ("tests/test_flare22.py::test_a_second_call_does_no_work",)),
+    Mutant("the nnssl_adaptation_plan names every field nnU-Net master's fine-tuning path reads",
+           "nnunet_sacl/nnunet/nnssl_format.py", "adaptation_plan",
+           '{"key_to_encoder": network.key_to_encoder, "key_to_stem": network.key_to_stem, '
+           '"keys_to_in_proj": list(network.keys_to_in_proj), "key_to_lpe": getattr(network, "key_to_lpe", None)}',
+           '{"key_to_encoder": network.key_to_encoder, "key_to_stem": network.key_to_stem, '
+           '"keys_to_in_projection": list(network.keys_to_in_proj), "key_to_lpe": getattr(network, "key_to_lpe", None)}',
+           ("tests/test_nnssl_format.py::test_the_written_plan_is_what_nnunet_master_and_nnssl_read",)),
 ]
 
 

@@ -79,15 +79,16 @@ def adaptation_plan(plans: dict, configuration: str, network) -> dict:
         "transpose_forward": plans.get("transpose_forward"), "transpose_backward": plans.get("transpose_backward"),
         "configurations": {configuration: pretrain_configuration},
         "experiment_planner_used": plans.get("experiment_planner_used")}
+    # where encoder, stem and input projection are in the state dict: the network's own names for them
+    keys = {"key_to_encoder": network.key_to_encoder, "key_to_stem": network.key_to_stem,
+            "keys_to_in_proj": list(network.keys_to_in_proj), "key_to_lpe": getattr(network, "key_to_lpe", None)}
     return plain({
         "architecture_plans": {"arch_class_name": config.network_arch_class_name, "arch_kwargs": arch_kwargs,
                                "arch_kwargs_requiring_import": list(config.network_arch_init_kwargs_req_import)},
         "pretrain_plan": pretrain_plan,
         "pretrain_num_input_channels": input_channels_of(network),
         "recommended_downstream_patchsize": config.patch_size,
-        "key_to_encoder": network.key_to_encoder, "key_to_stem": network.key_to_stem,
-        "keys_to_in_proj": list(network.keys_to_in_proj), "key_to_lpe": getattr(network, "key_to_lpe", None),
-        "architecture_kwargs": arch_kwargs})
+        **keys, "architecture_kwargs": arch_kwargs})
 
 
 def short_class_name(name: str) -> str:
