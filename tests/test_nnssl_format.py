@@ -156,8 +156,9 @@ def as_nnssl_writes_it(network, plans: dict, config, arch_class_name="ResidualEn
             "original_median_spacing_after_transp": list(config.spacing), "image_reader_writer": "NibabelReaderWriter",
             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
             "configurations": {"onemmiso": configuration}, "experiment_planner_used": "ExperimentPlanner"}
+    requiring_import = list(config.network_arch_init_kwargs_req_import)
     adaptation = {"architecture_plans": {"arch_class_name": arch_class_name, "arch_kwargs": kwargs,
-                                         "arch_kwargs_requiring_import": list(config.network_arch_init_kwargs_req_import)},
+                                         "arch_kwargs_requiring_import": requiring_import},
                   "pretrain_plan": plan, "pretrain_num_input_channels": 1,
                   "recommended_downstream_patchsize": list(config.patch_size), "key_to_encoder": "encoder.stages",
                   "key_to_stem": "encoder.stem",
@@ -175,7 +176,7 @@ def nnssl_file(nnunet_env, preprocessed, resenc_plans, tmp_path_factory):
     target of two input channels in a raw folder of its own."""
     root = tmp_path_factory.mktemp("nnssl_reverse")
     env = make_nnunet_env(root)
-    raw = make_synthetic_dataset(env["nnUNet_raw"], TARGET_ID, name="FromNnssl", num_training=2, num_test=0,
+    raw = make_synthetic_dataset(env["nnUNet_raw"], TARGET_ID, name="FromNnssl", num_training=5, num_test=0,
                                  shape=(16, 40, 40), seed=5)
     import SimpleITK as sitk
     for image in raw.glob("imagesTr/*_0000.nii.gz"):
@@ -193,17 +194,24 @@ def nnssl_file(nnunet_env, preprocessed, resenc_plans, tmp_path_factory):
     return dict(env, file=str(file), weights=network.state_dict(), checkpoint=checkpoint, root=str(root))
 
 
-def test_an_nnssl_checkpoint_is_prepared_and_starts_sacl_pretraining(nnssl_file):
+@pytest.fixture(scope="module")
+def prepared(nnssl_file) -> dict:
+    """prepare-finetune of the nnssl checkpoint for the two-channel target: its output, plans and weights."""
+    code, out, err = prepare_cli(nnssl_file, "prepare-finetune", nnssl_file["file"], "-d", str(TARGET_ID), "-c",
+                                 "3d_fullres", "-np", "1")
+    assert code == 0, out + err
+    plans, weights_file = re.search(r"nnUNetv2_train .* -p (\S+) -pretrained_weights (\S+)", out).groups()
+    return {"stdout": out, "plans": plans, "weights_file": weights_file}
+
+
+def test_an_nnssl_checkpoint_is_prepared_and_loads_into_sacl_pretraining(nnssl_file, prepared):
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunet_sacl.nnunet.pretrainer import SACLPretrainer
     from nnunet_sacl.nnunet.prepare_finetune import stem_for_channels
     from nnunetv2.run.run_training import get_trainer_from_args
-    env, a = nnssl_file, nnssl_file["weights"]
-    code, out, err = prepare_cli(env, "prepare-finetune", env["file"], "-d", str(TARGET_ID), "-c", "3d_fullres",
-                                 "-np", "1")
-    assert code == 0, out + err
+    env, a, out = nnssl_file, nnssl_file["weights"], prepared["stdout"]
     assert "nnssl adaptation plan: ResidualEncoderUNet" in out and "YES: the weights fit" in out, out
-    plans, weights_file = re.search(r"nnUNetv2_train .* -p (\S+) -pretrained_weights (\S+)", out).groups()
+    plans, weights_file = prepared["plans"], prepared["weights_file"]
     prepared = torch.load(weights_file, weights_only=True)
     # what SACL starts from: nnU-Net's own -pretrained_weights loader into SACLPretrainer's network
     with nnunet_folders(env):
@@ -214,7 +222,8 @@ def test_an_nnssl_checkpoint_is_prepared_and_starts_sacl_pretraining(nnssl_file)
         load_pretrained_weights(trainer.network, weights_file)
         loaded = trainer.network.state_dict()
     stem = "encoder.stem.convs.0.conv.weight"
-    encoder = [k for k in a if k.startswith("encoder.") and k not in (stem, "encoder.stem.convs.0.all_modules.0.weight")]
+    stem_alias = "encoder.stem.convs.0.all_modules.0.weight"
+    encoder = [k for k in a if k.startswith("encoder.") and k not in (stem, stem_alias)]
     assert encoder and all(torch.equal(loaded[k], a[k]) for k in encoder)
     assert all(torch.equal(loaded["decoder." + k], a[k]) for k in encoder)      # the decoder's references to it
     assert torch.allclose(loaded[stem], stem_for_channels(a[stem], 2)) and loaded[stem].shape[1] == 2
@@ -224,6 +233,26 @@ def test_an_nnssl_checkpoint_is_prepared_and_starts_sacl_pretraining(nnssl_file)
     # the written file carries its own plan, for the target's network: two input channels
     assert prepared["nnssl_adaptation_plan"]["pretrain_num_input_channels"] == 2
     assert master_reads(prepared)["in_proj"].shape[1] == 2
+
+
+@pytest.mark.slow
+def test_sacl_pretraining_runs_from_an_nnssl_checkpoint(nnssl_file, prepared):
+    """nnU-Net's own command: SACLPretrainer_smoke from the prepared weights (-pretrained_weights), to its end."""
+    from tests.helpers import nnunet_bin, run, train_env
+    trained = run([nnunet_bin("nnUNetv2_train"), str(TARGET_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke",
+                   "-p", prepared["plans"], "-pretrained_weights", prepared["weights_file"], "-device", "cpu"],
+                  train_env({k: v for k, v in nnssl_file.items() if isinstance(v, str)}), timeout=1800)
+    assert f"Loading pretrained weights from file  {prepared['weights_file']}" in trained.stdout, trained.stdout[-3000:]
+    folder = Path(nnssl_file["nnUNet_results"]) / f"Dataset{TARGET_ID}_FromNnssl" / \
+        f"SACLPretrainer_smoke__{prepared['plans']}__3d_fullres" / "fold_0"
+    encoder = torch.load(folder / "checkpoint_sacl_encoder.pth", weights_only=True)
+    start = torch.load(prepared["weights_file"], weights_only=True)["network_weights"]
+    convs = [k for k in start if k.startswith("encoder.stages.") and k.endswith("conv.weight")]
+    # pretraining moved the encoder from where it started, and started there (far closer to it than to chance)
+    assert any(not torch.equal(encoder["network_weights"][k], start[k]) for k in convs)
+    assert all(torch.corrcoef(torch.stack([encoder["network_weights"][k].flatten(), start[k].flatten()]))[0, 1] > 0.9
+               for k in convs)
+    assert encoder["nnssl_adaptation_plan"]["pretrain_num_input_channels"] == 2
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -115,8 +115,8 @@ def read_adaptation_plan(weights_file: str, checkpoint: dict) -> Optional[dict]:
         raise NotAdaptable(
             f"{weights_file} holds a {short} (a Primus vision transformer, nnssl's {short} preset), which nnU-Net "
             f"2.8's U-Net plans cannot describe: neither prepare-finetune, check-weights nor SACL can start from it. "
-            f"Fine-tune it with nnU-Net's master branch (nnUNetv2_preprocess_like_nnssl, then nnUNetv2_train_pretrained "
-            f"-tr PretrainedTrainer), or pretrain a ResEnc or Plain U-Net")
+            f"Fine-tune it with nnU-Net's master branch (nnUNetv2_preprocess_like_nnssl, then "
+            f"nnUNetv2_train_pretrained -tr PretrainedTrainer), or pretrain a ResEnc or Plain U-Net")
     if short in PRESETS and not kwargs:
         name, kwargs = PRESETS[short]
         requiring_import = ["conv_op", "norm_op", "dropout_op", "nonlin"]
