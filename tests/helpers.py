@@ -484,3 +484,29 @@ def two_organ_seg(shape, liver_start, spleen_start, side=8):
     seg[cube(shape, liver_start, side)] = 1
     seg[cube(shape, spleen_start, side)] = 2
     return seg
+
+
+# ------------------------------------------------------------------------- a command refused (prepare-finetune, ...)
+def prepare_cli(env, *args) -> tuple:
+    """``nnunet-sacl prepare-finetune ARGS`` in this process: (exit code, stdout, stderr)."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    from nnunet_sacl.cli import main
+    out, err = StringIO(), StringIO()
+    with nnunet_folders(env), redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def nothing_written(env) -> bool:
+    return not any(Path(env["nnUNet_preprocessed"]).glob("*")) if Path(env["nnUNet_preprocessed"]).exists() else True
+
+
+def refused(env, expected: str, *args, command="prepare-finetune"):
+    code, out, err = prepare_cli(env, command, *args)
+    assert code == 1 and out == "", out + err
+    assert err.count("\n") == 1 and err.startswith(f"nnunet-sacl {command}: error: "), err
+    assert re.search(expected, err), err
+    assert nothing_written(env), list(Path(env["nnUNet_preprocessed"]).rglob("*"))
+    return err

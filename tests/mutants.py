@@ -462,6 +462,13 @@ MUTANTS = [
            "nnunet_sacl/dataset_conversion/merge.py", "merge_datasets",
            "if source_ignore is not None:\n    lut[source_ignore] = ignore\n", "",
            ("tests/test_merge.py::test_a_pseudo_labelled_source_merges_with_its_ignore_label_and_record",)),
+    Mutant("the nnssl_adaptation_plan names every field nnU-Net master's fine-tuning path reads",
+           "nnunet_sacl/nnunet/nnssl_format.py", "adaptation_plan",
+           '{"key_to_encoder": network.key_to_encoder, "key_to_stem": network.key_to_stem, '
+           '"keys_to_in_proj": list(network.keys_to_in_proj), "key_to_lpe": getattr(network, "key_to_lpe", None)}',
+           '{"key_to_encoder": network.key_to_encoder, "key_to_stem": network.key_to_stem, '
+           '"keys_to_in_projection": list(network.keys_to_in_proj), "key_to_lpe": getattr(network, "key_to_lpe", None)}',
+           ("tests/test_nnssl_format.py::test_the_written_plan_is_what_nnunet_master_and_nnssl_read",)),
 ]
 
 

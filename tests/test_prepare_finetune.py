@@ -18,7 +18,8 @@ import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
 from tests.helpers import DATASET_NAME, NNUNET_PROCESSES as P, correlation, encoder_keys, in_process, \
-    make_nnunet_env, nnunet_bin, nnunet_folders, pretrained_weights, printed_line, printed_train_line, run, train_env
+    make_nnunet_env, nnunet_bin, nnunet_folders, nothing_written, prepare_cli, pretrained_weights, printed_line, \
+    printed_train_line, refused, run, train_env
 
 A_ID, B_ID, C_ID, FLAT_ID, PLAIN_ID = 981, 982, 983, 984, 985
 A_NAME, B_NAME, C_NAME = f"Dataset{A_ID}_FinetuneA", f"Dataset{B_ID}_FinetuneB", f"Dataset{C_ID}_FinetuneC"
@@ -73,31 +74,6 @@ def refusal_env(tmp_path_factory, preprocessed, nnunet_env):
     torch.save({"network_weights": weights, "init_args": {"plans": plans, "configuration": "3d_fullres",
                                                           "dataset_json": dataset_json}}, file)
     return dict(env, file=str(file), weights=weights, root=str(root))
-
-
-def prepare_cli(env, *args) -> tuple:
-    """``nnunet-sacl prepare-finetune ARGS`` in this process: (exit code, stdout, stderr)."""
-    from contextlib import redirect_stderr, redirect_stdout
-    from io import StringIO
-
-    from nnunet_sacl.cli import main
-    out, err = StringIO(), StringIO()
-    with nnunet_folders(env), redirect_stdout(out), redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
-
-
-def nothing_written(env) -> bool:
-    return not any(Path(env["nnUNet_preprocessed"]).glob("*")) if Path(env["nnUNet_preprocessed"]).exists() else True
-
-
-def refused(env, expected: str, *args, command="prepare-finetune"):
-    code, out, err = prepare_cli(env, command, *args)
-    assert code == 1 and out == "", out + err
-    assert err.count("\n") == 1 and err.startswith(f"nnunet-sacl {command}: error: "), err
-    assert re.search(expected, err), err
-    assert nothing_written(env), list(Path(env["nnUNet_preprocessed"]).rglob("*"))
-    return err
 
 
 def test_refusals_name_what_is_wrong_and_leave_nothing_behind(refusal_env, tmp_path):

@@ -9,7 +9,8 @@ EXAMPLE = ("A=$nnUNet_results/Dataset017_A/SACLPretrainer__nnUNetPlans__3d_fullr
 
 
 def add_arguments(p) -> None:
-    p.add_argument("file", metavar="FILE", help="weights file (checkpoint_sacl_encoder.pth or any nnU-Net checkpoint)")
+    p.add_argument("file", metavar="FILE", help="weights file (checkpoint_sacl_encoder.pth, any nnU-Net checkpoint, or "
+                                                 "one nnssl wrote)")
     p.add_argument("-d", required=True, help="target dataset name or id (planned: its plans in nnUNet_preprocessed)")
     p.add_argument("-c", required=True, help="target configuration, e.g. 3d_fullres")
     p.add_argument("-p", default="nnUNetPlans", help="target plans identifier (default nnUNetPlans)")

@@ -10,8 +10,9 @@ EXAMPLE = ("nnunet-sacl prepare-finetune checkpoint_sacl_encoder.pth -d 18 -c 3d
 
 
 def add_arguments(p) -> None:
-    p.add_argument("file", metavar="WEIGHTS", help="weights file: checkpoint_sacl_encoder.pth, or an nnU-Net "
-                                                    "checkpoint that carries its plans (checkpoint_final.pth)")
+    p.add_argument("file", metavar="WEIGHTS", help="weights file: checkpoint_sacl_encoder.pth, an nnU-Net "
+                                                    "checkpoint that carries its plans (checkpoint_final.pth), or "
+                                                    "a checkpoint nnssl wrote (ResEnc or Plain U-Net)")
     p.add_argument("-d", required=True, help="target dataset name or id, in nnUNet_raw")
     p.add_argument("-c", required=True, help="configuration of the file's plans to fine-tune, e.g. 3d_fullres")
     p.add_argument("-p", default=None, help="name of the plans written for the target (default: the file's plans "

@@ -4,7 +4,8 @@ file can fine-tune from it (``nnunet-sacl prepare-finetune``) and see where it c
 The file is nnU-Net's checkpoint format, loadable by ``-pretrained_weights``: ``network_weights`` (the whole network:
 pretrained encoder, decoder as initialised), ``trainer_name``, ``init_args`` as nnU-Net's own checkpoints have it
 (the plans, the configuration, the fold and the dataset's ``dataset.json`` with its channel names and labels) and
-``sacl``: the pretraining settings, its outcome and the versions that wrote it. Everything but the tensors is a
+``sacl``: the pretraining settings, its outcome and the versions that wrote it, and ``nnssl_adaptation_plan``, what
+nnU-Net's own fine-tuning path for pretrained checkpoints reads (``nnssl_format``). Everything but the tensors is a
 plain value (dicts, lists, strings, numbers), so ``torch.load(weights_only=True)`` reads the whole file.
 """
 import json
@@ -67,6 +68,7 @@ def encoder_file_contents(trainer) -> dict:
     losses = trainer.logger.get_value('train_losses', step=None)
     config = trainer.configuration_manager
     from nnunet_sacl.nnunet.contrastive import CONTRASTIVE_SETTINGS
+    from nnunet_sacl.nnunet.nnssl_format import ENTRY, adaptation_plan
     settings = {name: getattr(trainer, attribute) for name, attribute in PRETRAINING_SETTINGS.items()}
     settings.update({name: getattr(trainer, name) for name in CONTRASTIVE_SETTINGS})
     settings.update(epochs=trainer.current_epoch, iterations_per_epoch=trainer.num_iterations_per_epoch,
@@ -77,6 +79,8 @@ def encoder_file_contents(trainer) -> dict:
         'trainer_name': handed.trainer_name if handed is not None else trainer.__class__.__name__,
         'init_args': plain({'plans': trainer.plans_manager.plans, 'configuration': trainer.configuration_name,
                             'fold': trainer.fold, 'dataset_json': trainer.dataset_json}),
+        # what nnU-Net's own path for pretrained checkpoints (and nnssl) reads: nnssl_format
+        ENTRY: adaptation_plan(trainer.plans_manager.plans, trainer.configuration_name, unwrap(trainer.network)),
         'sacl': plain({'format': ENCODER_FILE_FORMAT,
                        'plans_name': trainer.plans_manager.plans_name, 'configuration': trainer.configuration_name,
                        'dataset_name': trainer.plans_manager.dataset_name, 'pretrain_epochs': trainer.current_epoch,
@@ -113,13 +117,19 @@ def recorded(checkpoint: dict) -> list:
     elif meta.get("pretrain_epochs") is not None:
         lines.append(f"pretraining: {meta['pretrain_epochs']} epochs, pool stages {meta.get('pool_stages')}, "
                      f"{meta.get('embedding')}, temperature {meta.get('temperature')}")
+    if checkpoint.get("nnssl_adaptation_plan") is not None:
+        from nnunet_sacl.nnunet.nnssl_format import described, read_adaptation_plan
+        try:
+            lines.append(described(read_adaptation_plan("the file", checkpoint)))
+        except ValueError as e:          # said by check-weights and prepare-finetune when it matters
+            lines.append(f"nnssl adaptation plan: {e}")
     prepared = meta.get("prepared_for")
     if prepared:
         adapted = prepared.get("input_channels_adapted")
         lines.append(f"prepared by prepare-finetune for {prepared.get('dataset')}, plans {prepared.get('plans_name')}, "
                      f"{prepared.get('configuration')}, from {prepared.get('from_file')}"
                      + (f" (stem adapted to {prepared.get('input_channels')} input channels)" if adapted else ""))
-    if not plans:
+    if not plans and checkpoint.get("nnssl_adaptation_plan") is None:
         lines.append("no plans in the file (init_args): an encoder file of nnunet-sacl 0.1 or weights saved "
                      "outside nnU-Net")
     return lines

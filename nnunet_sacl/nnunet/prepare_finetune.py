@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 
 from nnunet_sacl.files import sha256_of
+from nnunet_sacl.nnunet.nnssl_format import ENTRY, NotAdaptable, adaptation_plan, nnunet_plans, pretrained_keys, \
+    read_adaptation_plan
 
 
 class TransferRefused(ValueError):
@@ -66,6 +68,11 @@ def plans_in_file(weights_file: str, checkpoint: dict) -> dict:
     """The plans the file was trained with: its ``init_args`` (nnU-Net's checkpoints and SACL encoder files), else
     the plans.json nnU-Net writes next to the fold folder; refused (naming what is missing) when neither is there."""
     plans = (checkpoint.get("init_args") or {}).get("plans")
+    if checkpoint.get("sacl") is None and checkpoint.get(ENTRY) is not None:    # a checkpoint nnssl wrote
+        try:
+            return nnunet_plans(weights_file, read_adaptation_plan(weights_file, checkpoint))
+        except NotAdaptable as e:
+            raise TransferRefused(str(e)) from e
     if plans is None:
         plans_json = join(dirname(dirname(os.path.abspath(weights_file))), "plans.json")
         if isfile(plans_json):
@@ -118,7 +125,27 @@ def plans_for_target(plans: dict, target_name: str, plans_name: str, target_chan
         plans["foreground_intensity_properties_per_channel"] = {
             str(c): statistics[str(c)] if c < source_channels else (own_statistics or {}).get(str(c))
             for c in range(target_channels)}
+    elif own_statistics:     # a file without intensity properties (nnssl's, z-scored): the target's own, read by
+        plans["foreground_intensity_properties_per_channel"] = {     # nnU-Net's preprocessor for every scheme
+            str(c): own_statistics.get(str(c)) for c in range(target_channels)}
     return plans
+
+
+def file_weights(weights_file: str, checkpoint: dict, manager, configuration: str, target_json: dict) -> dict:
+    """The weights to transfer: a file of nnU-Net's (or ours) as it is; of an nnssl checkpoint only the encoder and
+    stem (and the decoder's references to them), the rest of the network as nnU-Net initialises it (as nnU-Net's
+    PretrainedTrainer loads such a file)."""
+    weights = checkpoint["network_weights"]
+    if checkpoint.get("sacl") is not None or checkpoint.get(ENTRY) is None:
+        return weights
+    from nnunet_sacl.nnunet.network import build_nnunet_network
+    pretrained = set(pretrained_keys(read_adaptation_plan(weights_file, checkpoint), weights))
+    fresh = build_nnunet_network(manager, manager.get_configuration(configuration), target_json, True).state_dict()
+
+    def source(key):
+        alias = key[len("decoder."):] if key.startswith("decoder.encoder.") else key
+        return weights[alias] if alias in pretrained else fresh[key]
+    return {k: source(k) for k in fresh}
 
 
 # ------------------------------------------------------------------------------------------------------ the target
@@ -316,7 +343,8 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
     with torch.device("meta"):
         network = build_nnunet_network(manager, manager.get_configuration(configuration), target_json, True)
     target_shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    weights, stem_keys = adapt_input_channels(checkpoint["network_weights"], target_shapes)
+    weights, stem_keys = adapt_input_channels(file_weights(weights_file, checkpoint, manager, configuration,
+                                                           target_json), target_shapes)
     bad = mismatched_keys({k: tuple(v.shape) for k, v in weights.items()}, target_shapes)
     if bad:
         first = bad[0]
@@ -378,6 +406,8 @@ def prepare_finetune(weights_file: str, dataset, configuration: str, plans_name:
             'trainer_name': checkpoint.get('trainer_name'),
             # the record of the file it comes from (its plans, dataset, settings), and what was done to it
             'init_args': plain({**{k: v for k, v in init_args.items() if k != 'device'}, 'plans': plans}),
+            # what nnU-Net's own path for pretrained checkpoints reads (nnssl_format), for the target's network
+            ENTRY: adaptation_plan(new_plans, configuration, network),
             'sacl': plain({**(checkpoint.get('sacl') or {}), 'prepared_for': {
                 'dataset': target, 'plans_name': plans_name, 'configuration': configuration,
                 'from_file': os.path.abspath(weights_file), 'sha256': source_hash,

@@ -280,6 +280,10 @@ def check_weights(weights_file: str, dataset, configuration: str,
     before any training, with every failing key, both shapes and the likely cause."""
     from nnunet_sacl.nnunet.encoder_file import recorded
     checkpoint = read_weights_file(weights_file)
+    nnssl = checkpoint.get("sacl") is None and checkpoint.get("nnssl_adaptation_plan") is not None
+    if nnssl:      # refused here, in one message, when nnU-Net 2.8 cannot build its architecture
+        from nnunet_sacl.nnunet.nnssl_format import read_adaptation_plan
+        read_adaptation_plan(weights_file, checkpoint)
     file_shapes = {k: tuple(v.shape) for k, v in checkpoint["network_weights"].items()}
     target, target_shapes = target_state_dict(dataset, configuration, plans_identifier)
     file = architecture(without_wrappers(file_shapes), *file_plans(weights_file, checkpoint))
@@ -290,5 +294,9 @@ def check_weights(weights_file: str, dataset, configuration: str,
     if not report.fits:
         report.causes = likely_causes(file, target, file_shapes)
         report.fix = suggested_fix(file, target)
+        if nnssl:
+            report.fix = (f"an nnssl checkpoint: nnunet-sacl prepare-finetune {weights_file} -d "
+                          f"{target.dataset_name} -c {configuration} writes plans and weights (its encoder and stem, "
+                          f"the decoder new) that nnU-Net's -pretrained_weights takes")
     return report
 
