@@ -94,7 +94,9 @@ def test_demo_table_names_its_columns_and_marks_absent_organs_alike():
     from nnunet_sacl.demo import NOT_SCORED, dice_table
     table = dice_table(rows_of({"c1": ONE_CASE}), [BASE, SACL], ORGANS)
     lines = table.splitlines()
-    assert lines[0].split() == ["organ", BASE, SACL, SACL, "-", "baseline"] and "diff" not in table
+    assert lines[0].split() == ["organ", BASE, SACL, SACL, "-", "baseline"]
+    assert not [line for line in lines if "diff" in line and "not called a difference" not in line]
+    assert f"{SACL} - baseline: " in table and "one run of each: not called a difference" in table
     for organ in ("gallbladder", "kidney"):   # one predicted by the baseline only, one by both: shown alike
         row = next(line for line in lines if line.strip().startswith(organ))
         assert row.split() == [organ, "(absent)", NOT_SCORED, NOT_SCORED, NOT_SCORED]
