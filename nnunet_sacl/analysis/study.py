@@ -255,7 +255,7 @@ def regime_studies(study: Study, train_cases, seed: int = 0) -> list:
 def planned_regimes(study: Study, train_cases, seed: int = 0) -> list:
     """``regime_studies`` without writing anything (for --dry-run): a regime whose derived dataset does not exist
     yet gets a placeholder dataset name, so that its runs are all new."""
-    from nnunet_sacl.analysis.study_regimes import _find_subset_dataset
+    from nnunet_sacl.analysis.study_regimes import find_subset_dataset
     if not train_cases:
         return [study]
     studies = []
@@ -267,7 +267,7 @@ def planned_regimes(study: Study, train_cases, seed: int = 0) -> list:
         if k == "all":
             studies.append(replace(study, out_dir=study.out_dir / "Kall", train_cases=k))
             continue
-        found = _find_subset_dataset(study.preprocessed.parent, {"source": study.dataset, "train_cases": k,
+        found = find_subset_dataset(study.preprocessed.parent, {"source": study.dataset, "train_cases": k,
                                                                 "seed": seed})
         name = found.name if found is not None else f"{study.dataset}_K{k}_not_derived_yet"
         studies.append(replace(study, dataset=name, preprocessed=found or study.preprocessed,

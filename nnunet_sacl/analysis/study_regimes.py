@@ -196,7 +196,7 @@ def _free_dataset_id() -> int:
     raise RegimeError("no free three-digit dataset id for a --train-cases dataset")
 
 
-def _find_subset_dataset(root: Path, marker: dict):
+def find_subset_dataset(root: Path, marker: dict):
     for folder in sorted(root.iterdir()):
         file = folder / SUBSET_MARKER
         if file.is_file():
@@ -217,7 +217,7 @@ def subset_dataset(preprocessed: Path, dataset: str, plans: str, configuration: 
     subset = subset_splits(splits, k, seed)
     root = preprocessed.parent
     marker = {"source": dataset, "train_cases": k, "seed": seed}
-    folder = _find_subset_dataset(root, marker)
+    folder = find_subset_dataset(root, marker)
     if folder is None:
         rest = dataset.split("_", 1)[1] if "_" in dataset else dataset
         folder = root / f"Dataset{_free_dataset_id():03d}_{rest}_{dataset.split('_')[0][7:]}K{k}"
