@@ -25,10 +25,6 @@ class RunCost:
     pretraining_iterations: int
     segmentation_iterations: int
 
-    @property
-    def iterations(self) -> int:
-        return self.pretraining_iterations + self.segmentation_iterations
-
 
 def _build(study, trainer_class: str, plans_identifier: str, fold: int, device: str):
     """The arm's trainer as nnUNetv2_train builds it, its output folder in a temporary results root."""
@@ -102,7 +98,7 @@ def plan_rows(studies: list, costs: dict) -> list:
     return rows
 
 
-def plan_text(studies: list, rows: list, seconds: float, source: str, pending: list) -> str:
+def plan_text(rows: list, seconds: float, source: str, pending: list) -> str:
     """The table of runs and the totals: iterations, estimated hours (unfinished runs), the SLURM array size."""
     regimes = any(r["train_cases"] is not None for r in rows)
     seeded = any(r["seed"] is not None for r in rows)
@@ -143,4 +139,4 @@ def dry_run(studies: list, seconds_per_iteration: float = None) -> str:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"--seconds-per-iteration {seconds_per_iteration}: give a positive number of seconds")
     rows = plan_rows(studies, costs)
-    return plan_text(studies, rows, seconds, source, pending_commands(studies))
+    return plan_text(rows, seconds, source, pending_commands(studies))
