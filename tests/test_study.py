@@ -75,7 +75,8 @@ def test_outputs_exist_and_every_row_is_present(study):
     expected = {(t, str(f), case, o) for t in (BASELINE, SACL) for f in (0, 1) for case in splits[f]["val"]
                 for o in organs(study["env"])}
     rows = read_csv(out / "per_case.csv")
-    assert list(rows[0]) == ["trainer", "fold", "case", "organ", "dice", "nsd", "reference_voxels"]
+    assert list(rows[0]) == ["trainer", "fold", "seed", "case", "organ", "dice", "nsd", "reference_voxels"]
+    assert {r["seed"] for r in rows} == {""}, "a study without --seeds names no seed"
     got = [(r["trainer"], r["fold"], r["case"], r["organ"]) for r in rows]
     assert len(got) == len(set(got)) and set(got) == expected
     assert all(0 <= float(r["dice"]) <= 1 or math.isnan(float(r["dice"])) for r in rows)

@@ -10,7 +10,8 @@ from nnunet_sacl.defaults import DEFAULT_TOLERANCE_MM, NSD_METHODS
 
 EXAMPLE = ("nnunet-sacl study -d 17 -c 3d_fullres -f 0 1 2 3 4 -o study_btcv \\\n"
            "    -tr nnUNetTrainer SACLTrainer SACLTrainer_joint\n"
-           "nnunet-sacl study -d 17 -c 3d_fullres -tr nnUNetTrainer_seeded SACLTrainer --seeds 1 2 3 --dry-run\n"
+           "nnunet-sacl study -d 17 -c 3d_fullres --seeds 1 2 3 --dry-run \\\n"
+           "    -tr nnUNetTrainer_seeded SACLTrainer\n"
            "nnunet-sacl study -d 17 -c 3d_fullres -tr nnUNetTrainer SACLTrainer \\\n"
            "    --slurm-array runs.sbatch")
 
