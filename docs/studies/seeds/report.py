@@ -97,8 +97,16 @@ def seed_one_check(stage: str) -> str:
     if set(mine) != set(theirs):
         return f"{stage}: the rows differ ({len(mine)} here, {len(theirs)} in the length study)"
     differ = [k for k in mine if tuple(map(float, mine[k])) != tuple(map(float, theirs[k]))]
-    return (f"{stage}: all {len(mine)} Dice and NSD values of seed 1 equal the length study's exactly" if not differ
-            else f"{stage}: {len(differ)} of {len(mine)} values differ from the length study's (first: {differ[0]})")
+    if not differ:
+        return f"{stage}: all {len(mine)} (case, organ) Dice and NSD values of seed 1 equal the length study's exactly"
+    sizes = []
+    for trainer, arm in ARMS.items():     # how far apart, per arm: mean Dice over the pairs both define, max change
+        pairs = [(float(mine[k][0]), float(theirs[k][0])) for k in mine if k[0] == trainer]
+        pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
+        sizes.append(f"{arm} mean Dice {sum(b for _, b in pairs) / len(pairs):.4f} then, "
+                     f"{sum(a for a, _ in pairs) / len(pairs):.4f} now, largest change {max(abs(a - b) for a, b in pairs):.3f}")
+    return (f"{stage}: {len(differ)} of {len(mine)} (case, organ) values differ from the length study's (first: "
+            f"{differ[0]}); " + "; ".join(sizes))
 
 
 def main() -> int:
