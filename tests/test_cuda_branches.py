@@ -6,8 +6,8 @@ Tolerances: the GradScaler path multiplies the loss by a power of two and divide
 is exact in floating point, so parameters after the step equal the eager step to 1e-6. bfloat16 keeps 8 bits of
 mantissa: the loss agrees to 3% and the update (parameters after minus before) points the same way (cosine > 0.95)
 with a norm within 15%; those steps run on the patch's central 12x32x32 voxels (``centre_crop``: this CPU's
-bfloat16 convolutions are emulated). The compiled encoder reorders floating-point sums: loss to 1e-4, and the parameter update
-(after minus before) within 1% of the eager update in norm (measured 0.17%)."""
+bfloat16 convolutions are emulated). The compiled encoder reorders floating-point sums: loss to 1e-4, and the
+parameter update (after minus before) within 1% of the eager update in norm (measured 0.17%)."""
 import shutil
 
 import pytest
@@ -56,15 +56,16 @@ def step(trainer, batch, phase_one: bool) -> float:
 
 
 def centre_crop(batch: dict, size) -> dict:
-    """The batch's central ``size`` voxels (a multiple of the network's total stride, 4x8x8 here), its deep
-    supervision targets cropped to the same region at their own scales. The bfloat16 tests step on it because this
-    CPU's bfloat16 conv3d is emulated: about 160x slower than float32 (5.6 s against 0.034 s for one 32-channel
-    convolution of the full patch, 2026-12-07), so the full 20x48x48 patch made one autocast step 135 s (a study running beside it at nice 19); the path
-    under test (autocast, GradScaler, the trainer's step) does not depend on the patch size."""
+    """The batch's central ``size`` voxels (``size`` a multiple of the network's total stride, 4x8x8 here; the
+    corner aligned to the coarsest target's scale), its deep supervision targets cropped to the same region at their
+    own scales. The bfloat16 tests step on it because this CPU's bfloat16 conv3d is emulated: about 160x slower than
+    float32 (5.6 s against 0.034 s for one 32-channel convolution of the full patch, 2026-12-07), so the full
+    20x48x48 patch made one autocast step 135 s (a study running beside it at nice 19); the path under test
+    (autocast, GradScaler, the trainer's step) does not depend on the patch size."""
     data = batch["data"]
     full = data.shape[2:]
-    stride = [f // t for f, t in zip(full, batch["target"][-1].shape[2:])]
-    start = [((f - c) // 2) // s * s for f, c, s in zip(full, size, stride)]
+    coarsest = [f // t for f, t in zip(full, batch["target"][-1].shape[2:])]
+    start = [((f - c) // 2) // s * s for f, c, s in zip(full, size, coarsest)]
 
     def crop(x):
         scale = [f // n for f, n in zip(full, x.shape[2:])]
