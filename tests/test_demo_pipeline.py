@@ -105,10 +105,10 @@ def check_first_run(workdir, first: str) -> dict:
 
     diff = table["mean (organs present)"][2]    # one run per arm: the seed caveat, in numbers
     caveat = re.search(rf"SACLTrainer_demo_smoke - baseline: ([+-]\d\.\d{{3}}) mean Dice, one run of each: not called a "
-                       rf"difference\. Another seed of stock nnU-Net alone moved this scan's mean Dice by up to 0\.03 "
+                       rf"difference\. Another seed of stock nnU-Net alone moved this scan's mean Dice by up to 0\.056 "
                        rf"per fold here, and this difference is (below|not below) that", first)
     assert caveat and abs(float(caveat.group(1)) - diff) < 6e-4, first
-    assert caveat.group(2) == ("below" if abs(diff) < 0.03 else "not below")
+    assert caveat.group(2) == ("below" if abs(diff) < 0.056 else "not below")   # docs/studies/seeds
     assert "Dice on the held-out scan" in first and (workdir / "study" / "report.md").is_file()
     assert {r["trainer"] for r in csv.DictReader(open(workdir / "study" / "per_case.csv"))} == set(ARMS)
     before = float(re.search(rf"before pretraining\s+{NUMBER}", first).group(1))

@@ -208,10 +208,12 @@ def _seed_of(row: dict):
 def seed_spread(values: np.ndarray) -> float:
     """How far one run's mean moves with the seed: per fold, the sample sd over seeds of each run's mean over its
     evaluated cases, pooled over folds (root mean variance). NaN with one seed."""
-    run_means = np.nanmean(values, axis=2)                        # (folds, seeds)
-    if run_means.shape[1] < 2:
+    if values.shape[1] < 2:
         return math.nan
-    return float(np.sqrt(np.nanmean(np.nanvar(run_means, axis=1, ddof=1))))
+    with warnings.catch_warnings():     # a run that evaluated no case has no mean: NaN, left out of the pooling
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_means = np.nanmean(values, axis=2)                    # (folds, seeds)
+        return float(np.sqrt(np.nanmean(np.nanvar(run_means, axis=1, ddof=1))))
 
 
 def hierarchical_resamples(diff: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
