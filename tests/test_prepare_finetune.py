@@ -1,6 +1,6 @@
 """An encoder file anyone can fine-tune from: ``nnunet-sacl prepare-finetune`` with nothing from the source but the
-file. Dataset A is pretrained (SACLPretrainer_smoke), only its encoder file is kept (A's raw, preprocessed and results
-folders deleted); B (other image size, spacing and labels) and C (two input channels) are prepared from it and
+file. Dataset A (README's dataset) is pretrained by README's SACLTrainer_smoke run in README's own folders; only its
+encoder file is kept, in folders that never held A; B (other image size, spacing and labels) and C (two input channels) are prepared from it and
 trained with the printed nnUNetv2_train line (real nnU-Net subprocesses). The refusals, and a file whose unpickling
 would run code, in the fast tier (nothing trains)."""
 import json
@@ -17,12 +17,12 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_sacl.dataset_conversion.synthetic import make_synthetic_dataset
-from tests.helpers import DATASET_NAME, NNUNET_PROCESSES as P, correlation, encoder_keys, in_process, \
+from tests.helpers import DATASET_ID, DATASET_NAME, NNUNET_PROCESSES as P, correlation, encoder_keys, in_process, \
     make_nnunet_env, nnunet_bin, nnunet_folders, nothing_written, prepare_cli, pretrained_weights, printed_line, \
-    printed_train_line, refused, run, train_env
+    pretraining_folder, printed_train_line, readme_model, refused, run, train_env
 
-A_ID, B_ID, C_ID, FLAT_ID, PLAIN_ID = 981, 982, 983, 984, 985
-A_NAME, B_NAME, C_NAME = f"Dataset{A_ID}_FinetuneA", f"Dataset{B_ID}_FinetuneB", f"Dataset{C_ID}_FinetuneC"
+A_ID, B_ID, C_ID, FLAT_ID, PLAIN_ID = DATASET_ID, 982, 983, 984, 985     # A: README's dataset, README's run
+A_NAME, B_NAME, C_NAME = DATASET_NAME, f"Dataset{B_ID}_FinetuneB", f"Dataset{C_ID}_FinetuneC"
 PLANS = f"nnUNetPlans_from{A_ID}"
 TRAINING_TIMEOUT = 1800     # a smoke training takes about 30 s; on a machine shared with other trainings, minutes
 B_LABELS = {"background": 0, "box": 1, "tube": 2}     # A's ellipsoid (1) is background in B; box 2->1, tube 3->2
@@ -140,35 +140,29 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def received(env, tmp_path_factory) -> dict:
-    """A pretrained with SACLPretrainer_smoke (3 organs, 20x48x48 at 3x1x1 mm); A's ResEnc plans too. What is
-    kept: the encoder file, nnU-Net's checkpoint_final.pth of the same run, and nnU-Net checkpoints (the format of
-    checkpoint_final.pth) of A's 2d and ResEnc networks, randomly initialised; then A's raw, preprocessed and
-    results folders are deleted."""
-    make_synthetic_dataset(env["nnUNet_raw"], A_ID, name="FinetuneA", num_training=5, num_test=0)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(A_ID), "-c", "3d_fullres", "-np", P, "-npfp", P], env)
-    run([nnunet_bin("nnUNetv2_plan_experiment"), "-d", str(A_ID), "-pl", "nnUNetPlannerResEncM"], env)
-    run([nnunet_bin("nnUNetv2_train"), str(A_ID), "3d_fullres", "0", "-tr", "SACLPretrainer_smoke", "-device", "cpu"],
-        train_env(env), timeout=TRAINING_TIMEOUT)
+def received(env, readme_run, nnunet_env, resenc_plans, tmp_path_factory) -> dict:
+    """A: README's dataset 991 (3 organs, 20x48x48 at 3x1x1 mm), pretrained by README's SACLTrainer_smoke run in
+    README's own nnU-Net folders, which this module's ``env`` never sees. What is kept: its encoder file, nnU-Net's
+    checkpoint_final.pth of the same pretraining (phase 1), and nnU-Net checkpoints (that format) of A's 2d and ResEnc
+    networks, randomly initialised (the ResEnc plans of the session's copy of dataset 991)."""
+    folder = Path(readme_model(readme_run))
     kept = tmp_path_factory.mktemp("received")
-    fold = Path(env["nnUNet_results"]) / A_NAME / "SACLPretrainer_smoke__nnUNetPlans__3d_fullres" / "fold_0"
     files = {"encoder": str(kept / "checkpoint_sacl_encoder.pth"), "final": str(kept / "checkpoint_final.pth")}
-    shutil.copy(fold / "checkpoint_sacl_encoder.pth", files["encoder"])
-    shutil.copy(fold / "checkpoint_final.pth", files["final"])
+    shutil.copy(folder / "checkpoint_sacl_encoder.pth", files["encoder"])
+    shutil.copy(Path(pretraining_folder(folder)) / "checkpoint_final.pth", files["final"])
     final = torch.load(files["final"], weights_only=False)
-    with nnunet_folders(env):
-        from nnunet_sacl.nnunet.weights import load_target_plans
-        from nnunet_sacl.nnunet.network import build_nnunet_network
-        for name, plans_name, configuration in (("2d", "nnUNetPlans", "2d"),
-                                                ("resenc", "nnUNetResEncUNetMPlans", "3d_fullres")):
+    for name, plans_name, configuration, source in (("2d", "nnUNetPlans", "2d", readme_run["env"]),
+                                                    ("resenc", resenc_plans, "3d_fullres", nnunet_env)):
+        with nnunet_folders(source):
+            from nnunet_sacl.nnunet.weights import load_target_plans
+            from nnunet_sacl.nnunet.network import build_nnunet_network
             manager, config, dataset_json = load_target_plans(A_ID, configuration, plans_name)
             network = build_nnunet_network(manager, config, dataset_json, True)
-            files[name] = str(kept / f"{name}_checkpoint_final.pth")
-            torch.save(dict(final, network_weights=network.state_dict(), init_args=dict(
-                final["init_args"], plans=manager.plans, configuration=configuration)), files[name])
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        shutil.rmtree(Path(env[key]) / A_NAME)
-        assert not (Path(env[key]) / A_NAME).exists()
+        files[name] = str(kept / f"{name}_checkpoint_final.pth")
+        torch.save(dict(final, network_weights=network.state_dict(), init_args=dict(
+            final["init_args"], plans=manager.plans, configuration=configuration)), files[name])
+    assert not any((Path(env[key]) / A_NAME).exists() for key in ("nnUNet_raw", "nnUNet_preprocessed",
+                                                                    "nnUNet_results"))
     return files
 
 
@@ -243,7 +237,7 @@ def loaded_by_nnunet(env, dataset, weights_file):
 @pytest.mark.slow
 def test_the_encoder_file_is_self_describing(env, received, prepared_b):
     encoder = torch.load(received["encoder"], weights_only=True)
-    assert encoder["trainer_name"] == "SACLPretrainer_smoke"
+    assert encoder["trainer_name"] == "SACLTrainer_smoke"
     assert encoder["init_args"]["plans"]["dataset_name"] == A_NAME and encoder["init_args"]["configuration"] == \
         "3d_fullres"
     assert encoder["init_args"]["dataset_json"]["channel_names"] == {"0": "CT"}
@@ -251,7 +245,7 @@ def test_the_encoder_file_is_self_describing(env, received, prepared_b):
     assert encoder["sacl"]["pretraining"]["epochs"] == 3 and encoder["sacl"]["versions"]["nnunetv2"]
     r = subprocess.run([nnunet_bin("nnunet-sacl"), "check-weights", received["encoder"], "-d", str(B_ID), "-c",
                         "3d_fullres", "-p", PLANS], env=env, capture_output=True, text=True)
-    for expected in ("recorded: trainer: SACLPretrainer_smoke (nnunet_sacl", f"recorded: trained on: {A_NAME}, "
+    for expected in ("recorded: trainer: SACLTrainer_smoke (nnunet_sacl", f"recorded: trained on: {A_NAME}, "
                      "plans nnUNetPlans, configuration 3d_fullres, fold 0", "recorded: channels: 0: CT",
                      "recorded: labels: background 0, ellipsoid 1, box 2, tube 3", "recorded: pretraining: "):
         assert expected in r.stdout, r.stdout + r.stderr
@@ -265,7 +259,7 @@ def test_b_prepared_from_the_file_alone_trains_from_it(env, received, prepared_b
     assert f"nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {B_ID} -c 3d_fullres -f 0 -tr nnUNetTrainer " \
            f"-p {PLANS} -device cpu" in out                 # no CUDA device here: lines that run here
     assert re.search(r"-pretrained_weights \S+ -device cpu\n", out) and "-tr nnUNetTrainer_5epochs" in out
-    assert "YES: the weights fit" in out and "recorded: trainer: SACLPretrainer_smoke" in out
+    assert "YES: the weights fit" in out and "recorded: trainer: SACLTrainer_smoke" in out
     assert "resampled to the file's spacing 3x1x1 mm (the target's median: 2.5x0.8x0.8 mm)" in out
     assert re.search(r"channel 0 \(CT\): CTNormalization as the file's channel 0 \(CT\), with the CT statistics of the "
                      r"file's channel 0", out)
