@@ -131,3 +131,21 @@ def check_second_run(workdir, first: str, second: str, logs_before: list, table:
     assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
     again = printed_table(second)
     assert again == table      # the same values, None for the same absent organs (no NaN is printed)
+
+
+def test_the_caveats_seed_spread_is_the_seeds_studys_widest_fold():
+    """demo.HELD_OUT_SEED_SPREAD against the seeds study's committed per-case results: the largest distance between
+    two seeds of stock nnU-Net within one fold, in the held-out scan's mean Dice over the organs its label holds."""
+    from collections import defaultdict
+    from pathlib import Path
+    from nnunet_sacl.demo import HELD_OUT_SEED_SPREAD
+    path = Path(__file__).parent.parent / "docs/studies/seeds/outputs/seeds_1_2_3_test/per_case.csv"
+    values = defaultdict(list)
+    for r in csv.DictReader(open(path)):
+        if r["trainer"] == "nnUNetTrainer_len825" and int(r["reference_voxels"]) > 0:
+            values[r["fold"], r["seed"]].append(float(r["dice"]))
+    by_fold = defaultdict(list)
+    for (fold, _), v in values.items():
+        by_fold[fold].append(np.mean(v))
+    assert len(by_fold) == 3 and all(len(v) == 3 for v in by_fold.values())
+    assert HELD_OUT_SEED_SPREAD == pytest.approx(max(max(v) - min(v) for v in by_fold.values()), abs=5e-4)
