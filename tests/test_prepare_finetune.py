@@ -1,8 +1,8 @@
 """An encoder file anyone can fine-tune from: ``nnunet-sacl prepare-finetune`` with nothing from the source but the
 file. Dataset A (README's dataset) is pretrained by README's SACLTrainer_smoke run in README's own folders; only its
-encoder file is kept, in folders that never held A; B (other image size, spacing and labels) and C (two input channels) are prepared from it and
-trained with the printed nnUNetv2_train line (real nnU-Net subprocesses). The refusals, and a file whose unpickling
-would run code, in the fast tier (nothing trains)."""
+encoder file is kept, in folders that never held A; B (other image size, spacing and labels) and C (two input
+channels) are prepared from it and trained with the printed nnUNetv2_train line (real nnU-Net subprocesses). The
+refusals, and a file whose unpickling would run code, in the fast tier (nothing trains)."""
 import json
 import os
 import pickle
@@ -145,6 +145,8 @@ def received(env, readme_run, nnunet_env, resenc_plans, tmp_path_factory) -> dic
     README's own nnU-Net folders, which this module's ``env`` never sees. What is kept: its encoder file, nnU-Net's
     checkpoint_final.pth of the same pretraining (phase 1), and nnU-Net checkpoints (that format) of A's 2d and ResEnc
     networks, randomly initialised (the ResEnc plans of the session's copy of dataset 991)."""
+    from nnunet_sacl.nnunet.weights import load_target_plans
+    from nnunet_sacl.nnunet.network import build_nnunet_network
     folder = Path(readme_model(readme_run))
     kept = tmp_path_factory.mktemp("received")
     files = {"encoder": str(kept / "checkpoint_sacl_encoder.pth"), "final": str(kept / "checkpoint_final.pth")}
@@ -154,8 +156,6 @@ def received(env, readme_run, nnunet_env, resenc_plans, tmp_path_factory) -> dic
     for name, plans_name, configuration, source in (("2d", "nnUNetPlans", "2d", readme_run["env"]),
                                                     ("resenc", resenc_plans, "3d_fullres", nnunet_env)):
         with nnunet_folders(source):
-            from nnunet_sacl.nnunet.weights import load_target_plans
-            from nnunet_sacl.nnunet.network import build_nnunet_network
             manager, config, dataset_json = load_target_plans(A_ID, configuration, plans_name)
             network = build_nnunet_network(manager, config, dataset_json, True)
         files[name] = str(kept / f"{name}_checkpoint_final.pth")

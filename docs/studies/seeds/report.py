@@ -36,14 +36,19 @@ def held_out(per_case):
     return {k: sum(v) / len(v) for k, v in values.items()}
 
 
-def pooled_seed_sd(means: dict, trainer: str) -> float:
-    """sd over seeds of a run's value within a fold, pooled over folds (root mean variance), as the study tool."""
+def runs_by_fold(means: dict, trainer: str) -> dict:
+    """fold -> the values of ``trainer``'s runs of that fold (one per seed)."""
     by_fold = defaultdict(list)
     for (t, fold, seed), v in means.items():
         if t == trainer:
             by_fold[fold].append(v)
+    return by_fold
+
+
+def pooled_seed_sd(means: dict, trainer: str) -> float:
+    """sd over seeds of a run's value within a fold, pooled over folds (root mean variance), as the study tool."""
     variances = []
-    for v in by_fold.values():
+    for v in runs_by_fold(means, trainer).values():
         if len(v) > 1:
             m = sum(v) / len(v)
             variances.append(sum((x - m) ** 2 for x in v) / (len(v) - 1))
@@ -52,11 +57,7 @@ def pooled_seed_sd(means: dict, trainer: str) -> float:
 
 def largest_seed_range(means: dict, trainer: str) -> float:
     """The largest distance between two seeds' runs of the same fold (what the demo's one-run caveat quotes)."""
-    by_fold = defaultdict(list)
-    for (t, fold, seed), v in means.items():
-        if t == trainer:
-            by_fold[fold].append(v)
-    ranges = [max(v) - min(v) for v in by_fold.values() if len(v) > 1]
+    ranges = [max(v) - min(v) for v in runs_by_fold(means, trainer).values() if len(v) > 1]
     return max(ranges) if ranges else math.nan
 
 
